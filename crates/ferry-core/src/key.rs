@@ -1,0 +1,248 @@
+//! The S3 key grammar. One place decides what an upload, a locale result and a global result are named.
+//!
+//! - upload: `data/{evno}/{locale}-{stage}-{yyyyMMddHHmm}.csv` (a leading `/` is tolerated)
+//! - locale result: `result/{evno}/{stage}/result-{locale}.csv`
+//! - global result: `global/{evno}/{stage}/result-global.csv`
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a key is not part of the grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key {key:?} is not {expected}: {reason}")]
+pub struct KeyError {
+    pub key: String,
+    pub expected: &'static str,
+    pub reason: &'static str,
+}
+
+/// Decodes an object key as S3 puts it into event notifications (form-url-encoded: `+` is a space).
+pub fn decode_event_key(raw: &str) -> Cow<'_, str> {
+    if !raw.contains(['+', '%']) {
+        return Cow::Borrowed(raw);
+    }
+    let spaced = raw.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(s) => Cow::Owned(s.into_owned()),
+        Err(_) => Cow::Owned(spaced),
+    }
+}
+
+/// A minute timestamp `yyyyMMddHHmm`, ordered chronologically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    pub fn parse(s: &str) -> Option<Stamp> {
+        if s.len() != 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
+        let (month, day, hour, minute) = (n(4..6)?, n(6..8)?, n(8..10)?, n(10..12)?);
+        let valid = (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24 && minute < 60;
+        valid.then(|| Stamp(s.parse().unwrap_or(0)))
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:012}", self.0)
+    }
+}
+
+fn is_locale(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+fn is_stage(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn parse_evno(s: &str) -> Option<u64> {
+    if s.is_empty() || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|&n| n > 0)
+}
+
+/// A regional upload: `data/{evno}/{locale}-{stage}-{yyyyMMddHHmm}.csv`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadKey {
+    pub evno: u64,
+    pub locale: String,
+    pub stage: String,
+    pub stamp: Stamp,
+}
+
+impl UploadKey {
+    const EXPECTED: &'static str = "an upload key data/{evno}/{locale}-{stage}-{yyyyMMddHHmm}.csv";
+
+    /// Parses an object key (already decoded). A leading `/` is accepted, as older uploaders wrote one.
+    pub fn parse(key: &str) -> Result<UploadKey, KeyError> {
+        let err = |reason| KeyError { key: key.to_owned(), expected: Self::EXPECTED, reason };
+        let rest = key.strip_prefix('/').unwrap_or(key);
+        let rest = rest.strip_prefix("data/").ok_or_else(|| err("it is not under data/"))?;
+        let (evno, file) = rest.split_once('/').ok_or_else(|| err("it has no event folder"))?;
+        let evno = parse_evno(evno).ok_or_else(|| err("the event number is not a positive integer"))?;
+        let stem = file.strip_suffix(".csv").ok_or_else(|| err("it does not end in .csv"))?;
+        let mut parts = stem.split('-');
+        let (Some(locale), Some(stage), Some(stamp), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(err("the file name is not {locale}-{stage}-{yyyyMMddHHmm}"));
+        };
+        if !is_locale(locale) {
+            return Err(err("the locale is not lowercase letters"));
+        }
+        if !is_stage(stage) {
+            return Err(err("the stage is not lowercase letters or digits"));
+        }
+        let stamp = Stamp::parse(stamp).ok_or_else(|| err("the timestamp is not a valid yyyyMMddHHmm"))?;
+        Ok(UploadKey { evno, locale: locale.to_owned(), stage: stage.to_owned(), stamp })
+    }
+
+    /// The listing prefix (without any leading `/`) under which every upload of this
+    /// (evno, locale, stage) lives, and nothing else.
+    pub fn series_prefix(&self) -> String {
+        format!("data/{}/{}-{}-", self.evno, self.locale, self.stage)
+    }
+
+    /// Where the normalised result of this upload goes.
+    pub fn result_key(&self) -> ResultKey {
+        ResultKey { evno: self.evno, stage: self.stage.clone(), locale: self.locale.clone() }
+    }
+}
+
+impl fmt::Display for UploadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "data/{}/{}-{}-{}.csv", self.evno, self.locale, self.stage, self.stamp)
+    }
+}
+
+/// A locale result: `result/{evno}/{stage}/result-{locale}.csv`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResultKey {
+    pub evno: u64,
+    pub stage: String,
+    pub locale: String,
+}
+
+impl ResultKey {
+    const EXPECTED: &'static str = "a locale result key result/{evno}/{stage}/result-{locale}.csv";
+
+    pub fn parse(key: &str) -> Result<ResultKey, KeyError> {
+        let err = |reason| KeyError { key: key.to_owned(), expected: Self::EXPECTED, reason };
+        let rest = key.strip_prefix("result/").ok_or_else(|| err("it is not under result/"))?;
+        let mut parts = rest.split('/');
+        let (Some(evno), Some(stage), Some(file), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(err("it is not result/{evno}/{stage}/{file}"));
+        };
+        let evno = parse_evno(evno).ok_or_else(|| err("the event number is not a positive integer"))?;
+        if !is_stage(stage) {
+            return Err(err("the stage is not lowercase letters or digits"));
+        }
+        let locale = file
+            .strip_prefix("result-")
+            .and_then(|f| f.strip_suffix(".csv"))
+            .ok_or_else(|| err("the file name is not result-{locale}.csv"))?;
+        if !is_locale(locale) {
+            return Err(err("the locale is not lowercase letters"));
+        }
+        Ok(ResultKey { evno, stage: stage.to_owned(), locale: locale.to_owned() })
+    }
+
+    /// The listing prefix holding every locale result of this (evno, stage).
+    pub fn stage_prefix(evno: u64, stage: &str) -> String {
+        format!("result/{evno}/{stage}/result-")
+    }
+
+    pub fn global_key(&self) -> GlobalKey {
+        GlobalKey { evno: self.evno, stage: self.stage.clone() }
+    }
+}
+
+impl fmt::Display for ResultKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "result/{}/{}/result-{}.csv", self.evno, self.stage, self.locale)
+    }
+}
+
+/// The global result: `global/{evno}/{stage}/result-global.csv`. It lives outside `result/` so that
+/// writing it can never trigger the merger again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GlobalKey {
+    pub evno: u64,
+    pub stage: String,
+}
+
+impl fmt::Display for GlobalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "global/{}/{}/result-global.csv", self.evno, self.stage)
+    }
+}
+
+/// Where the optional per-event settings live.
+pub fn config_key(evno: u64) -> String {
+    format!("config/{evno}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_upload(key: &str, expect: Option<(u64, &str, &str, &str)>) {
+        let got = UploadKey::parse(key).ok().map(|k| (k.evno, k.locale.clone(), k.stage.clone(), k.stamp.to_string()));
+        let expect = expect.map(|(e, l, s, t)| (e, l.to_owned(), s.to_owned(), t.to_owned()));
+        assert_eq!(got, expect, "{key}");
+    }
+
+    #[test]
+    fn upload_keys() {
+        check_upload("data/7/jp-prod-202611221530.csv", Some((7, "jp", "prod", "202611221530")));
+        check_upload("/data/7/jp-prod-202611221530.csv", Some((7, "jp", "prod", "202611221530")));
+        check_upload("data/12/na-qa-202601010000.csv", Some((12, "na", "qa", "202601010000")));
+        check_upload("data/0/jp-prod-202611221530.csv", None);
+        check_upload("data/07/jp-prod-202611221530.csv", None);
+        check_upload("data/x/jp-prod-202611221530.csv", None);
+        check_upload("data/7/JP-prod-202611221530.csv", None);
+        check_upload("data/7/jp-prod-202613221530.csv", None);
+        check_upload("data/7/jp-prod-20261122153.csv", None);
+        check_upload("data/7/jp-prod-202611221530.txt", None);
+        check_upload("data/7/jp-prod-x-202611221530.csv", None);
+        check_upload("data/7/sub/jp-prod-202611221530.csv", None);
+        check_upload("result/7/prod/result-jp.csv", None);
+        check_upload("data/7/jp prod-202611221530.csv", None);
+    }
+
+    #[test]
+    fn event_keys_are_form_decoded() {
+        assert_eq!(decode_event_key("data/7/jp-prod-202611221530.csv"), "data/7/jp-prod-202611221530.csv");
+        assert_eq!(decode_event_key("%2Fdata%2F7%2Fjp-prod-202611221530.csv"), "/data/7/jp-prod-202611221530.csv");
+        assert_eq!(decode_event_key("data/7/my+file.csv"), "data/7/my file.csv");
+        assert_eq!(decode_event_key("a%2Bb"), "a+b");
+    }
+
+    #[test]
+    fn result_keys_round_trip() {
+        let k = ResultKey::parse("result/7/prod/result-jp.csv").unwrap();
+        assert_eq!(k.to_string(), "result/7/prod/result-jp.csv");
+        assert_eq!(k.global_key().to_string(), "global/7/prod/result-global.csv");
+        assert!(ResultKey::parse("result/7/prod/result-global.csv.tmp").is_err());
+        assert!(ResultKey::parse("global/7/prod/result-global.csv").is_err());
+        assert!(ResultKey::parse("result/7/prod/extra/result-jp.csv").is_err());
+        let u = UploadKey::parse("data/7/kr-qa-202611221530.csv").unwrap();
+        assert_eq!(u.result_key().to_string(), "result/7/qa/result-kr.csv");
+        assert_eq!(u.series_prefix(), "data/7/kr-qa-");
+        assert_eq!(u.to_string(), "data/7/kr-qa-202611221530.csv");
+    }
+
+    #[test]
+    fn stamps_order_chronologically() {
+        let a = Stamp::parse("202611221530").unwrap();
+        let b = Stamp::parse("202611221531").unwrap();
+        let c = Stamp::parse("202701010000").unwrap();
+        assert!(a < b && b < c);
+    }
+}

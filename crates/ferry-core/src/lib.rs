@@ -1,0 +1,19 @@
+//! Pure domain logic of ferry.
+//!
+//! This crate knows nothing about AWS, Lambda or JSON event shapes. It owns:
+//! - [`key`]: the S3 key grammar of uploads and results ([`UploadKey`], [`ResultKey`], [`GlobalKey`]);
+//! - [`tally`]: the regional CSV contract ([`tally::read_tally`]) and the result writers;
+//! - [`normalize`]: the per-locale normalisation methods ([`Method`]);
+//! - [`merge`]: the weighted global merge ([`merge::merge`]);
+//! - [`config`]: per-event settings ([`EventConfig`]).
+
+pub mod config;
+pub mod key;
+pub mod merge;
+pub mod normalize;
+pub mod tally;
+
+pub use config::{ConfigError, EventConfig};
+pub use key::{GlobalKey, KeyError, ResultKey, UploadKey};
+pub use normalize::Method;
+pub use tally::{Tally, TallyError};
