@@ -1,1 +1,14 @@
+//! The only crate of ferry that talks to AWS.
+//!
+//! - [`clients`]: SDK clients built once from `aws-config` ([`clients::load`], [`clients::s3`]).
+//! - [`s3`]: [`s3::Store`], a bucket with the handful of operations ferry needs (conditional puts,
+//!   size-capped gets, paginated listings), and [`s3::S3Error`].
+//! - [`votes`]: the vote pipeline's steps over a store: [`votes::normalize_upload`] and
+//!   [`votes::merge_stage`].
 
+pub mod clients;
+pub mod s3;
+pub mod votes;
+
+pub use clients::load as load_config;
+pub use s3::{S3Error, Store};

@@ -1,1 +1,38 @@
-fn main(){}
+//! `ferry`, the operator's tool. Each subcommand lives in its own module; this file only parses
+//! arguments and turns errors into messages and exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod output;
+mod votes;
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Operate ferry: the vote pipeline, async jobs and notification redrive.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Cross-region votes: normalise and merge tallies offline, exactly as the Lambdas do.
+    #[command(subcommand)]
+    Votes(votes::VotesCommand),
+}
+
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Votes(cmd) => votes::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            ExitCode::from(output::exit_code(&e))
+        }
+    }
+}

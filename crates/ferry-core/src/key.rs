@@ -44,6 +44,27 @@ impl Stamp {
     }
 }
 
+impl Stamp {
+    /// The minute (UTC) that `secs` since the Unix epoch falls in.
+    pub fn from_unix_seconds(secs: i64) -> Stamp {
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        // Days to civil date (proleptic Gregorian), after H. Hinnant's `civil_from_days`.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (hour, minute) = (rem / 3600, (rem % 3600) / 60);
+        let n = (((year * 100 + month) * 100 + day) * 100 + hour) * 100 + minute;
+        Stamp(n.max(0) as u64)
+    }
+}
+
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:012}", self.0)
@@ -236,6 +257,13 @@ mod tests {
         assert_eq!(u.result_key().to_string(), "result/7/qa/result-kr.csv");
         assert_eq!(u.series_prefix(), "data/7/kr-qa-");
         assert_eq!(u.to_string(), "data/7/kr-qa-202611221530.csv");
+    }
+
+    #[test]
+    fn stamps_from_unix_time() {
+        assert_eq!(Stamp::from_unix_seconds(0).to_string(), "197001010000");
+        assert_eq!(Stamp::from_unix_seconds(1_795_361_459).to_string(), "202611221530");
+        assert_eq!(Stamp::from_unix_seconds(951_782_400).to_string(), "200002290000");
     }
 
     #[test]

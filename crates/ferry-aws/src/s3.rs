@@ -1,0 +1,202 @@
+//! A bucket and the operations ferry performs on it.
+
+use std::collections::HashMap;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+/// The SDK's S3 client, named here so callers hold one without depending on the SDK.
+pub use aws_sdk_s3::Client as S3Client;
+
+/// An S3 call that failed. Names the bucket, key and operation.
+#[derive(Debug, thiserror::Error)]
+#[error("s3://{bucket}/{key}: {op} failed: {message}")]
+pub struct S3Error {
+    pub bucket: String,
+    pub key: String,
+    pub op: &'static str,
+    pub message: String,
+}
+
+/// A bucket.
+#[derive(Debug, Clone)]
+pub struct Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+/// What a HEAD or a listing tells about an object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub key: String,
+    /// Without surrounding quotes.
+    pub etag: String,
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub last_modified: i64,
+    /// User metadata (empty from listings).
+    pub metadata: HashMap<String, String>,
+}
+
+/// An object read whole.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub head: Head,
+    pub body: Vec<u8>,
+}
+
+/// The outcome of [`Store::get_capped`].
+#[derive(Debug)]
+pub enum Fetched {
+    Object(Object),
+    /// The object does not exist (deleted between the event and the read).
+    Missing,
+    /// The object is larger than the cap; its body was not read.
+    TooLarge { size: u64 },
+}
+
+/// A condition on a put, so that concurrent writers cannot overwrite each other unseen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write only if the object still has this ETag.
+    IfMatch(String),
+    /// Write only if no object exists under the key.
+    IfAbsent,
+}
+
+/// The outcome of [`Store::put`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    Written { etag: String },
+    /// The precondition did not hold: someone else wrote first.
+    Conflict,
+}
+
+/// An object to write.
+#[derive(Debug, Clone, Default)]
+pub struct NewObject<'a> {
+    pub body: Vec<u8>,
+    pub content_type: &'a str,
+    pub metadata: HashMap<String, String>,
+    pub precondition: Option<Precondition>,
+}
+
+fn unquote(etag: Option<&str>) -> String {
+    etag.unwrap_or_default().trim_matches('"').to_owned()
+}
+
+fn status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+impl Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Store {
+        Store { client, bucket: bucket.into() }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        key: &str,
+        op: &'static str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> S3Error {
+        let message = match e.as_service_error() {
+            Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message")),
+            None => aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+        };
+        S3Error { bucket: self.bucket.clone(), key: key.to_owned(), op, message }
+    }
+
+    /// HEAD; `None` when the object does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<Head>, S3Error> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(o) => Ok(Some(Head {
+                key: key.to_owned(),
+                etag: unquote(o.e_tag()),
+                size: o.content_length().unwrap_or(0).max(0) as u64,
+                last_modified: o.last_modified().map_or(0, |t| t.secs()),
+                metadata: o.metadata().cloned().unwrap_or_default(),
+            })),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.error(key, "HeadObject", e)),
+        }
+    }
+
+    /// Reads a whole object unless it is larger than `cap` bytes.
+    pub async fn get_capped(&self, key: &str, cap: u64) -> Result<Fetched, S3Error> {
+        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(o) => o,
+            Err(e) if status(&e) == Some(404) => return Ok(Fetched::Missing),
+            Err(e) => return Err(self.error(key, "GetObject", e)),
+        };
+        let size = out.content_length().unwrap_or(0).max(0) as u64;
+        if size > cap {
+            return Ok(Fetched::TooLarge { size });
+        }
+        let head = Head {
+            key: key.to_owned(),
+            etag: unquote(out.e_tag()),
+            size,
+            last_modified: out.last_modified().map_or(0, |t| t.secs()),
+            metadata: out.metadata().cloned().unwrap_or_default(),
+        };
+        let body = out.body.collect().await.map_err(|e| S3Error {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            op: "GetObject (body)",
+            message: e.to_string(),
+        })?;
+        Ok(Fetched::Object(Object { head, body: body.into_bytes().to_vec() }))
+    }
+
+    /// Writes an object whole, honouring its precondition.
+    pub async fn put(&self, key: &str, object: NewObject<'_>) -> Result<Put, S3Error> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(object.content_type)
+            .set_metadata(Some(object.metadata))
+            .body(ByteStream::from(object.body));
+        req = match object.precondition {
+            Some(Precondition::IfMatch(etag)) => req.if_match(format!("\"{etag}\"")),
+            Some(Precondition::IfAbsent) => req.if_none_match("*"),
+            None => req,
+        };
+        match req.send().await {
+            Ok(o) => Ok(Put::Written { etag: unquote(o.e_tag()) }),
+            // 412: the condition failed; 409: a concurrent conditional write is in flight;
+            // 404: If-Match on an object deleted meanwhile. Each means "someone else changed it".
+            Err(e) if matches!(status(&e), Some(412 | 409 | 404)) => Ok(Put::Conflict),
+            Err(e) => Err(self.error(key, "PutObject", e)),
+        }
+    }
+
+    /// Lists every object under `prefix`, following continuation tokens.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Head>, S3Error> {
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(prefix, "ListObjectsV2", e))?;
+            for o in page.contents() {
+                out.push(Head {
+                    key: o.key().unwrap_or_default().to_owned(),
+                    etag: unquote(o.e_tag()),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: o.last_modified().map_or(0, |t| t.secs()),
+                    metadata: HashMap::new(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
