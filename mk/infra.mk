@@ -2,7 +2,8 @@
 #   make build       cargo lambda build --release --arm64 of every Lambda binary; fails if a zip is
 #                    over Lambda's 50 MB direct-upload limit (slow: release + LTO, not in `make test`)
 #   make deploy      sam build + sam deploy: --guided the first time, then non-interactive
-#   make test-infra  cfn-lint, checkov and the template/workspace function check (in `make test`)
+#   make test-infra  cfn-lint, checkov, the template invariants (infra/test_template.py) and the
+#                    template/workspace function check (in `make test`)
 
 TEST_STEPS += test-infra
 
@@ -38,7 +39,7 @@ $(SAM_VENV)/.installed: infra/requirements-sam.txt
 test-infra: deps-python $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/cfn-lint infra/template.yaml
 	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation --file infra/template.yaml
-	cd infra && ../$(PY) -m unittest --quiet test_check_functions
+	cd infra && ../$(PY) -m unittest --quiet test_check_functions test_template
 	$(PY) infra/check_functions.py
 
 build: deps-python
