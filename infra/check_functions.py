@@ -207,7 +207,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--list", action="store_true", help="print the workspace's Lambda binaries")
     args = parser.parse_args(argv)
 
-    binaries = workspace_binaries(cargo_metadata(ROOT))
+    try:
+        binaries = workspace_binaries(cargo_metadata(ROOT))
+    except subprocess.CalledProcessError as e:
+        print(f"cargo metadata failed, so the workspace's binaries are unknown:\n{e.stderr}", file=sys.stderr)
+        return 1
     if args.list:
         print("\n".join(sorted(binaries)))
         return 0
