@@ -5,12 +5,17 @@
 //! - [`tally`]: the regional CSV contract ([`tally::read_tally`]) and the result writers;
 //! - [`normalize`]: the per-locale normalisation methods ([`Method`]);
 //! - [`merge`]: the weighted global merge ([`merge::merge`]);
-//! - [`config`]: per-event settings ([`EventConfig`]).
+//! - [`config`]: per-event settings ([`EventConfig`]);
+//! - [`jobs`]: async jobs: the status state machine, submit validation, canonical params;
+//! - [`ranking`]: Redis sorted sets as tallies, the global result as a ranking, top changes.
 
 pub mod config;
+pub mod jobs;
 pub mod key;
 pub mod merge;
 pub mod normalize;
+pub mod notify;
+pub mod ranking;
 pub mod tally;
 
 pub use config::{ConfigError, EventConfig};

@@ -1,0 +1,636 @@
+//! Async jobs: what a job is, which state changes are allowed, and what a submit request may ask for.
+//!
+//! - [`Status`] and [`Transition`]: the state machine `queued -> running -> succeeded | failed | cancelled`.
+//!   [`Status::Lost`] is never stored: [`JobRecord::status_at`] derives it from a lease that expired
+//!   without a heartbeat.
+//! - [`JobRecord`]: the status record as the API and the worker see it.
+//! - [`SubmitRequest`] / [`parse_submit`]: the body of `POST /jobs`, validated, with [`ExportParams`]
+//!   and their canonical form ([`ExportParams::canonical`], [`ExportParams::hash`]) that makes equal
+//!   requests take the same lock.
+//! - [`ListCursor`]: the opaque cursor of `GET /jobs`.
+//!
+//! Every time is milliseconds since the Unix epoch and is passed in: nothing here reads a clock.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The largest `POST /jobs` body accepted.
+pub const MAX_SUBMIT_BYTES: usize = 16 * 1024;
+/// Page size of `GET /jobs` when the caller names none, and the largest it may name.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+pub const MAX_PAGE_SIZE: u32 = 100;
+/// Rows of one xlsx worksheet, the header row included (Excel's limit).
+pub const XLSX_MAX_ROWS: u32 = 1_048_576;
+/// Most partitions (DynamoDB scan segments) one export may be split into.
+pub const MAX_SEGMENTS: u32 = 64;
+
+/// Where a job is. `Lost` is derived, never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Queued or running, but its lease passed without a heartbeat: the worker died or never started.
+    Lost,
+}
+
+impl Status {
+    pub const STORED: [Status; 5] = [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled, Status::Lost]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+
+    /// Queued or running: a worker is (or should be) on it, and its lease matters.
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change of a job's stored status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A worker takes the job (first run or a continuation).
+    Claim,
+    /// The running worker reports progress and extends its lease, or hands over to a continuation.
+    Heartbeat,
+    Succeed,
+    /// The worker failed, or the invoke that should have started it did.
+    Fail,
+    Cancel,
+}
+
+/// A transition that is not allowed from the status the job has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job is {from}: cannot {transition:?}")]
+pub struct TransitionError {
+    pub from: Status,
+    pub transition: Transition,
+}
+
+impl Transition {
+    /// The stored statuses this transition may start from. Conditional writes use exactly this list,
+    /// so the store enforces the same machine as [`Transition::apply`].
+    pub fn allowed_from(self) -> &'static [Status] {
+        match self {
+            Transition::Claim => &[Status::Queued, Status::Running],
+            Transition::Heartbeat | Transition::Succeed => &[Status::Running],
+            Transition::Fail | Transition::Cancel => &[Status::Queued, Status::Running],
+        }
+    }
+
+    pub fn target(self) -> Status {
+        match self {
+            Transition::Claim | Transition::Heartbeat => Status::Running,
+            Transition::Succeed => Status::Succeeded,
+            Transition::Fail => Status::Failed,
+            Transition::Cancel => Status::Cancelled,
+        }
+    }
+
+    /// The status after this transition from `from`.
+    pub fn apply(self, from: Status) -> Result<Status, TransitionError> {
+        if self.allowed_from().contains(&from) { Ok(self.target()) } else { Err(TransitionError { from, transition: self }) }
+    }
+}
+
+/// How far a running job is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// What the worker is doing: `queued`, `reading`, `writing`, `done`, ...
+    pub phase: String,
+    /// Rows written so far.
+    pub done: u64,
+    /// Rows expected in all, when the source can tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+/// Where a finished export lies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportResult {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub rows: u64,
+    /// Worksheets of an xlsx (1 for other formats).
+    pub sheets: u32,
+}
+
+/// A job's status record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub owner: String,
+    pub kind: JobKind,
+    pub params: ExportParams,
+    /// [`ExportParams::hash`] of `params`: which lock the job holds.
+    pub params_hash: String,
+    /// The stored status; read it through [`JobRecord::status_at`].
+    pub status: Status,
+    /// Which run of the job is current: 0 for the first, +1 for each continuation.
+    pub attempt: u32,
+    pub progress: Progress,
+    pub lease_expires_at: i64,
+    pub result: Option<ExportResult>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// When the record and its file stop being served (also the store's TTL attribute, in seconds).
+    pub retain_until: i64,
+}
+
+impl JobRecord {
+    /// The status as of `now`: an active job whose lease passed is `Lost`.
+    pub fn status_at(&self, now: i64) -> Status {
+        if self.status.is_active() && self.lease_expires_at < now { Status::Lost } else { self.status }
+    }
+
+    /// Past its retention: treated as gone even if the store has not deleted it yet (TTL deletes late).
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.retain_until < now
+    }
+}
+
+/// What kinds of job exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Export,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 1] = [JobKind::Export];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Export => "export",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The output file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Csv,
+    Xlsx,
+    Jsonl,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Xlsx => "xlsx",
+            Format::Jsonl => "jsonl",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv",
+            Format::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            Format::Jsonl => "application/x-ndjson",
+        }
+    }
+}
+
+/// The file format of an S3 dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetFormat {
+    Csv,
+    Parquet,
+}
+
+/// Where an export reads its rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Source {
+    /// Every item of one partition key value, in sort-key order.
+    DynamodbQuery { table: String, key: String, value: serde_json::Value },
+    /// The whole table, read as `segments` parallel scan segments, written segment by segment.
+    DynamodbScan {
+        table: String,
+        #[serde(default = "one")]
+        segments: u32,
+    },
+    /// Every CSV or Parquet object under a prefix, in key order.
+    S3 { bucket: String, prefix: String, format: DatasetFormat },
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A comparison rows must pass to be exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub column: String,
+    pub op: FilterOp,
+    /// A string, number or boolean.
+    pub value: serde_json::Value,
+}
+
+/// What an export job does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    pub source: Source,
+    pub format: Format,
+    /// Output columns, in order. Required for DynamoDB sources (items have no fixed schema);
+    /// for an S3 dataset, all of its columns when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// Only for an S3 dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+}
+
+impl ExportParams {
+    /// One spelling of these params: keys sorted, defaults filled in, no whitespace. Two requests that
+    /// mean the same export have the same canonical form.
+    pub fn canonical(&self) -> String {
+        // serde_json's map is ordered by key, so going through a Value sorts every object.
+        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        value.to_string()
+    }
+
+    /// Hex SHA-256 of [`ExportParams::canonical`].
+    pub fn hash(&self) -> String {
+        hex(&Sha256::digest(self.canonical().as_bytes()))
+    }
+
+    /// Parses params stored by [`ExportParams::canonical`].
+    pub fn from_canonical(s: &str) -> Result<ExportParams, SubmitError> {
+        serde_json::from_str(s).map_err(|e| SubmitError::new("params", e.to_string()))
+    }
+}
+
+/// A submit request that cannot be accepted. Names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SubmitError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SubmitError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> SubmitError {
+        SubmitError { field: field.into(), message: message.into() }
+    }
+}
+
+/// A validated `POST /jobs` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitRequest {
+    pub kind: JobKind,
+    pub params: ExportParams,
+}
+
+/// Parses and validates a `POST /jobs` body: `{"kind": "export", "params": {...}}`.
+pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, SubmitError> {
+    if body.len() > MAX_SUBMIT_BYTES {
+        return Err(SubmitError::new("body", format!("{} bytes is over the limit of {MAX_SUBMIT_BYTES}", body.len())));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| SubmitError::new("body", format!("not valid JSON: {e}")))?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(SubmitError::new("body", "must be a JSON object"));
+    };
+    if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "kind" | "params")) {
+        return Err(SubmitError::new(extra.as_str(), "unknown field; expected `kind` and `params`"));
+    }
+    let kind = match map.remove("kind") {
+        Some(serde_json::Value::String(k)) => JobKind::parse(&k).ok_or_else(|| {
+            let known: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+            SubmitError::new("kind", format!("unknown job kind {k:?}; known: {}", known.join(", ")))
+        })?,
+        Some(_) => return Err(SubmitError::new("kind", "must be a string")),
+        None => return Err(SubmitError::new("kind", "is missing")),
+    };
+    let params = map.remove("params").ok_or_else(|| SubmitError::new("params", "is missing"))?;
+    let params: ExportParams = serde_json::from_value(params).map_err(|e| SubmitError::new("params", e.to_string()))?;
+    validate(&params)?;
+    Ok(SubmitRequest { kind, params })
+}
+
+fn validate(p: &ExportParams) -> Result<(), SubmitError> {
+    let err = |field: &str, message: &str| Err(SubmitError::new(field, message));
+    match &p.source {
+        Source::DynamodbQuery { table, key, value } => {
+            check_table(table)?;
+            if key.is_empty() {
+                return err("params.source.key", "must name the partition key attribute");
+            }
+            if !(value.is_string() || value.is_number()) {
+                return err("params.source.value", "must be a string or a number");
+            }
+        }
+        Source::DynamodbScan { table, segments } => {
+            check_table(table)?;
+            if !(1..=MAX_SEGMENTS).contains(segments) {
+                return Err(SubmitError::new("params.source.segments", format!("must be 1 to {MAX_SEGMENTS}, got {segments}")));
+            }
+        }
+        Source::S3 { bucket, .. } => {
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !ok {
+                return err("params.source.bucket", "is not a valid bucket name");
+            }
+        }
+    }
+    let is_dynamo = !matches!(p.source, Source::S3 { .. });
+    match &p.columns {
+        None if is_dynamo => return err("params.columns", "is required for a DynamoDB source"),
+        Some(cols) if cols.is_empty() => return err("params.columns", "must name at least one column"),
+        Some(cols) if cols.len() > 1000 => return err("params.columns", "names more than 1000 columns"),
+        Some(cols) => {
+            if cols.iter().any(String::is_empty) {
+                return err("params.columns", "holds an empty column name");
+            }
+            let mut sorted: Vec<&String> = cols.iter().collect();
+            sorted.sort();
+            if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+                return Err(SubmitError::new("params.columns", format!("names {:?} twice", w[0])));
+            }
+        }
+        None => {}
+    }
+    if let Some(f) = &p.filter {
+        if is_dynamo {
+            return err("params.filter", "is only supported for an S3 dataset");
+        }
+        if f.column.is_empty() {
+            return err("params.filter.column", "is empty");
+        }
+        if !(f.value.is_string() || f.value.is_number() || f.value.is_boolean()) {
+            return err("params.filter.value", "must be a string, number or boolean");
+        }
+    }
+    Ok(())
+}
+
+fn check_table(table: &str) -> Result<(), SubmitError> {
+    let ok = (3..=255).contains(&table.len())
+        && table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok { Ok(()) } else { Err(SubmitError::new("params.source.table", format!("{table:?} is not a valid table name"))) }
+}
+
+/// Where the export of job `id` is written: `exports/{owner}/{id}.{ext}`. The owner is
+/// percent-encoded, since a JWT `sub` may hold any character.
+pub fn export_key(owner: &str, id: &str, format: Format) -> String {
+    let owner: String = percent_encoding::utf8_percent_encode(owner, KEY_SEGMENT).collect();
+    format!("exports/{owner}/{id}.{}", format.extension())
+}
+
+const KEY_SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'@');
+
+/// Where `GET /jobs` resumes: after the job created at `created_at` with id `id` (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
+impl ListCursor {
+    /// The sort key of a job in its owner's listing; orders by creation time, then id.
+    pub fn sort_key(created_at: i64, id: &str) -> String {
+        format!("{created_at:015}#{id}")
+    }
+
+    /// An opaque token (hex of the sort key).
+    pub fn encode(&self) -> String {
+        hex(Self::sort_key(self.created_at, &self.id).as_bytes())
+    }
+
+    pub fn decode(token: &str) -> Result<ListCursor, SubmitError> {
+        let bad = || SubmitError::new("cursor", "is not a cursor this API returned");
+        if token.len() > 400 || token.len() % 2 != 0 {
+            return Err(bad());
+        }
+        let bytes: Option<Vec<u8>> =
+            (0..token.len()).step_by(2).map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+        let text = bytes.and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+        let (created, id) = text.split_once('#').ok_or_else(bad)?;
+        let valid_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        match created.parse::<i64>() {
+            Ok(created_at) if created.len() == 15 && valid_id => Ok(ListCursor { created_at, id: id.to_owned() }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Parses the `limit` query parameter of `GET /jobs`.
+pub fn parse_page_size(raw: Option<&str>) -> Result<u32, SubmitError> {
+    match raw {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+            _ => Err(SubmitError::new("limit", format!("must be a whole number from 1 to {MAX_PAGE_SIZE}, got {s:?}"))),
+        },
+    }
+}
+
+/// Whether `id` has the shape of a job id (a UUID); anything else is not looked up.
+pub fn is_job_id(id: &str) -> bool {
+    id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_submit(body: &str, expect: Result<&str, (&str, &str)>) {
+        let got = parse_submit(body.as_bytes());
+        match (got, expect) {
+            (Ok(req), Ok(canonical)) => assert_eq!(req.params.canonical(), canonical, "{body}"),
+            (Err(e), Err((field, needle))) => {
+                assert_eq!(e.field, field, "{body}: {e}");
+                assert!(e.message.contains(needle), "{body}: {e:?} does not say {needle:?}");
+            }
+            (got, expect) => panic!("{body}: got {got:?}, expected {expect:?}"),
+        }
+    }
+
+    const SCAN: &str = r#"{"format":"xlsx","source":{"segments":4,"table":"orders","type":"dynamodb_scan"},"columns":["id"]}"#;
+
+    #[test]
+    fn submit_requests() {
+        check_submit(
+            &format!(r#"{{"kind":"export","params":{SCAN}}}"#),
+            Ok(r#"{"columns":["id"],"format":"xlsx","source":{"segments":4,"table":"orders","type":"dynamodb_scan"}}"#),
+        );
+        // Defaults are filled in, so leaving one out is the same request as spelling it.
+        check_submit(
+            r#"{"params":{"source":{"type":"dynamodb_scan","table":"orders"},"columns":["id"],"format":"csv"},"kind":"export"}"#,
+            Ok(r#"{"columns":["id"],"format":"csv","source":{"segments":1,"table":"orders","type":"dynamodb_scan"}}"#),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"data-lake","prefix":"orders/","format":"parquet"},"format":"jsonl","filter":{"column":"status","op":"eq","value":"paid"}}}"#,
+            Ok(r#"{"filter":{"column":"status","op":"eq","value":"paid"},"format":"jsonl","source":{"bucket":"data-lake","format":"parquet","prefix":"orders/","type":"s3"}}"#),
+        );
+        check_submit("{", Err(("body", "not valid JSON")));
+        check_submit("[1]", Err(("body", "JSON object")));
+        check_submit(r#"{"kind":"report","params":{}}"#, Err(("kind", "unknown job kind \"report\"")));
+        check_submit(r#"{"kind":7,"params":{}}"#, Err(("kind", "must be a string")));
+        check_submit(r#"{"params":{}}"#, Err(("kind", "is missing")));
+        check_submit(r#"{"kind":"export"}"#, Err(("params", "is missing")));
+        check_submit(r#"{"kind":"export","params":{},"x":1}"#, Err(("x", "unknown field")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"pdf","columns":["a"]}}"#, Err(("params", "pdf")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":0},"format":"csv","columns":["a"]}}"#, Err(("params.source.segments", "1 to 64")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"o"},"format":"csv","columns":["a"]}}"#, Err(("params.source.table", "not a valid table name")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv"}}"#, Err(("params.columns", "required")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a","a"]}}"#, Err(("params.columns", "twice")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_query","table":"orders","key":"seller","value":[1]},"format":"csv","columns":["a"]}}"#, Err(("params.source.value", "string or a number")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","color":1},"format":"csv","columns":["a"]}}"#, Err(("params", "color")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"B","prefix":"","format":"csv"},"format":"csv"}}"#, Err(("params.source.bucket", "not a valid bucket")));
+        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a"],"filter":{"column":"a","op":"eq","value":1}}}"#, Err(("params.filter", "only supported")));
+        let big = format!(r#"{{"kind":"export","params":{{"x":"{}"}}}}"#, "a".repeat(MAX_SUBMIT_BYTES));
+        check_submit(&big, Err(("body", "over the limit")));
+    }
+
+    #[test]
+    fn equal_requests_hash_equal() {
+        let a = parse_submit(br#"{"kind":"export","params":{"format":"csv","columns":["a"],"source":{"table":"orders","type":"dynamodb_scan"}}}"#).unwrap();
+        let b = parse_submit(br#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":1},"columns":["a"],"format":"csv"}}"#).unwrap();
+        let c = parse_submit(br#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":2},"columns":["a"],"format":"csv"}}"#).unwrap();
+        assert_eq!(a.params.hash(), b.params.hash());
+        assert_ne!(a.params.hash(), c.params.hash());
+        assert_eq!(a.params.hash().len(), 64);
+        assert_eq!(ExportParams::from_canonical(&a.params.canonical()).unwrap(), a.params);
+    }
+
+    #[track_caller]
+    fn check_transition(t: Transition, from: Status, expect: Option<Status>) {
+        assert_eq!(t.apply(from).ok(), expect, "{t:?} from {from}");
+    }
+
+    #[test]
+    fn state_machine() {
+        use Status::*;
+        use Transition::*;
+        check_transition(Claim, Queued, Some(Running));
+        check_transition(Claim, Running, Some(Running));
+        check_transition(Heartbeat, Running, Some(Running));
+        check_transition(Heartbeat, Queued, None);
+        check_transition(Succeed, Running, Some(Succeeded));
+        check_transition(Succeed, Queued, None);
+        check_transition(Fail, Queued, Some(Failed));
+        check_transition(Fail, Running, Some(Failed));
+        check_transition(Cancel, Queued, Some(Cancelled));
+        check_transition(Cancel, Running, Some(Cancelled));
+        // Nothing leaves a terminal status.
+        for from in [Succeeded, Failed, Cancelled] {
+            for t in [Claim, Heartbeat, Succeed, Fail, Cancel] {
+                check_transition(t, from, None);
+            }
+        }
+        assert_eq!(Status::STORED.map(|s| Status::parse(s.as_str())), Status::STORED.map(Some));
+    }
+
+    fn record(status: Status, lease: i64) -> JobRecord {
+        JobRecord {
+            id: "00000000-0000-4000-8000-000000000000".into(),
+            owner: "u".into(),
+            kind: JobKind::Export,
+            params: parse_submit(format!(r#"{{"kind":"export","params":{SCAN}}}"#).as_bytes()).unwrap().params,
+            params_hash: String::new(),
+            status,
+            attempt: 0,
+            progress: Progress::default(),
+            lease_expires_at: lease,
+            result: None,
+            error: None,
+            created_at: 0,
+            updated_at: 0,
+            retain_until: 5_000,
+        }
+    }
+
+    #[test]
+    fn lost_is_derived_from_an_expired_lease() {
+        let check = |status, lease, now, expect| assert_eq!(record(status, lease).status_at(now), expect, "{status} lease {lease} at {now}");
+        check(Status::Running, 1_000, 999, Status::Running);
+        check(Status::Running, 1_000, 1_000, Status::Running);
+        check(Status::Running, 1_000, 1_001, Status::Lost);
+        check(Status::Queued, 1_000, 1_001, Status::Lost);
+        check(Status::Succeeded, 1_000, 9_999, Status::Succeeded);
+        check(Status::Cancelled, 1_000, 9_999, Status::Cancelled);
+        assert!(!record(Status::Succeeded, 0).is_expired(5_000));
+        assert!(record(Status::Succeeded, 0).is_expired(5_001));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_forgeries() {
+        let c = ListCursor { created_at: 1_763_800_000_000, id: "0b7d2c1e-0000-4000-8000-000000000001".into() };
+        assert_eq!(ListCursor::decode(&c.encode()).unwrap(), c);
+        for bad in ["", "zz", "abc", &hex(b"12#x"), &hex(b"000000000000001#a/b"), &"ab".repeat(300)] {
+            assert_eq!(ListCursor::decode(bad).unwrap_err().field, "cursor", "{bad}");
+        }
+        assert_eq!(parse_page_size(None), Ok(DEFAULT_PAGE_SIZE));
+        assert_eq!(parse_page_size(Some("100")), Ok(100));
+        assert!(parse_page_size(Some("0")).is_err());
+        assert!(parse_page_size(Some("101")).is_err());
+    }
+
+    #[test]
+    fn export_keys() {
+        assert_eq!(export_key("user-1", "j", Format::Xlsx), "exports/user-1/j.xlsx");
+        assert_eq!(export_key("auth0|42/x", "j", Format::Csv), "exports/auth0%7C42%2Fx/j.csv");
+    }
+}
