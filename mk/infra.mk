@@ -53,7 +53,7 @@ build: deps-python
 	  zip=target/lambda/$$b/bootstrap.zip; \
 	  size=$$(stat -c %s "$$zip"); \
 	  awk -v b="$$b" -v s="$$size" -v z="$$zip" 'BEGIN { printf "%-22s %7.1f MB  %s\n", b, s / 1048576, z }'; \
-	  if [ "$$size" -gt $(LAMBDA_ZIP_LIMIT) ]; then echo "$$zip is over Lambda's 50 MB direct-upload limit" >&2; over=1; fi; \
+	  if [ "$$size" -gt $(LAMBDA_ZIP_LIMIT) ]; then echo "$$zip: $$size bytes, over Lambda's direct-upload limit of $(LAMBDA_ZIP_LIMIT) (50 MB)" >&2; over=1; fi; \
 	done; \
 	exit $$over
 
