@@ -5,8 +5,15 @@
 //!   size-capped gets, paginated listings), and [`s3::S3Error`].
 //! - [`votes`]: the vote pipeline's steps over a store: [`votes::normalize_upload`] and
 //!   [`votes::merge_stage`].
+//! - [`jobs`]: async job status records and locks in DynamoDB ([`jobs::JobTable`]), the worker invoke.
+//! - [`exports`]: export plumbing: DynamoDB pages as rows, multipart uploads across runs, download links.
+//! - [`notify`]: notification delivery records (DynamoDB, conditional claims) and the dead-letter
+//!   queue (SQS): dead-lettering with reasons, native and selective redrive.
 
 pub mod clients;
+pub mod exports;
+pub mod jobs;
+pub mod notify;
 pub mod s3;
 pub mod votes;
 

@@ -455,7 +455,7 @@ impl ListCursor {
 
     pub fn decode(token: &str) -> Result<ListCursor, SubmitError> {
         let bad = || SubmitError::new("cursor", "is not a cursor this API returned");
-        if token.len() > 400 || token.len() % 2 != 0 {
+        if token.len() > 400 || !token.len().is_multiple_of(2) {
             return Err(bad());
         }
         let bytes: Option<Vec<u8>> =

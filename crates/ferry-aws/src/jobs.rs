@@ -1,0 +1,696 @@
+//! Job status records and their locks in one DynamoDB table, and the asynchronous worker invoke.
+//!
+//! Items (`pk` is the only key):
+//! - job `JOB#{id}`: owner, kind, params (canonical JSON), params_hash, status, attempt, claimed,
+//!   progress (phase, done, total), lease_expires_at, result, error, checkpoint, created/updated times,
+//!   retain_until, and `expires_at`, the TTL attribute (seconds).
+//! - lock `LOCK#{owner}#{kind}#{params_hash}`: the job holding it and its lease. Free when absent or
+//!   when its lease has passed.
+//!
+//! The global secondary index `by-owner` (`owner`, `created_key`) lists an owner's jobs newest first.
+//! DynamoDB's TTL deletes days late, so every read checks leases and retention in code. Every write
+//! that changes a status is conditional on the statuses [`Transition::allowed_from`] names, on the
+//! attempt, and on an unexpired lease, so only one worker ever runs an attempt.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
+};
+use ferry_core::jobs::{ExportParams, ExportResult, JobKind, JobRecord, ListCursor, Progress, Status, Transition};
+
+/// The SDK's DynamoDB client, named here so callers hold one without depending on the SDK.
+pub use aws_sdk_dynamodb::Client as DynamoClient;
+
+const BY_OWNER: &str = "by-owner";
+/// How many times a submit re-reads after its lock changed under it.
+const SUBMIT_ATTEMPTS: u32 = 8;
+/// How many times a submit that found the lock looks for the holder's job before calling the lock stale.
+const HOLDER_POLLS: u32 = 25;
+
+/// A DynamoDB call that failed. Names the table, the item and the operation.
+#[derive(Debug, thiserror::Error)]
+#[error("dynamodb table {table}, item {item}: {op} failed: {message}")]
+pub struct JobStoreError {
+    pub table: String,
+    pub item: String,
+    pub op: &'static str,
+    pub message: String,
+}
+
+/// The jobs table.
+#[derive(Debug, Clone)]
+pub struct JobTable {
+    client: DynamoClient,
+    table: String,
+}
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub kind: JobKind,
+    pub params: &'a ExportParams,
+    pub now: i64,
+    /// How long the job may stay queued before it reads `lost` (the worker must claim it by then).
+    pub start_lease_ms: i64,
+    /// How long the record and its file are kept.
+    pub retention_ms: i64,
+}
+
+/// The outcome of [`JobTable::submit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// This call took the lock and created the job: start a worker.
+    Created(JobRecord),
+    /// The same owner already has this export running: no second worker.
+    Existing(JobRecord),
+    /// Another submit of the same request holds the lock but has not written its job yet.
+    Busy { holder: String },
+}
+
+/// A job a worker claimed, with where the previous run of it stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub record: JobRecord,
+    pub checkpoint: Option<String>,
+}
+
+/// Why a claim or heartbeat did not go through.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// The job does not exist (or is past its retention).
+    Missing,
+    /// It was cancelled: stop.
+    Cancelled,
+    /// Another delivery runs this attempt, it is finished, or its lease passed: stop without touching it.
+    NotOurs(Box<JobRecord>),
+}
+
+/// What the running worker reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Beat<'a> {
+    pub id: &'a str,
+    pub attempt: u32,
+    pub progress: &'a Progress,
+    pub now: i64,
+    pub lease_ms: i64,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn job_pk(id: &str) -> String {
+    format!("JOB#{id}")
+}
+
+fn lock_pk(owner: &str, kind: JobKind, hash: &str) -> String {
+    format!("LOCK#{owner}#{kind}#{hash}")
+}
+
+/// `:s0, :s1, ...` and their values for `#status IN (...)`.
+fn status_in(statuses: &[Status]) -> (String, Vec<(String, AttributeValue)>) {
+    let names: Vec<String> = (0..statuses.len()).map(|i| format!(":s{i}")).collect();
+    let values = names.iter().zip(statuses).map(|(k, st)| (k.clone(), s(st.as_str()))).collect();
+    (format!("#status IN ({})", names.join(", ")), values)
+}
+
+fn service_code<E: ProvideErrorMetadata>(e: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> Option<&str> {
+    e.as_service_error().and_then(|s| s.code())
+}
+
+fn is_condition_failed<E: ProvideErrorMetadata>(e: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> bool {
+    service_code(e) == Some("ConditionalCheckFailedException")
+}
+
+impl JobTable {
+    pub fn new(client: DynamoClient, table: impl Into<String>) -> JobTable {
+        JobTable { client, table: table.into() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    pub fn client(&self) -> &DynamoClient {
+        &self.client
+    }
+
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        item: &str,
+        op: &'static str,
+        e: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    ) -> JobStoreError {
+        let message = match e.as_service_error() {
+            Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message")),
+            None => aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+        };
+        JobStoreError { table: self.table.clone(), item: item.to_owned(), op, message }
+    }
+
+    fn corrupt(&self, item: &str, message: String) -> JobStoreError {
+        JobStoreError { table: self.table.clone(), item: item.to_owned(), op: "decode", message }
+    }
+
+    /// Creates the table with its owner index and TTL attribute (for local runs and tests; the
+    /// deployed table comes from the template).
+    pub async fn create(&self) -> Result<(), JobStoreError> {
+        let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
+        let attr = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
+        let build = |e: aws_sdk_dynamodb::error::BuildError| self.corrupt(&self.table, e.to_string());
+        let gsi = GlobalSecondaryIndex::builder()
+            .index_name(BY_OWNER)
+            .key_schema(key("owner", KeyType::Hash).map_err(build)?)
+            .key_schema(key("created_key", KeyType::Range).map_err(build)?)
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()
+            .map_err(build)?;
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk").map_err(build)?)
+            .attribute_definitions(attr("owner").map_err(build)?)
+            .attribute_definitions(attr("created_key").map_err(build)?)
+            .key_schema(key("pk", KeyType::Hash).map_err(build)?)
+            .global_secondary_indexes(gsi)
+            .send()
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e) if service_code(&e) == Some("ResourceInUseException") => {}
+            Err(e) => return Err(self.error(&self.table, "CreateTable", e)),
+        }
+        let ttl = TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().map_err(build)?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(ttl)
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| if service_code(&e) == Some("ValidationException") { Ok(()) } else { Err(self.error(&self.table, "UpdateTimeToLive", e)) })
+    }
+
+    /// Takes the lock of (owner, kind, params) and creates the job, or returns the job that holds the
+    /// lock. Concurrent equal submits create exactly one job: the lock is one conditional put.
+    pub async fn submit(&self, job: NewJob<'_>) -> Result<Submitted, JobStoreError> {
+        let hash = job.params.hash();
+        let lock = lock_pk(job.owner, job.kind, &hash);
+        let lease = job.now + job.start_lease_ms;
+        let record = JobRecord {
+            id: job.id.to_owned(),
+            owner: job.owner.to_owned(),
+            kind: job.kind,
+            params: job.params.clone(),
+            params_hash: hash.clone(),
+            status: Status::Queued,
+            attempt: 0,
+            progress: Progress { phase: "queued".into(), done: 0, total: None },
+            lease_expires_at: lease,
+            result: None,
+            error: None,
+            created_at: job.now,
+            updated_at: job.now,
+            retain_until: job.now + job.retention_ms,
+        };
+        for _ in 0..SUBMIT_ATTEMPTS {
+            // The lock first, then the job: a concurrent submit that finds the lock waits for the job.
+            // (Not one transaction: the lock alone decides, and the job item is only ever written by
+            // the submit that took it.)
+            let taken = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(&lock))
+                .item("job_id", s(job.id))
+                .item("lease_expires_at", n(lease))
+                .item("expires_at", n(lease / 1000 + 86_400))
+                .condition_expression("attribute_not_exists(pk) OR lease_expires_at < :now")
+                .expression_attribute_values(":now", n(job.now))
+                .send()
+                .await;
+            match taken {
+                Ok(_) => {
+                    self.client
+                        .put_item()
+                        .table_name(&self.table)
+                        .set_item(Some(to_item(&record)))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .send()
+                        .await
+                        .map_err(|e| self.error(&job_pk(job.id), "PutItem", e))?;
+                    return Ok(Submitted::Created(record));
+                }
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(self.error(&lock, "PutItem", e)),
+            }
+            // The lock is held: find out by whom, and whether that job still runs.
+            let Some(holder) = self.get_raw(&lock).await? else { continue };
+            if num(&holder, "lease_expires_at").unwrap_or(0) < job.now {
+                continue;
+            }
+            let holder_id = text(&holder, "job_id").unwrap_or_default();
+            // The holder writes its job right after the lock; give it a moment.
+            let mut found = None;
+            for wait in 0..HOLDER_POLLS {
+                found = self.get(&holder_id, job.now).await?;
+                if found.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(wait.min(4) + 1))).await;
+            }
+            match found {
+                Some(running) if running.status_at(job.now).is_active() => return Ok(Submitted::Existing(running)),
+                // The holder finished without releasing (it crashed between two writes) or is lost:
+                // free the lock it left and try again.
+                Some(_) => self.release_lock(job.owner, job.kind, &hash, &holder_id).await?,
+                // Its job is not written yet (a slow submit, or one that died between its two writes,
+                // whose lock frees itself when the start lease ends).
+                None => return Ok(Submitted::Busy { holder: holder_id }),
+            }
+        }
+        Err(JobStoreError { table: self.table.clone(), item: lock, op: "submit", message: format!("lock changed hands {SUBMIT_ATTEMPTS} times while submitting") })
+    }
+
+    async fn get_raw(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, JobStoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error(pk, "GetItem", e))?;
+        Ok(out.item)
+    }
+
+    /// The job, unless it does not exist or is past its retention.
+    pub async fn get(&self, id: &str, now: i64) -> Result<Option<JobRecord>, JobStoreError> {
+        Ok(self.get_with_checkpoint(id, now).await?.map(|c| c.record))
+    }
+
+    async fn get_with_checkpoint(&self, id: &str, now: i64) -> Result<Option<Claimed>, JobStoreError> {
+        let pk = job_pk(id);
+        let Some(item) = self.get_raw(&pk).await? else { return Ok(None) };
+        let record = from_item(&item).map_err(|m| self.corrupt(&pk, m))?;
+        Ok((!record.is_expired(now)).then(|| Claimed { record, checkpoint: text(&item, "checkpoint") }))
+    }
+
+    /// One page of the owner's jobs, newest first, and the cursor of the next page if there may be one.
+    pub async fn list(&self, owner: &str, limit: u32, after: Option<&ListCursor>, now: i64) -> Result<(Vec<JobRecord>, Option<ListCursor>), JobStoreError> {
+        let mut req = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_OWNER)
+            .key_condition_expression("#owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner))
+            .scan_index_forward(false)
+            .limit(limit as i32);
+        if let Some(c) = after {
+            // The cursor names a position in this owner's listing only: the owner comes from the caller.
+            req = req
+                .exclusive_start_key("pk", s(job_pk(&c.id)))
+                .exclusive_start_key("owner", s(owner))
+                .exclusive_start_key("created_key", s(ListCursor::sort_key(c.created_at, &c.id)));
+        }
+        let out = req.send().await.map_err(|e| self.error(owner, "Query", e))?;
+        let mut jobs = Vec::new();
+        for item in out.items() {
+            let record = from_item(item).map_err(|m| self.corrupt(owner, m))?;
+            if !record.is_expired(now) {
+                jobs.push(record);
+            }
+        }
+        let next = out.last_evaluated_key().and_then(|k| {
+            let key = text(k, "created_key")?;
+            let (created, id) = key.split_once('#')?;
+            Some(ListCursor { created_at: created.parse().ok()?, id: id.to_owned() })
+        });
+        Ok((jobs, next))
+    }
+
+    /// Claims attempt `attempt` of the job for this delivery. Only one delivery of an attempt ever
+    /// succeeds: Lambda may deliver an asynchronous event more than once.
+    pub async fn claim(&self, id: &str, attempt: u32, now: i64, lease_ms: i64) -> Result<Result<Claimed, Refused>, JobStoreError> {
+        let pk = job_pk(id);
+        let (cond, values) = status_in(Transition::Claim.allowed_from());
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET #status = :running, claimed = :true, lease_expires_at = :lease, updated_at = :now, phase = :phase")
+            .condition_expression(format!("attribute_exists(pk) AND {cond} AND attempt = :attempt AND claimed = :false AND lease_expires_at >= :now"))
+            .expression_attribute_names("#status", "status")
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":running", s(Status::Running.as_str()))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":lease", n(now + lease_ms))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":phase", s("reading"))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match out {
+            Ok(o) => {
+                let item = o.attributes.unwrap_or_default();
+                let record = from_item(&item).map_err(|m| self.corrupt(&pk, m))?;
+                self.extend_lock(&record, now + lease_ms).await?;
+                Ok(Ok(Claimed { record, checkpoint: text(&item, "checkpoint") }))
+            }
+            Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(id, now).await?)),
+            Err(e) => Err(self.error(&pk, "UpdateItem", e)),
+        }
+    }
+
+    async fn refusal(&self, id: &str, now: i64) -> Result<Refused, JobStoreError> {
+        Ok(match self.get(id, now).await? {
+            None => Refused::Missing,
+            Some(r) if r.status == Status::Cancelled => Refused::Cancelled,
+            Some(r) => Refused::NotOurs(Box::new(r)),
+        })
+    }
+
+    /// The lock follows the job's lease, so that a job that reads `lost` can be submitted again.
+    async fn extend_lock(&self, job: &JobRecord, lease: i64) -> Result<bool, JobStoreError> {
+        let lock = lock_pk(&job.owner, job.kind, &job.params_hash);
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&lock))
+            .update_expression("SET lease_expires_at = :lease, expires_at = :ttl")
+            .condition_expression("job_id = :id")
+            .expression_attribute_values(":lease", n(lease))
+            .expression_attribute_values(":ttl", n(lease / 1000 + 86_400))
+            .expression_attribute_values(":id", s(&job.id))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(self.error(&lock, "UpdateItem", e)),
+        }
+    }
+
+    /// Records progress and extends the lease of the running attempt. `Err(Refused)` tells the worker
+    /// to stop: the job was cancelled, or its lease passed and it is no longer this worker's.
+    pub async fn heartbeat(&self, beat: Beat<'_>) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        self.running_update(beat, None).await
+    }
+
+    /// Hands the job over to the next attempt, which resumes from `checkpoint`. The lease covers the
+    /// time the continuation takes to start.
+    pub async fn checkpoint(&self, beat: Beat<'_>, checkpoint: &str) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        self.running_update(beat, Some(checkpoint)).await
+    }
+
+    async fn running_update(&self, beat: Beat<'_>, checkpoint: Option<&str>) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let pk = job_pk(beat.id);
+        let (cond, values) = status_in(Transition::Heartbeat.allowed_from());
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .set_expression_attribute_values(Some(values.into_iter().collect()));
+        let mut set = String::from("SET lease_expires_at = :lease, updated_at = :now, phase = :phase, done = :done");
+        if let Some(t) = beat.progress.total {
+            set.push_str(", total = :total");
+            req = req.expression_attribute_values(":total", n(t));
+        }
+        if let Some(cp) = checkpoint {
+            set.push_str(", attempt = :next, claimed = :false, checkpoint = :cp");
+            req = req
+                .expression_attribute_values(":next", n(beat.attempt + 1))
+                .expression_attribute_values(":false", AttributeValue::Bool(false))
+                .expression_attribute_values(":cp", s(cp));
+        }
+        let out = req
+            .update_expression(set)
+            .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :true AND lease_expires_at >= :now"))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":attempt", n(beat.attempt))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":lease", n(beat.now + beat.lease_ms))
+            .expression_attribute_values(":now", n(beat.now))
+            .expression_attribute_values(":phase", s(&beat.progress.phase))
+            .expression_attribute_values(":done", n(beat.progress.done))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match out {
+            Ok(o) => {
+                let record = from_item(&o.attributes.unwrap_or_default()).map_err(|m| self.corrupt(&pk, m))?;
+                if !self.extend_lock(&record, beat.now + beat.lease_ms).await? {
+                    // Another job of the same request holds the lock: this one was lost and replaced.
+                    return Ok(Err(Refused::NotOurs(Box::new(record))));
+                }
+                Ok(Ok(record))
+            }
+            Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(beat.id, beat.now).await?)),
+            Err(e) => Err(self.error(&pk, "UpdateItem", e)),
+        }
+    }
+
+    /// Marks the running attempt succeeded with its result and releases the lock.
+    pub async fn succeed(&self, beat: Beat<'_>, result: &ExportResult) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let pk = job_pk(beat.id);
+        let (cond, values) = status_in(Transition::Succeed.allowed_from());
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET #status = :to, updated_at = :now, finished_at = :now, phase = :phase, done = :done, #result = :result REMOVE checkpoint")
+            .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :true AND lease_expires_at >= :now"))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#result", "result")
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":to", s(Status::Succeeded.as_str()))
+            .expression_attribute_values(":attempt", n(beat.attempt))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":now", n(beat.now))
+            .expression_attribute_values(":phase", s("done"))
+            .expression_attribute_values(":done", n(result.rows))
+            .expression_attribute_values(":result", s(serde_json::to_string(result).unwrap_or_default()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        self.finish(beat.id, beat.now, out).await
+    }
+
+    /// Marks the job failed (from queued or running) and releases the lock. `attempt` restricts it to
+    /// the worker running that attempt; `None` is the API failing a job whose worker never started.
+    pub async fn fail(&self, id: &str, attempt: Option<u32>, error: &str, now: i64) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let pk = job_pk(id);
+        let (cond, values) = status_in(Transition::Fail.allowed_from());
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET #status = :to, updated_at = :now, finished_at = :now, #error = :error, phase = :phase REMOVE checkpoint")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":to", s(Status::Failed.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":phase", s("failed"))
+            .expression_attribute_values(":error", s(error.chars().take(2000).collect::<String>()))
+            .return_values(ReturnValue::AllNew);
+        req = match attempt {
+            Some(a) => req
+                .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :true"))
+                .expression_attribute_values(":attempt", n(a))
+                .expression_attribute_values(":true", AttributeValue::Bool(true)),
+            None => req.condition_expression(format!("attribute_exists(pk) AND {cond}")),
+        };
+        let out = req.send().await;
+        self.finish(id, now, out).await
+    }
+
+    /// Cancels the owner's job if it is queued or running. The worker notices at its next page.
+    /// `Ok(Err(Refused::NotOurs))` carries a job that had already finished.
+    pub async fn cancel(&self, id: &str, owner: &str, now: i64) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let pk = job_pk(id);
+        let (cond, values) = status_in(Transition::Cancel.allowed_from());
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET #status = :to, updated_at = :now, finished_at = :now, phase = :phase")
+            .condition_expression(format!("{cond} AND #owner = :owner"))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#owner", "owner")
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":to", s(Status::Cancelled.as_str()))
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":phase", s("cancelled"))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        self.finish(id, now, out).await
+    }
+
+    async fn finish<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        id: &str,
+        now: i64,
+        out: Result<aws_sdk_dynamodb::operation::update_item::UpdateItemOutput, SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
+    ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let pk = job_pk(id);
+        match out {
+            Ok(o) => {
+                let record = from_item(&o.attributes.unwrap_or_default()).map_err(|m| self.corrupt(&pk, m))?;
+                self.release_lock(&record.owner, record.kind, &record.params_hash, &record.id).await?;
+                Ok(Ok(record))
+            }
+            Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(id, now).await?)),
+            Err(e) => Err(self.error(&pk, "UpdateItem", e)),
+        }
+    }
+
+    /// Deletes the lock if job `id` still holds it.
+    pub async fn release_lock(&self, owner: &str, kind: JobKind, hash: &str, id: &str) -> Result<(), JobStoreError> {
+        let lock = lock_pk(owner, kind, hash);
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&lock))
+            .condition_expression("job_id = :id")
+            .expression_attribute_values(":id", s(id))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(self.error(&lock, "DeleteItem", e)),
+        }
+    }
+
+    /// The job id holding the lock of (owner, kind, params), if any and unexpired.
+    pub async fn lock_holder(&self, owner: &str, kind: JobKind, params: &ExportParams, now: i64) -> Result<Option<String>, JobStoreError> {
+        let lock = lock_pk(owner, kind, &params.hash());
+        Ok(self.get_raw(&lock).await?.filter(|l| num(l, "lease_expires_at").unwrap_or(0) >= now).and_then(|l| text(&l, "job_id")))
+    }
+}
+
+fn text(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn num(item: &HashMap<String, AttributeValue>, name: &str) -> Option<i64> {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+fn to_item(r: &JobRecord) -> HashMap<String, AttributeValue> {
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(job_pk(&r.id))),
+        ("id".to_owned(), s(&r.id)),
+        ("owner".to_owned(), s(&r.owner)),
+        ("created_key".to_owned(), s(ListCursor::sort_key(r.created_at, &r.id))),
+        ("kind".to_owned(), s(r.kind.as_str())),
+        ("params".to_owned(), s(r.params.canonical())),
+        ("params_hash".to_owned(), s(&r.params_hash)),
+        ("status".to_owned(), s(r.status.as_str())),
+        ("attempt".to_owned(), n(r.attempt)),
+        ("claimed".to_owned(), AttributeValue::Bool(false)),
+        ("phase".to_owned(), s(&r.progress.phase)),
+        ("done".to_owned(), n(r.progress.done)),
+        ("lease_expires_at".to_owned(), n(r.lease_expires_at)),
+        ("created_at".to_owned(), n(r.created_at)),
+        ("updated_at".to_owned(), n(r.updated_at)),
+        ("retain_until".to_owned(), n(r.retain_until)),
+        ("expires_at".to_owned(), n(r.retain_until / 1000)),
+    ]);
+    if let Some(t) = r.progress.total {
+        item.insert("total".into(), n(t));
+    }
+    item
+}
+
+fn from_item(item: &HashMap<String, AttributeValue>) -> Result<JobRecord, String> {
+    let need = |name: &str| text(item, name).ok_or_else(|| format!("attribute {name} is missing or not a string"));
+    let need_n = |name: &str| num(item, name).ok_or_else(|| format!("attribute {name} is missing or not a number"));
+    let kind = need("kind")?;
+    let status = need("status")?;
+    let params = ExportParams::from_canonical(&need("params")?).map_err(|e| format!("attribute params: {e}"))?;
+    let result = match text(item, "result") {
+        Some(r) => Some(serde_json::from_str::<ExportResult>(&r).map_err(|e| format!("attribute result: {e}"))?),
+        None => None,
+    };
+    Ok(JobRecord {
+        id: need("id")?,
+        owner: need("owner")?,
+        kind: JobKind::parse(&kind).ok_or_else(|| format!("attribute kind: unknown {kind:?}"))?,
+        params,
+        params_hash: need("params_hash")?,
+        status: Status::parse(&status).filter(|s| *s != Status::Lost).ok_or_else(|| format!("attribute status: unknown {status:?}"))?,
+        attempt: u32::try_from(need_n("attempt")?).map_err(|e| format!("attribute attempt: {e}"))?,
+        progress: Progress {
+            phase: text(item, "phase").unwrap_or_default(),
+            done: num(item, "done").unwrap_or(0).max(0) as u64,
+            total: num(item, "total").map(|t| t.max(0) as u64),
+        },
+        lease_expires_at: need_n("lease_expires_at")?,
+        result,
+        error: text(item, "error"),
+        created_at: need_n("created_at")?,
+        updated_at: need_n("updated_at")?,
+        retain_until: need_n("retain_until")?,
+    })
+}
+
+/// The payload the worker is invoked with: only the job id and which attempt to run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerPayload {
+    pub job_id: String,
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// The asynchronous invoke did not go through.
+#[derive(Debug, thiserror::Error)]
+#[error("invoking {function} asynchronously failed: {message}")]
+pub struct InvokeError {
+    pub function: String,
+    pub message: String,
+}
+
+/// Invokes the worker with `InvocationType=Event`: Lambda queues the event and answers 202 at once.
+pub async fn invoke_worker(client: &aws_sdk_lambda::Client, function: &str, payload: &WorkerPayload) -> Result<(), InvokeError> {
+    let err = |message: String| InvokeError { function: function.to_owned(), message };
+    let body = serde_json::to_vec(payload).map_err(|e| err(e.to_string()))?;
+    let out = client
+        .invoke()
+        .function_name(function)
+        .invocation_type(aws_sdk_lambda::types::InvocationType::Event)
+        .payload(aws_sdk_lambda::primitives::Blob::new(body))
+        .send()
+        .await
+        .map_err(|e| err(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()))?;
+    match out.status_code() {
+        202 => Ok(()),
+        code => Err(err(format!("Lambda answered {code}, not 202"))),
+    }
+}
