@@ -5,8 +5,9 @@
 //! keys are summed. Locale result: `kseq,score,raw`. Global result: `kseq,score,{locale}...`.
 
 use std::fmt;
+use std::hash::BuildHasher;
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// A bad input file. Names the file (object key or path), the line when there is one, and what is wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -99,16 +100,21 @@ pub fn check_size(source_name: &str, size: u64, limit: u64) -> Result<(), TallyE
 
 /// Reads a regional upload and sums duplicate keys.
 pub fn read_tally(source_name: &str, bytes: &[u8]) -> Result<Tally, TallyError> {
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut rows: Vec<(String, f64)> = Vec::new();
-    read_records(source_name, bytes, &["kseq", "score"], |line, kseq, values| {
+    // Sized once from the line count: growing to a million keys would rehash about twenty times and
+    // hold the old and new tables at once. The index holds row numbers, not a second copy of each
+    // key, so every key is allocated once.
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+    let hasher = DefaultHashBuilder::default();
+    let mut index: HashTable<usize> = HashTable::with_capacity(lines);
+    let mut rows: Vec<(String, f64)> = Vec::with_capacity(lines);
+    read_records(source_name, bytes, &["kseq", "score"], |_, kseq, values| {
         let score = values[0];
         if score < 0.0 {
             return Err(TallyErrorKind::Negative { column: "score", value: score.to_string() });
         }
-        let _ = line;
-        match index.get(kseq) {
-            Some(&i) => {
+        let hash = hasher.hash_one(kseq);
+        match index.find(hash, |&i| rows[i].0 == kseq).copied() {
+            Some(i) => {
                 let sum = rows[i].1 + score;
                 if !sum.is_finite() {
                     return Err(TallyErrorKind::SumOverflow { kseq: kseq.to_owned() });
@@ -116,13 +122,15 @@ pub fn read_tally(source_name: &str, bytes: &[u8]) -> Result<Tally, TallyError> 
                 rows[i].1 = sum;
             }
             None => {
-                index.insert(kseq.to_owned(), rows.len());
+                index.insert_unique(hash, rows.len(), |&i| hasher.hash_one(rows[i].0.as_str()));
                 // -0.0 is a valid zero; store it as +0.0 so it never prints as "-0".
                 rows.push((kseq.to_owned(), score + 0.0));
             }
         }
         Ok(())
     })?;
+    // Duplicate rows leave capacity unused; give it back.
+    rows.shrink_to_fit();
     Ok(Tally { rows })
 }
 
@@ -142,7 +150,7 @@ pub fn read_locale_result(source_name: &str, bytes: &[u8]) -> Result<Vec<(String
 
 /// Reads every record, resolving `columns[0]` as the key and the rest as finite numbers, and hands
 /// each to `row(line, key, numbers)`.
-fn read_records(
+pub(crate) fn read_records(
     source_name: &str,
     bytes: &[u8],
     columns: &[&'static str],
