@@ -1,0 +1,25 @@
+use std::sync::Arc;
+
+use job_invoker::export::ExportEnv;
+use job_invoker::{JobSettings, Worker, worker};
+use lambda_runtime::{Error, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let settings = Arc::new(JobSettings::from_env()?);
+    let conf = ferry_aws::load_config().await;
+    let s3 = ferry_aws::clients::s3(&conf);
+    let dynamo = ferry_aws::clients::dynamodb(&conf);
+    let state = Worker {
+        env: ExportEnv {
+            table: ferry_aws::jobs::JobTable::new(dynamo.clone(), settings.table.clone()),
+            store: ferry_aws::Store::new(s3.clone(), settings.bucket.clone()),
+            s3,
+            dynamo,
+            settings,
+        },
+        lambda: ferry_aws::clients::lambda(&conf),
+    };
+    run(service_fn(|event| worker::handle(&state, event))).await
+}

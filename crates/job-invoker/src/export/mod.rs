@@ -1,0 +1,452 @@
+//! The export job: rows from a DynamoDB table or an S3 dataset, written to S3 as CSV, JSON lines or
+//! xlsx with a multipart upload.
+//!
+//! The source is split into partitions (scan segments, or dataset objects in key order), read ahead
+//! in parallel and written strictly in partition order, page by page, so the output is the same on
+//! every run. After each page the worker heartbeats (which is how it learns of a cancel) and checks
+//! the time left; when too little is left it stores a [`Checkpoint`] (next partition and page, the
+//! open multipart upload, and the bytes not yet uploaded) and a new invocation resumes from it.
+//!
+//! xlsx cannot be appended to across invocations, so its rows are first staged as JSON lines
+//! (`{key}.rows`), and the last invocation turns them into the workbook ([`xlsx::build`]).
+
+pub mod dataset;
+pub mod writer;
+pub mod xlsx;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ferry_aws::exports::{self, Multipart, MultipartState, TableRead};
+use ferry_aws::jobs::{Beat, DynamoClient, JobStoreError, JobTable, Refused};
+use ferry_aws::s3::{Fetched, S3Client, S3Error, Store};
+use ferry_core::jobs::{DatasetFormat, ExportParams, ExportResult, Filter, Format, JobRecord, Progress, Source};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::settings::{JobSettings, ms, now_ms};
+use writer::{Encoding, PartWriter};
+
+/// Where a continuation picks up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The partition being written.
+    pub partition: usize,
+    /// Where its next page starts (`None`: at its beginning).
+    pub start: Option<String>,
+    /// Rows written so far.
+    pub rows: u64,
+    pub total: Option<u64>,
+    /// The output's columns, once known.
+    pub columns: Vec<String>,
+    pub upload: MultipartState,
+    /// Where the bytes encoded but not yet uploaded were saved.
+    pub carry: Option<String>,
+}
+
+/// How an export run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Finished(ExportResult),
+    /// Out of time: continue from this checkpoint (already stored with the job).
+    Continued(Checkpoint),
+    /// The job was cancelled or is no longer this run's; the upload was abandoned.
+    Stopped(Refused),
+}
+
+/// Why an export failed. Names the object, table or line at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Source(#[from] exports::SourceError),
+    #[error(transparent)]
+    Dataset(#[from] dataset::DatasetError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error(transparent)]
+    Store(#[from] JobStoreError),
+    #[error(transparent)]
+    Xlsx(#[from] xlsx::XlsxBuildError),
+    #[error("s3://{bucket}/{key}: {size} bytes is over the limit of {limit} for one dataset object")]
+    ObjectTooLarge { bucket: String, key: String, size: u64, limit: u64 },
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("local file {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+impl ExportError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExportError::Source(_) => "SourceError",
+            ExportError::Dataset(_) | ExportError::ObjectTooLarge { .. } => "BadDataset",
+            ExportError::S3(_) => "S3Error",
+            ExportError::Store(_) => "StoreError",
+            ExportError::Xlsx(_) => "XlsxError",
+            ExportError::Checkpoint(_) => "BadCheckpoint",
+            ExportError::Io { .. } => "IoError",
+        }
+    }
+}
+
+/// What an export run needs.
+#[derive(Debug, Clone)]
+pub struct ExportEnv {
+    pub table: JobTable,
+    /// The bucket exports go to.
+    pub store: Store,
+    /// For reading S3 datasets (in any bucket).
+    pub s3: S3Client,
+    pub dynamo: DynamoClient,
+    pub settings: Arc<JobSettings>,
+}
+
+/// One partition of the source.
+#[derive(Debug, Clone)]
+enum Partition {
+    Scan { table: String, segment: u32, total: u32 },
+    Query { table: String, key: String, value: Value },
+    Object { bucket: String, key: String, format: DatasetFormat },
+}
+
+/// A page of rows from one partition.
+#[derive(Debug)]
+struct Batch {
+    /// The columns of `rows` when they are not already the export's (a dataset without a selection).
+    columns: Option<Arc<Vec<String>>>,
+    rows: Vec<Vec<Value>>,
+    next: Option<String>,
+}
+
+async fn partitions(env: &ExportEnv, params: &ExportParams) -> Result<Vec<Partition>, ExportError> {
+    Ok(match &params.source {
+        Source::DynamodbScan { table, segments } => {
+            (0..*segments).map(|segment| Partition::Scan { table: table.clone(), segment, total: *segments }).collect()
+        }
+        Source::DynamodbQuery { table, key, value } => vec![Partition::Query { table: table.clone(), key: key.clone(), value: value.clone() }],
+        Source::S3 { bucket, prefix, format } => {
+            let store = Store::new(env.s3.clone(), bucket.clone());
+            let mut keys: Vec<String> = store.list(prefix).await?.into_iter().map(|h| h.key).filter(|k| !k.ends_with('/')).collect();
+            keys.sort();
+            keys.into_iter().map(|key| Partition::Object { bucket: bucket.clone(), key, format: *format }).collect()
+        }
+    })
+}
+
+/// Reads `part` from `start`, page by page, into a small channel: readers run ahead of the writer by
+/// at most two pages each.
+fn spawn_reader(env: &ExportEnv, part: Partition, start: Option<String>, columns: Option<Vec<String>>, filter: Option<Filter>) -> mpsc::Receiver<Result<Batch, ExportError>> {
+    let (tx, rx) = mpsc::channel(2);
+    let env = env.clone();
+    tokio::spawn(async move {
+        let result = match part {
+            Partition::Scan { table, segment, total } => {
+                read_table(&env, &table, TableRead::Scan { segment, total }, start, &columns.unwrap_or_default(), &tx).await
+            }
+            Partition::Query { table, key, value } => {
+                read_table(&env, &table, TableRead::Query { key: &key, value: &value }, start, &columns.unwrap_or_default(), &tx).await
+            }
+            Partition::Object { bucket, key, format } => read_object(&env, &bucket, &key, format, start, columns, filter, &tx).await,
+        };
+        if let Err(e) = result {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+async fn read_table(env: &ExportEnv, table: &str, read: TableRead<'_>, mut start: Option<String>, columns: &[String], tx: &mpsc::Sender<Result<Batch, ExportError>>) -> Result<(), ExportError> {
+    loop {
+        let page = exports::read_page(&env.dynamo, table, read, start.as_deref(), env.settings.page_size, columns).await?;
+        let done = page.next.is_none();
+        start = page.next.clone();
+        if tx.send(Ok(Batch { columns: None, rows: page.rows, next: page.next })).await.is_err() || done {
+            return Ok(());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_object(
+    env: &ExportEnv,
+    bucket: &str,
+    key: &str,
+    format: DatasetFormat,
+    start: Option<String>,
+    columns: Option<Vec<String>>,
+    filter: Option<Filter>,
+    tx: &mpsc::Sender<Result<Batch, ExportError>>,
+) -> Result<(), ExportError> {
+    let limit = env.settings.max_object_bytes;
+    let body = match Store::new(env.s3.clone(), bucket).get_capped(key, limit).await? {
+        Fetched::Object(o) => o.body,
+        Fetched::Missing => Vec::new(),
+        Fetched::TooLarge { size } => return Err(ExportError::ObjectTooLarge { bucket: bucket.into(), key: key.into(), size, limit }),
+    };
+    let (b, k) = (bucket.to_owned(), key.to_owned());
+    let selected = columns.is_some();
+    let frame = if body.is_empty() {
+        None
+    } else {
+        let parsed = tokio::task::spawn_blocking(move || dataset::read(&b, &k, body, format, columns.as_deref(), filter.as_ref()))
+            .await
+            .map_err(|e| dataset::DatasetError { bucket: bucket.into(), key: key.into(), message: e.to_string() })??;
+        Some(parsed)
+    };
+    let Some(frame) = frame else {
+        let _ = tx.send(Ok(Batch { columns: None, rows: Vec::new(), next: None })).await;
+        return Ok(());
+    };
+    let header = (!selected).then(|| Arc::new(frame.columns.clone()));
+    let page = env.settings.page_size as usize;
+    let mut offset: usize = start.and_then(|s| s.parse().ok()).unwrap_or(0);
+    loop {
+        let rows = frame.rows(offset, page);
+        offset += rows.len();
+        let next = (offset < frame.height()).then(|| offset.to_string());
+        let done = next.is_none();
+        if tx.send(Ok(Batch { columns: header.clone(), rows, next })).await.is_err() || done {
+            return Ok(());
+        }
+    }
+}
+
+/// Cells of `row` (named by `from`) in the order of `to`; absent columns are null.
+fn align(row: Vec<Value>, from: &[String], to: &[String]) -> Vec<Value> {
+    to.iter().map(|c| from.iter().position(|f| f == c).and_then(|i| row.get(i).cloned()).unwrap_or(Value::Null)).collect()
+}
+
+fn encoding(format: Format) -> Encoding {
+    match format {
+        Format::Csv => Encoding::Csv,
+        Format::Jsonl => Encoding::Jsonl,
+        Format::Xlsx => Encoding::Staged,
+    }
+}
+
+/// The object the rows stream into: the export itself, or for xlsx the staged rows.
+fn data_key(job: &JobRecord) -> String {
+    let key = ferry_core::jobs::export_key(&job.owner, &job.id, job.params.format);
+    if job.params.format == Format::Xlsx { format!("{key}.rows") } else { key }
+}
+
+async fn estimate(env: &ExportEnv, params: &ExportParams) -> Result<Option<u64>, ExportError> {
+    Ok(match &params.source {
+        Source::DynamodbScan { table, segments } => exports::estimate_rows(&env.dynamo, table, TableRead::Scan { segment: 0, total: *segments }).await?,
+        Source::DynamodbQuery { table, key, value } => exports::estimate_rows(&env.dynamo, table, TableRead::Query { key, value }).await?,
+        Source::S3 { .. } => None,
+    })
+}
+
+/// Runs (or resumes) the export of a claimed job until it is done, out of time, or stopped.
+/// `deadline` is when the invocation ends (ms since the epoch).
+pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, deadline: i64) -> Result<Outcome, ExportError> {
+    let params = &job.params;
+    let parts = partitions(env, params).await?;
+    let enc = encoding(params.format);
+    let (mut cp, mut writer) = match checkpoint {
+        Some(text) => {
+            let cp: Checkpoint = serde_json::from_str(text).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
+            let carry = match &cp.carry {
+                Some(key) => match env.store.get_capped(key, u64::MAX).await? {
+                    Fetched::Object(o) => o.body,
+                    _ => return Err(ExportError::Checkpoint(format!("the saved bytes {key} are gone"))),
+                },
+                None => Vec::new(),
+            };
+            let upload = Multipart::resume(&env.store, cp.upload.clone());
+            let writer = PartWriter::new(enc, upload, carry, env.settings.part_bytes);
+            (cp, writer)
+        }
+        None => {
+            let total = estimate(env, params).await?;
+            let upload = Multipart::begin(&env.store, &data_key(job), params.format.content_type()).await?;
+            let mut writer = PartWriter::new(enc, upload, Vec::new(), env.settings.part_bytes);
+            let columns = params.columns.clone().unwrap_or_default();
+            if !columns.is_empty() {
+                writer.header(&columns);
+            }
+            let cp = Checkpoint { partition: 0, start: None, rows: 0, total, columns, upload: writer.upload().state().clone(), carry: None };
+            (cp, writer)
+        }
+    };
+    let carry_key = format!("{}.carry", data_key(job));
+    let beat = |cp: &Checkpoint, phase: &str| Progress { phase: phase.into(), done: cp.rows, total: cp.total };
+
+    // Readers for the current partition and the next few, in order.
+    let mut readers: VecDeque<mpsc::Receiver<Result<Batch, ExportError>>> = VecDeque::new();
+    let mut next_reader = cp.partition;
+    let read_ahead = env.settings.read_ahead.max(1);
+    while cp.partition < parts.len() {
+        while next_reader < parts.len() && next_reader < cp.partition + read_ahead {
+            let start = if next_reader == cp.partition { cp.start.clone() } else { None };
+            readers.push_back(spawn_reader(env, parts[next_reader].clone(), start, params.columns.clone(), params.filter.clone()));
+            next_reader += 1;
+        }
+        let Some(rx) = readers.front_mut() else { break };
+        let batch = match rx.recv().await {
+            Some(b) => b?,
+            None => return Err(ExportError::Checkpoint(format!("partition {} ended without its last page", cp.partition))),
+        };
+        if let Some(cols) = &batch.columns
+            && cp.columns.is_empty()
+        {
+            cp.columns = cols.as_ref().clone();
+            writer.header(&cp.columns);
+        }
+        let rows: Vec<Vec<Value>> = match &batch.columns {
+            Some(from) if from.as_slice() != cp.columns.as_slice() => batch.rows.into_iter().map(|r| align(r, from, &cp.columns)).collect(),
+            _ => batch.rows,
+        };
+        writer.write(&cp.columns, &rows).await?;
+        cp.rows += rows.len() as u64;
+        match batch.next {
+            Some(next) => cp.start = Some(next),
+            None => {
+                readers.pop_front();
+                cp.partition += 1;
+                cp.start = None;
+            }
+        }
+        let now = now_ms();
+        let progress = beat(&cp, "reading");
+        let b = Beat { id: &job.id, attempt: job.attempt, progress: &progress, now, lease_ms: ms(env.settings.lease) };
+        let remaining = deadline - now;
+        if cp.partition < parts.len() && remaining < ms(env.settings.continue_margin) {
+            // Out of time with work left: save what is not uploaded yet and hand over.
+            cp.upload = writer.upload().state().clone();
+            cp.carry = None;
+            if !writer.pending().is_empty() {
+                let body = writer.pending().to_vec();
+                env.store.put(&carry_key, ferry_aws::s3::NewObject { body, content_type: "application/octet-stream", ..Default::default() }).await?;
+                cp.carry = Some(carry_key.clone());
+            }
+            let text = serde_json::to_string(&cp).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
+            let progress = beat(&cp, "continuing");
+            return match env.table.checkpoint(Beat { progress: &progress, ..b }, &text).await? {
+                Ok(_) => Ok(Outcome::Continued(cp)),
+                Err(refused) => {
+                    abandon(env, writer, &carry_key).await;
+                    Ok(Outcome::Stopped(refused))
+                }
+            };
+        }
+        if let Err(refused) = env.table.heartbeat(b).await? {
+            abandon(env, writer, &carry_key).await;
+            return Ok(Outcome::Stopped(refused));
+        }
+    }
+    drop(readers);
+
+    let key = ferry_core::jobs::export_key(&job.owner, &job.id, params.format);
+    let written = writer.finish().await?;
+    let (size, sheets) = match params.format {
+        Format::Xlsx => {
+            let progress = beat(&cp, "building xlsx");
+            let b = Beat { id: &job.id, attempt: job.attempt, progress: &progress, now: now_ms(), lease_ms: ms(env.settings.lease) };
+            if let Err(refused) = env.table.heartbeat(b).await? {
+                delete_quietly(&env.store, &data_key(job)).await;
+                return Ok(Outcome::Stopped(refused));
+            }
+            let built = build_xlsx(env, job, &key).await?;
+            delete_quietly(&env.store, &data_key(job)).await;
+            built
+        }
+        _ => (written, 1),
+    };
+    delete_quietly(&env.store, &carry_key).await;
+    Ok(Outcome::Finished(ExportResult { bucket: env.store.bucket().to_owned(), key, size, rows: cp.rows, sheets }))
+}
+
+async fn abandon(env: &ExportEnv, writer: PartWriter, carry_key: &str) {
+    if let Err(e) = writer.abort().await {
+        tracing::warn!(error = %e, "abandoning the multipart upload failed; a lifecycle rule cleans it up");
+    }
+    delete_quietly(&env.store, carry_key).await;
+}
+
+async fn delete_quietly(store: &Store, key: &str) {
+    if let Err(e) = store.client().delete_object().bucket(store.bucket()).key(key).send().await {
+        tracing::warn!(key, error = %aws_smithy_types_display(&e), "deleting a temporary object failed");
+    }
+}
+
+fn aws_smithy_types_display(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Downloads the staged rows to local disk, builds the workbook there, and uploads it in parts.
+/// Returns (size, sheets).
+async fn build_xlsx(env: &ExportEnv, job: &JobRecord, key: &str) -> Result<(u64, u32), ExportError> {
+    let dir = std::env::temp_dir().join(format!("ferry-export-{}", job.id));
+    let io = |path: &std::path::Path, e: std::io::Error| ExportError::Io { path: path.display().to_string(), message: e.to_string() };
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| io(&dir, e))?;
+    let result = async {
+        let staged = dir.join("rows.jsonl");
+        let out = dir.join("export.xlsx");
+        let staged_key = data_key(job);
+        let obj = env
+            .store
+            .client()
+            .get_object()
+            .bucket(env.store.bucket())
+            .key(&staged_key)
+            .send()
+            .await
+            .map_err(|e| S3Error { bucket: env.store.bucket().into(), key: staged_key.clone(), op: "GetObject", message: aws_smithy_types_display(&e) })?;
+        let mut body = obj.body;
+        let mut file = tokio::fs::File::create(&staged).await.map_err(|e| io(&staged, e))?;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| S3Error { bucket: env.store.bucket().into(), key: staged_key.clone(), op: "GetObject (body)", message: e.to_string() })?
+        {
+            file.write_all(&chunk).await.map_err(|e| io(&staged, e))?;
+        }
+        file.flush().await.map_err(|e| io(&staged, e))?;
+        drop(file);
+        let sheet_rows = env.settings.sheet_rows;
+        let (s, o, d) = (staged.clone(), out.clone(), dir.clone());
+        let built = tokio::task::spawn_blocking(move || xlsx::build(&s, &o, &d, sheet_rows))
+            .await
+            .map_err(|e| ExportError::Io { path: out.display().to_string(), message: e.to_string() })??;
+        let mut upload = Multipart::begin(&env.store, key, Format::Xlsx.content_type()).await?;
+        let mut file = tokio::fs::File::open(&out).await.map_err(|e| io(&out, e))?;
+        let part = env.settings.part_bytes;
+        loop {
+            let mut buf = Vec::with_capacity(part);
+            let n = (&mut file).take(part as u64).read_to_end(&mut buf).await.map_err(|e| io(&out, e))?;
+            if n < part {
+                let size = upload.complete(buf).await?;
+                return Ok((size, built.sheets));
+            }
+            upload.upload_part(buf).await?;
+        }
+    }
+    .await;
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    result
+}
+
+use tokio::io::AsyncReadExt;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_align_by_column_name() {
+        let from = ["b".to_owned(), "a".to_owned()];
+        let to = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        assert_eq!(align(vec![Value::from(2), Value::from(1)], &from, &to), vec![Value::from(1), Value::from(2), Value::Null]);
+    }
+}
