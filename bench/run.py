@@ -1,0 +1,475 @@
+"""`make bench`: ferry against what users would otherwise run, and against the limits.
+
+Generates seeded inputs, runs every side in the same process tree on this machine, measures wall
+time and peak RSS (`wait4` rusage of each child) and writes BENCHMARKS.md. Expects the release
+binaries built (the `bench` make target does that). Nothing here is a test: no speed is asserted.
+
+    python bench/run.py [--quick] [--out BENCHMARKS.md]
+
+`--quick` shrinks every input and run count, to try the harness itself in a minute.
+"""
+
+import argparse
+import csv
+import datetime
+import http.server
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REL = ROOT / "target" / "release"
+DATA = ROOT / "target" / "bench-data"
+PY = sys.executable
+LOCALES = ["jp", "kr", "na", "tw"]
+# Every Lambda binary of the workspace, with the package that builds it.
+LAMBDAS = [
+    ("regional-normalizer", "regional-normalizer"),
+    ("global-merger", "global-merger"),
+    ("job-api", "job-invoker"),
+    ("job-worker", "job-invoker"),
+    ("notify-consumer", "notify"),
+    ("dlq-redrive", "notify"),
+]
+
+
+class Run:
+    def __init__(self, wall, rss_kb, stdout):
+        self.wall = wall
+        self.rss = rss_kb * 1024
+        self.stdout = stdout
+
+
+def run(cmd, env=None):
+    """Runs `cmd` to completion: wall time from spawn to exit, and its peak RSS.
+
+    The RSS comes from GNU time rather than this process's own `wait4`: Linux carries a parent's RSS
+    at fork into the child's `ru_maxrss`, and this Python has pandas loaded."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *[str(c) for c in cmd]], stdout=out, stderr=err, env=env, cwd=ROOT
+        )
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        text, errors = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        if p.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(map(str, cmd))} exited {p.returncode}:\n{errors[-2000:]}")
+        rss_kb = int(rss.read().split()[-1])
+    return Run(wall, rss_kb, text)
+
+
+def series(name, cmd, runs, env=None):
+    results = []
+    for i in range(runs):
+        r = run(cmd, env)
+        results.append(r)
+        print(f"  {name} run {i + 1}/{runs}: {r.wall:.2f} s, {r.rss / 2**20:.0f} MiB", flush=True)
+    return results
+
+
+def med(rs):
+    return statistics.median(r.wall for r in rs)
+
+
+def peak(rs):
+    return max(r.rss for r in rs)
+
+
+def mib(b):
+    return f"{b / 2**20:,.0f} MiB"
+
+
+def secs(s):
+    return f"{s * 1000:,.0f} ms" if s < 1 else f"{s:,.2f} s"
+
+
+def spread(rs):
+    walls = [r.wall for r in rs]
+    return f"{secs(min(walls))} – {secs(max(walls))}"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+# ---------------------------------------------------------------- votes (cases 1 and 2)
+
+
+def read_result(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        r = csv.reader(f)
+        header = next(r)
+        return header, [(row[0], [float(x) for x in row[1:]]) for row in r]
+
+
+def same_result(a_path, b_path):
+    """Equal up to float rounding: same header, same keys with the same values (relative 1e-9), and
+    the same order except where two scores are equal up to that rounding."""
+    ha, ra = read_result(a_path)
+    hb, rb = read_result(b_path)
+    if ha != hb or len(ra) != len(rb):
+        return f"header or row count differs: {ha} {len(ra)} vs {hb} {len(rb)}"
+    close = lambda x, y: math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-15)
+    by_key = dict(rb)
+    for key, vals in ra:
+        other = by_key.get(key)
+        if other is None or not all(close(x, y) for x, y in zip(vals, other)):
+            return f"key {key!r}: {vals} vs {other}"
+    for i, ((ka, va), (kb, vb)) in enumerate(zip(ra, rb)):
+        if ka != kb and not close(va[0], vb[0]):
+            return f"row {i + 2}: {ka!r} vs {kb!r}"
+    return None
+
+
+def votes_args(d):
+    return [f"{loc}={d / (loc + '.csv')}" for loc in LOCALES]
+
+
+def check_votes_contract(bench_bin):
+    """ferry and the pandas baseline must agree before their times mean anything."""
+    d = DATA / "check"
+    run([bench_bin, "gen-votes", "--seed", "2", "--keys", "3000", "--variety", "--out", d])
+    checked = []
+    for method in ["share", "minmax", "zscore", "rank"]:
+        extra = ["--method", method, "--weight", "kr=2", "--weight", "na=0.5"]
+        a, b = d / f"ferry-{method}.csv", d / f"pandas-{method}.csv"
+        run([REL / "ferry", "votes", "merge", *extra, *votes_args(d), "-o", a])
+        run([PY, ROOT / "bench/baseline_votes.py", "merge", *extra, *votes_args(d), "-o", b])
+        problem = same_result(a, b)
+        if problem:
+            raise SystemExit(f"bench: pandas baseline and ferry disagree ({method}): {problem}")
+        checked.append(method)
+    return checked
+
+
+def bench_votes(args, bench_bin, md):
+    d = DATA / ("votes-quick" if args.quick else "votes")
+    gen = run([bench_bin, "gen-votes", "--seed", "1", "--keys", str(args.keys), "--out", d])
+    files = [d / f"{loc}.csv" for loc in LOCALES]
+    size = sum(f.stat().st_size for f in files)
+    mb = size / 1e6
+    print(f"votes: {gen.stdout.strip()}", flush=True)
+    methods = check_votes_contract(bench_bin)
+
+    ferry_out, pandas_out = d / "ferry-global.csv", d / "pandas-global.csv"
+    ferry = series("ferry votes merge", [REL / "ferry", "votes", "merge", *votes_args(d), "-o", ferry_out], args.runs)
+    pandas = series(
+        "pandas merge", [PY, ROOT / "bench/baseline_votes.py", "merge", *votes_args(d), "-o", pandas_out], args.slow_runs
+    )
+    problem = same_result(ferry_out, pandas_out)
+    if problem:
+        raise SystemExit(f"bench: full-size outputs differ: {problem}")
+    rows_out = sum(1 for _ in open(ferry_out, "rb")) - 1
+
+    speed = med(pandas) / med(ferry)
+    memory = peak(ferry) / peak(pandas)
+    md.append("## 1. Normalise and merge four regional files\n")
+    md.append(
+        f"Four regional uploads of {args.keys:,} distinct keys each ({mb:,.1f} MB in all, opencsv-quoted, "
+        f"seed 1), merged with the default `share` method into {rows_out:,} global rows. "
+        f"Before timing, both sides merged a small input exercising the contract's corners (BOM, header "
+        f"case and order, duplicate keys, quotes in keys, fractional scores) with every method "
+        f"({', '.join(methods)}) and weights, and agreed; the full-size outputs agree too "
+        f"(same keys, values equal to 1e-9, same order).\n"
+    )
+    md.append(
+        table(
+            ["implementation", "runs", "median wall", "range", "peak RSS", "input MB/s"],
+            [
+                ["`ferry votes merge` (Rust)", len(ferry), secs(med(ferry)), spread(ferry), mib(peak(ferry)), f"{mb / med(ferry):,.1f}"],
+                ["Python + pandas (`bench/baseline_votes.py`)", len(pandas), secs(med(pandas)), spread(pandas), mib(peak(pandas)), f"{mb / med(pandas):,.1f}"],
+            ],
+        )
+    )
+    md.append(
+        f"\nferry is **{speed:.1f}x faster** (goal: 10x, {verdict(speed >= 10)}) and uses "
+        f"**{memory:.2f}x the memory** of pandas (goal: at most 0.5x, {verdict(memory <= 0.5)}).\n"
+    )
+
+    md.append("## 2. Throughput against the limit\n")
+    md.append("The same four files; each step adds work on top of the previous one.\n")
+    cat = series("cat", ["sh", "-c", 'cat "$@" > /dev/null', "cat", *files], args.runs)
+    wc = series("wc -l", ["wc", "-l", *files], args.runs)
+    parse = series("parse + sum", [bench_bin, "parse-sum", *files], args.runs)
+    tally = series("read_tally", [bench_bin, "read-tally", *files], args.runs)
+    phases = run([bench_bin, "merge-phases", *votes_args(d)]).stdout.strip()
+    rows = [
+        ["`cat > /dev/null` (bytes from the page cache)", cat],
+        ["`wc -l`", wc],
+        ["parse CSV + sum `score` (`ferry-bench parse-sum`, csv crate, one thread per file)", parse],
+        ["`ferry_core::tally::read_tally` (header, validation, duplicate summing)", tally],
+        ["`ferry votes merge` (read, normalise, merge, sort, write)", ferry],
+    ]
+    md.append(
+        table(
+            ["step", "median wall", "peak RSS", "MB/s", "share of the merge's time"],
+            [[n, secs(med(r)), mib(peak(r)), f"{mb / med(r):,.0f}", f"{med(r) / med(ferry):.0%}"] for n, r in rows],
+        )
+    )
+    md.append(f"\nOne timed pass of the merge's phases (`ferry-bench merge-phases`, same calls as the CLI): {phases}.\n")
+
+
+# ---------------------------------------------------------------- xlsx (case 3)
+
+
+def bench_xlsx(args, bench_bin, md):
+    d = DATA / ("xlsx-quick" if args.quick else "xlsx")
+    d.mkdir(parents=True, exist_ok=True)
+    staged = d / "rows.jsonl"
+    run([bench_bin, "gen-rows", "--seed", "1", "--rows", str(args.xlsx_rows), "--out", staged])
+    mb = staged.stat().st_size / 1e6
+    rust = series("job-invoker xlsx", [bench_bin, "xlsx", staged, d / "rust.xlsx"], args.xlsx_runs)
+    xw = series("XlsxWriter", [PY, ROOT / "bench/baseline_xlsx.py", "xlsxwriter", staged, d / "xlsxwriter.xlsx"], args.xlsx_runs)
+    op = series("openpyxl", [PY, ROOT / "bench/baseline_xlsx.py", "openpyxl", staged, d / "openpyxl.xlsx"], args.slow_xlsx_runs)
+    for name, path in [("rust", "rust.xlsx"), ("xlsxwriter", "xlsxwriter.xlsx"), ("openpyxl", "openpyxl.xlsx")]:
+        with zipfile.ZipFile(d / path) as z:
+            if "xl/worksheets/sheet1.xml" not in z.namelist():
+                raise SystemExit(f"bench: {name} wrote no first worksheet")
+    speed = med(xw) / med(rust)
+    md.append("## 3. Export to xlsx\n")
+    md.append(
+        f"{args.xlsx_rows:,} rows x 10 columns (ints, decimals, text; seed 1), staged as JSON lines "
+        f"({mb:,.0f} MB) the way the export worker stages them. Every side reads the staged file row by "
+        f"row and writes one worksheet. Rust: `job_invoker::export::xlsx::build` (rust_xlsxwriter, "
+        f"constant-memory worksheets).\n"
+    )
+    rows = [
+        ["`job-invoker` xlsx writer (Rust)", rust],
+        ["Python XlsxWriter (`constant_memory`)", xw],
+        ["Python openpyxl (`write_only`)", op],
+    ]
+    md.append(
+        table(
+            ["implementation", "runs", "median wall", "range", "peak RSS", "file size"],
+            [
+                [n, len(r), secs(med(r)), spread(r), mib(peak(r)), mib((d / f).stat().st_size)]
+                for (n, r), f in zip(rows, ["rust.xlsx", "xlsxwriter.xlsx", "openpyxl.xlsx"])
+            ],
+        )
+    )
+    md.append(
+        f"\nThe worker's writer is **{speed:.1f}x faster** than XlsxWriter (goal: 5x, {verdict(speed >= 5)}) "
+        f"and {med(op) / med(rust):.1f}x faster than openpyxl; its peak RSS is {mib(peak(rust))} "
+        f"(goal: under 256 MB, {verdict(peak(rust) < 256e6)}).\n"
+    )
+
+
+# ---------------------------------------------------------------- start-up (case 4)
+
+
+class RuntimeStub(http.server.ThreadingHTTPServer):
+    """Just enough of the Lambda Runtime API to see a function ask for its first event."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), StubHandler)
+        self.first_next = None
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+
+class StubHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        now = time.perf_counter()
+        if self.path.endswith("/runtime/invocation/next") and not self.server.asked.is_set():
+            self.server.first_next = now
+            self.server.asked.set()
+        # Hold the request like an idle Lambda would, until the function is stopped.
+        self.server.release.wait(10)
+        self.send_response(503)
+        self.end_headers()
+
+    def do_POST(self):
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, *_):
+        pass
+
+
+def lambda_env(port):
+    local = f"http://127.0.0.1:{port}"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{port}",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/bench",
+        "AWS_LAMBDA_LOG_STREAM_NAME": "bench",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # Every client points at the stub: nothing leaves loopback.
+        "AWS_ENDPOINT_URL": local,
+        "FERRY_JOBS_TABLE": "jobs",
+        "FERRY_EXPORT_BUCKET": "exports",
+        "FERRY_JOB_WORKER_FUNCTION": "job-worker",
+        "FERRY_NOTIFY_TABLE": "notifications",
+        "FERRY_NOTIFY_QUEUE_URL": f"{local}/000000000000/notify",
+        "FERRY_NOTIFY_DLQ_URL": f"{local}/000000000000/notify-dlq",
+        "FERRY_PROVIDER_URL": f"{local}/provider",
+    }
+    return env
+
+
+def startup_once(binary, name):
+    stub = RuntimeStub()
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    env = lambda_env(stub.server_address[1])
+    env["AWS_LAMBDA_FUNCTION_NAME"] = name
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        asked = stub.asked.wait(10)
+        p.kill()
+        p.wait()
+        stub.release.set()
+        stub.shutdown()
+        stub.server_close()
+        if not asked:
+            err.seek(0)
+            return None, err.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return stub.first_next - t0, None
+
+
+def polars_in(package):
+    r = subprocess.run(
+        ["cargo", "tree", "--offline", "-p", package, "-i", "polars", "-e", "normal", "--depth", "0"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    return r.returncode == 0 and "polars" in r.stdout
+
+
+def bench_startup(args, md):
+    md.append("## 4. Start-up\n")
+    md.append(
+        "Time from `exec` of each Lambda binary (release build for this host, **x86_64**, not the arm64 "
+        "deploy target) to its first `GET /2018-06-01/runtime/invocation/next` on a local Runtime API "
+        "stub (Python `http.server` on 127.0.0.1), so it includes reading the environment, building the SDK "
+        f"clients and the runtime's first request. {args.startup_runs} starts each.\n"
+    )
+    rows, missing, failed = [], [], []
+    for binary, package in LAMBDAS:
+        path = REL / binary
+        if not path.exists():
+            missing.append(binary)
+            continue
+        times = []
+        for _ in range(args.startup_runs):
+            t, problem = startup_once(path, binary)
+            if problem:
+                failed.append(f"`{binary}`: {problem[0]}")
+                break
+            times.append(t)
+        if not times:
+            continue
+        size = path.stat().st_size
+        with tempfile.TemporaryDirectory() as tmp:
+            z = Path(tmp) / "bootstrap.zip"
+            with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+                zf.write(path, "bootstrap")
+            zsize = z.stat().st_size
+        med_t, max_t = statistics.median(times), max(times)
+        rows.append([f"`{binary}`", secs(med_t), secs(max_t), verdict(max_t < 0.05), mib(size), mib(zsize), "yes" if polars_in(package) else "no"])
+        print(f"  {binary}: median {med_t * 1000:.1f} ms, max {max_t * 1000:.1f} ms", flush=True)
+    md.append(table(["function", "median", "slowest", "goal < 50 ms", "binary", "zip (bootstrap, deflate)", "polars linked"], rows))
+    md.append(
+        "\nZip sizes are of the x86_64 host binary zipped as `bootstrap`: this machine has no aarch64 Rust "
+        "standard library, so `cargo lambda build --release --arm64 --output-format zip` cannot run here. "
+        "`polars linked` is `cargo tree -p <package> -i polars` (only `job-invoker`, whose `job-worker` reads "
+        "datasets, should say yes; `job-api` shares that package and so its dependency tree, but the "
+        "linker drops what it does not call: compare the binary sizes).\n"
+    )
+    if missing:
+        md.append(f"Not built when this ran, so not measured: {', '.join(f'`{m}`' for m in missing)}.\n")
+    if failed:
+        md.append("Did not reach the Runtime API: " + "; ".join(failed) + "\n")
+
+
+# ---------------------------------------------------------------- main
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    import pandas, numpy, xlsxwriter, openpyxl  # noqa: E401
+
+    return (
+        f"{os.cpu_count()} x {cpu}, {mem / 2**30:.0f} GiB, {platform.system()} {platform.release()}; "
+        f"{rustc}; Python {platform.python_version()}, pandas {pandas.__version__}, numpy {numpy.__version__}, "
+        f"XlsxWriter {xlsxwriter.__version__}, openpyxl {openpyxl.__version__}"
+    )
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="small inputs, few runs: try the harness")
+    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    p.add_argument("--skip", action="append", default=[], choices=["votes", "xlsx", "startup", "consumer"])
+    args = p.parse_args()
+    q = args.quick
+    args.keys = 20_000 if q else 1_000_000
+    args.runs, args.slow_runs = (2, 1) if q else (5, 3)
+    args.xlsx_rows = 20_000 if q else 1_000_000
+    args.xlsx_runs, args.slow_xlsx_runs = (1, 1) if q else (3, 1)
+    args.startup_runs = 3 if q else 20
+
+    bench_bin = REL / "ferry-bench"
+    for b in [bench_bin, REL / "ferry"]:
+        if not b.exists():
+            raise SystemExit(f"bench: {b} is missing; run `make bench`, which builds it")
+    DATA.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load = os.getloadavg()
+    md = [
+        "# Benchmarks\n",
+        "Generated by `make bench` (`bench/run.py`); do not edit by hand. Every number below comes from one run "
+        "on one machine, all sides in the same run: medians over several runs, peak RSS the largest "
+        "maximum resident set size (GNU `time`'s `%M`) of any run of that side.\n",
+        f"- Run: {started:%Y-%m-%d %H:%M} UTC{' (--quick: small inputs)' if q else ''}; load average at start {load[0]:.2f}",
+        f"- Machine: {machine()}",
+        "- Inputs: generated by `ferry-bench` from fixed seeds under `target/bench-data/` (not committed).\n",
+    ]
+    if "votes" not in args.skip:
+        bench_votes(args, bench_bin, md)
+    if "xlsx" not in args.skip:
+        bench_xlsx(args, bench_bin, md)
+    if "startup" not in args.skip:
+        bench_startup(args, md)
+    notes = ROOT / "bench" / "FINDINGS.md"
+    if notes.exists():
+        md.append(notes.read_text())
+    Path(args.out).write_text("\n".join(md).rstrip() + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
