@@ -75,7 +75,7 @@ fn expected_locale(csv: &str, method: Method) -> String {
     String::from_utf8(tally::write_locale_result(&ferry_core::normalize::normalize(method, &t))).expect("utf8")
 }
 
-const JP: &str = "kseq,score\n(1,2,3),5\nb,3\nc,2\n";
+const JP: &str = "kseq,score\n\"(1,2,3)\",5\nb,3\nc,2\n";
 const JP_QUOTED: &str = "\u{feff}\"SCORE\",\"KSEQ\"\n\"5\",\"(1,2,3)\"\n\"3\",\"b\"\n\"2\",\"c\"\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,14 +95,15 @@ async fn normalizer_writes_the_locale_result() {
 #[tokio::test(flavor = "multi_thread")]
 async fn leading_slash_and_encoded_keys() {
     let e = env().await;
-    e.put("/data/7/kr-prod-202611221530.csv", JP).await;
+    e.put("/data/1/kr-prod-202611221530.csv", JP).await;
     // The fixture carries the key as S3 encodes it: %2Fdata%2F...
     let mut event = event_fixture("s3-put-leading-slash.json");
     event["Records"][0]["s3"]["bucket"]["name"] = e.bucket.clone().into();
     let report = regional_normalizer::handle(&e.normalizer, LambdaEvent::new(event, Context::default())).await.unwrap();
     let report = serde_json::to_value(report).unwrap();
     assert_eq!(report["records"][0]["outcome"], "written", "{report}");
-    let (body, _, _) = e.get("result/7/prod/result-kr.csv").await.expect("result written");
+    let (body, _, meta) = e.get("result/1/prod/result-kr.csv").await.expect("result written");
+    assert_eq!(meta[votes::META_SOURCE_KEY], "/data/1/kr-prod-202611221530.csv");
     assert_eq!(body, expected_locale(JP, Method::Share));
 
     // A key with a space arrives as `+` and is decoded before parsing: it is outside the grammar.
@@ -257,6 +258,17 @@ async fn merger_applies_config_and_records_its_inputs() {
     // A duplicate event finds the global already built from these inputs.
     let report = e.merge_event(&["result/8/prod/result-kr.csv"]).await.unwrap();
     assert_eq!(report["merges"][0]["outcome"], "up_to_date", "{report}");
+    // New weights with the same inputs are a new global.
+    e.put("config/8.json", r#"{"method":"rank","weights":{"kr":0.0}}"#).await;
+    let report = e.merge_event(&["result/8/prod/result-kr.csv"]).await.unwrap();
+    assert_eq!(report["merges"][0]["outcome"], "written", "{report}");
+    let (global, _, meta) = e.get("global/8/prod/result-global.csv").await.unwrap();
+    assert_eq!(global, "kseq,score,jp,kr
+a,1.0,1.0,0.0
+b,0.5,0.5,0.0
+c,0.0,0.0,0.0
+");
+    assert_eq!(meta[votes::META_WEIGHTS], "jp=1;kr=0");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -333,4 +345,32 @@ async fn paginated_listing_finds_the_newest_upload() {
     e.put("data/3/jp-prod-202612010000.csv", "kseq,score\nnewest,1\n").await;
     let out = votes::normalize_upload(&e.store(), &VoteSettings::default(), "data/3/jp-prod-202611010000.csv").await.unwrap();
     assert!(matches!(&out, NormalizeOutcome::Written { source, .. } if source == "data/3/jp-prod-202612010000.csv"), "{out:?}");
+}
+
+/// The S3 semantics the merger's race safety rests on: a write conditional on an ETag that has
+/// since changed, or on absence when the object exists, is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn conditional_writes_refuse_stale_writers() {
+    use ferry_aws::s3::{NewObject, Precondition, Put};
+    let e = env().await;
+    let store = e.store();
+    let put = |body: &'static str, precondition| NewObject {
+        body: body.into(),
+        content_type: "text/csv",
+        metadata: HashMap::new(),
+        precondition: Some(precondition),
+    };
+    let Put::Written { etag: first } = store.put("global/1/prod/result-global.csv", put("a", Precondition::IfAbsent)).await.unwrap() else {
+        panic!("first write refused");
+    };
+    assert_eq!(store.put("global/1/prod/result-global.csv", put("b", Precondition::IfAbsent)).await.unwrap(), Put::Conflict);
+    let Put::Written { etag: second } =
+        store.put("global/1/prod/result-global.csv", put("c", Precondition::IfMatch(first.clone()))).await.unwrap()
+    else {
+        panic!("write on the current ETag refused");
+    };
+    // A slow writer still holding the first ETag loses, and the newer object stays.
+    assert_eq!(store.put("global/1/prod/result-global.csv", put("stale", Precondition::IfMatch(first))).await.unwrap(), Put::Conflict);
+    let (body, etag, _) = e.get("global/1/prod/result-global.csv").await.unwrap();
+    assert_eq!((body.as_str(), etag.trim_matches('"')), ("c", second.as_str()));
 }

@@ -24,6 +24,8 @@ pub const META_METHOD: &str = "ferry-method";
 pub const META_ROWS: &str = "ferry-rows";
 /// Metadata written on a global result: `locale=etag` of every locale result it merged, `;`-separated.
 pub const META_INPUTS: &str = "ferry-inputs";
+/// Metadata written on a global result: the weights it applied, `locale=weight` and `*=default`.
+pub const META_WEIGHTS: &str = "ferry-weights";
 
 /// How many times a step re-reads and retries after losing a conditional write.
 const MAX_ATTEMPTS: u32 = 12;
@@ -261,7 +263,11 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
         }
         let manifest = inputs.iter().map(|(l, etag, _)| format!("{l}={etag}")).collect::<Vec<_>>().join(";");
         let config = load_config(store, evno, settings.defaults).await?;
-        if current.as_ref().and_then(|c| c.metadata.get(META_INPUTS)) == Some(&manifest) {
+        let weights = inputs.iter().map(|(l, _, _)| format!("{l}={}", config.weight(l))).collect::<Vec<_>>().join(";");
+        let unchanged = current.as_ref().is_some_and(|c| {
+            c.metadata.get(META_INPUTS) == Some(&manifest) && c.metadata.get(META_WEIGHTS) == Some(&weights)
+        });
+        if unchanged {
             return Ok(MergeOutcome::UpToDate { global: global_key, inputs: manifest });
         }
         let scores: Vec<LocaleScores<'_>> = inputs
@@ -271,6 +277,7 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
         let global = merge::merge(&scores).map_err(|source| VoteError::Merge { key: global_key.clone(), source })?;
         let metadata = HashMap::from([
             (META_INPUTS.to_owned(), manifest.clone()),
+            (META_WEIGHTS.to_owned(), weights),
             (META_METHOD.to_owned(), config.method.as_str().to_owned()),
             (META_ROWS.to_owned(), global.rows.len().to_string()),
         ]);

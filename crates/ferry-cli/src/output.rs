@@ -13,8 +13,19 @@ pub const EXIT_BAD_INPUT: u8 = 65;
 #[error("{0}")]
 pub struct BadInput(pub String);
 
+/// Arguments that parse but do not make sense together (exit 2, like clap's own usage errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<BadInput>()) { EXIT_BAD_INPUT } else { 1 }
+    if e.chain().any(|c| c.is::<Usage>()) {
+        2
+    } else if e.chain().any(|c| c.is::<BadInput>()) {
+        EXIT_BAD_INPUT
+    } else {
+        1
+    }
 }
 
 /// Writes `bytes` to `out`, or to stdout when `out` is `None`. A file is written beside its final

@@ -11,7 +11,7 @@ use ferry_core::tally::{self, NormRow};
 use ferry_core::{Method, Tally};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::output::{BadInput, write_output};
+use crate::output::{BadInput, Usage, write_output};
 
 #[derive(Debug, Subcommand)]
 pub enum VotesCommand {
@@ -19,6 +19,10 @@ pub enum VotesCommand {
     Normalize(NormalizeArgs),
     /// Normalise several regional CSVs and merge them into the global result (`kseq,score,{locale}...`).
     Merge(MergeArgs),
+    /// Upload a region's Redis sorted set as data/{evno}/{locale}-{stage}-{yyyyMMddHHmm}.csv.
+    Push(crate::edge::PushArgs),
+    /// Load the global result into a region's Redis sorted set, atomically; notify the chat.
+    Pull(crate::edge::PullArgs),
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +92,8 @@ pub fn run(cmd: VotesCommand) -> anyhow::Result<()> {
             write_output(a.output.as_deref(), &tally::write_locale_result(&rows))
         }
         VotesCommand::Merge(a) => merge_files(a),
+        VotesCommand::Push(a) => crate::edge::push(a),
+        VotesCommand::Pull(a) => crate::edge::pull(a),
     }
 }
 
@@ -100,6 +106,11 @@ fn read_tally(path: &std::path::Path, cap: u64) -> anyhow::Result<Tally> {
 }
 
 fn merge_files(a: MergeArgs) -> anyhow::Result<()> {
+    for (i, (locale, _)) in a.inputs.iter().enumerate() {
+        if a.inputs[..i].iter().any(|(l, _)| l == locale) {
+            return Err(Usage(format!("locale {locale} is given more than once")).into());
+        }
+    }
     let bar = spinner(format!("normalising {} regional files", a.inputs.len()));
     // Each locale is read and normalised on its own thread: the files are independent.
     let normalised: Vec<anyhow::Result<Vec<(String, f64)>>> = std::thread::scope(|s| {
