@@ -272,13 +272,17 @@ async fn cancel(api: &Api, id: &str, owner: &str) -> Result<Response<Body>, ApiE
             tracing::info!(job_id = cancelled.id, "job cancelled");
             Ok(respond(StatusCode::OK, json!({ "job": summary(&cancelled, now) })))
         }
-        Err(Refused::NotOurs(current)) => {
-            let body = json!({
-                "error": { "field": "status", "message": format!("the job is already {}", current.status_at(now)) },
-                "job": summary(&current, now),
-            });
-            Ok(respond(StatusCode::CONFLICT, body))
-        }
-        Err(_) => Ok(not_found()),
+        // Already ended (or cancelled): say how.
+        Err(Refused::NotOurs(_) | Refused::Cancelled) => match api.owned(id, owner, now).await? {
+            Some(current) => {
+                let body = json!({
+                    "error": { "field": "status", "message": format!("the job is already {}", current.status_at(now)) },
+                    "job": summary(&current, now),
+                });
+                Ok(respond(StatusCode::CONFLICT, body))
+            }
+            None => Ok(not_found()),
+        },
+        Err(Refused::Missing) => Ok(not_found()),
     }
 }

@@ -1,0 +1,244 @@
+//! `ferry jobs`: the job API from a terminal. Requests go to the deployed API (`--api`, or
+//! `FERRY_API_URL`) with the caller's bearer token (`--token`, or `FERRY_API_TOKEN`), so the API
+//! sees the same identity a browser would give it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::output::BadInput;
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Base URL of the job API (`https://{api-id}.execute-api.{region}.amazonaws.com`).
+    #[arg(long, env = "FERRY_API_URL", global = true, default_value = "")]
+    api: String,
+    /// Bearer token the API's JWT authorizer accepts.
+    #[arg(long, env = "FERRY_API_TOKEN", global = true, default_value = "", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Submit a job from a JSON file `{"kind": "export", "params": {...}}` (`-` reads stdin).
+    Submit {
+        file: PathBuf,
+        /// Wait for the job to end, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+        /// After a successful wait, download the file here.
+        #[arg(long, short, requires = "wait")]
+        output: Option<PathBuf>,
+    },
+    /// Show a job's status.
+    Status {
+        id: String,
+        /// Wait for the job to end, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List your jobs, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Follow every page instead of the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Cancel a queued or running job.
+    Cancel { id: String },
+    /// Download a finished job's file.
+    Download {
+        id: String,
+        /// Where to write it (default: the job id and the format's extension).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Client {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.api.trim_end_matches('/'));
+        let mut req = self.http.request(method.clone(), &url).bearer_auth(&self.token).header("accept", "application/json");
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.with_context(|| format!("{method} {url}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.with_context(|| format!("{method} {url}: reading the answer"))?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        match status {
+            400 => Err(BadInput(format!("{method} {path}: {}", describe_error(&value))).into()),
+            401 | 403 => bail!("{method} {path}: {status}: not authorised (check --token / FERRY_API_TOKEN)"),
+            404 => bail!("{method} {path}: no such job (or not yours)"),
+            s if s >= 500 => bail!("{method} {path}: the API failed with {s}: {}", describe_error(&value)),
+            _ => Ok((status, value)),
+        }
+    }
+}
+
+fn describe_error(v: &Value) -> String {
+    match (v["error"]["field"].as_str(), v["error"]["message"].as_str()) {
+        (Some(f), Some(m)) => format!("{f}: {m}"),
+        _ => v.to_string(),
+    }
+}
+
+pub fn run(args: JobsArgs) -> anyhow::Result<()> {
+    if args.api.is_empty() {
+        bail!("no API URL: pass --api or set FERRY_API_URL");
+    }
+    let client = Client { http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?, api: args.api, token: args.token };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match args.command {
+            JobsCommand::Submit { file, wait, output } => submit(&client, &file, wait, output.as_deref()).await,
+            JobsCommand::Status { id, wait } => {
+                let v = if wait { wait_for(&client, &id).await? } else { client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?.1 };
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }
+            JobsCommand::List { limit, all } => list(&client, limit, all).await,
+            JobsCommand::Cancel { id } => {
+                let (status, v) = client.send(reqwest::Method::DELETE, &format!("/jobs/{id}"), None).await?;
+                if status == 409 {
+                    bail!("{id}: {}", describe_error(&v));
+                }
+                println!("{id}: {}", v["job"]["status"].as_str().unwrap_or("?"));
+                Ok(())
+            }
+            JobsCommand::Download { id, output } => download(&client, &id, output.as_deref()).await,
+        }
+    })
+}
+
+/// Reads and checks a submit body locally, so a bad file is reported with its name before any request.
+fn read_body(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = if file == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("reading stdin")?;
+        b
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    ferry_core::jobs::parse_submit(&bytes).map_err(|e| BadInput(format!("{}: {e}", file.display())))?;
+    Ok(bytes)
+}
+
+async fn submit(client: &Client, file: &Path, wait: bool, output: Option<&Path>) -> anyhow::Result<()> {
+    let body = read_body(file)?;
+    let (status, v) = client.send(reqwest::Method::POST, "/jobs", Some(body)).await?;
+    let id = v["job"]["id"].as_str().context("the API answered without a job id")?.to_owned();
+    let note = if status == 200 { " (already running: not started twice)" } else { "" };
+    eprintln!("job {id}: {}{note}", v["job"]["status"].as_str().unwrap_or("?"));
+    if !wait {
+        println!("{id}");
+        return Ok(());
+    }
+    let done = wait_for(client, &id).await?;
+    println!("{}", serde_json::to_string_pretty(&done)?);
+    if done["status"] != "succeeded" {
+        bail!("job {id} ended {}: {}", done["status"].as_str().unwrap_or("?"), done["error"].as_str().unwrap_or("no error recorded"));
+    }
+    if let Some(out) = output {
+        fetch(client, &done, out).await?;
+    }
+    Ok(())
+}
+
+/// Polls the job until it ends, showing its progress.
+async fn wait_for(client: &Client, id: &str) -> anyhow::Result<Value> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} rows [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        let (_, v) = client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?;
+        let p = &v["progress"];
+        let done = p["done"].as_u64().unwrap_or(0);
+        bar.set_length(p["total"].as_u64().unwrap_or(done).max(done));
+        bar.set_position(done);
+        bar.set_message(format!("{} {}", v["status"].as_str().unwrap_or("?"), p["phase"].as_str().unwrap_or("")));
+        if !matches!(v["status"].as_str(), Some("queued" | "running")) {
+            bar.finish_and_clear();
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn list(client: &Client, limit: u32, all: bool) -> anyhow::Result<()> {
+    let mut path = format!("/jobs?limit={limit}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<36}  {:<9}  {:<14}  {:>9}  created", "id", "status", "phase", "rows")?;
+    loop {
+        let (_, v) = client.send(reqwest::Method::GET, &path, None).await?;
+        for j in v["jobs"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "{:<36}  {:<9}  {:<14}  {:>9}  {}",
+                j["id"].as_str().unwrap_or("?"),
+                j["status"].as_str().unwrap_or("?"),
+                j["progress"]["phase"].as_str().unwrap_or(""),
+                j["progress"]["done"],
+                j["created_at"].as_str().unwrap_or("")
+            )?;
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) if all => path = format!("/jobs?limit={limit}&cursor={c}"),
+            _ => return Ok(()),
+        }
+    }
+}
+
+async fn download(client: &Client, id: &str, output: Option<&Path>) -> anyhow::Result<()> {
+    let (_, v) = client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?;
+    if v["status"] != "succeeded" {
+        bail!("job {id} is {}: nothing to download", v["status"].as_str().unwrap_or("?"));
+    }
+    let default = PathBuf::from(format!("{id}.{}", v["format"].as_str().unwrap_or("out")));
+    fetch(client, &v, output.unwrap_or(&default)).await
+}
+
+/// Streams the file behind the job's download link to `out` (beside it, then renamed into place).
+async fn fetch(client: &Client, job: &Value, out: &Path) -> anyhow::Result<()> {
+    let url = job["download"]["url"].as_str().context("the job has no download link")?;
+    let mut resp = client.http.get(url).timeout(Duration::from_secs(3600)).send().await?.error_for_status().context("downloading")?;
+    let bar = ProgressBar::new(resp.content_length().unwrap_or(0));
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_message(format!("downloading {}", out.display()));
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.{}.tmp", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let result = async {
+        let mut f = std::fs::File::create(&tmp)?;
+        while let Some(chunk) = resp.chunk().await? {
+            f.write_all(&chunk)?;
+            bar.inc(chunk.len() as u64);
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, out)?;
+        anyhow::Ok(())
+    }
+    .await;
+    bar.finish_and_clear();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("{}: {} rows, {} bytes", out.display(), job["download"]["rows"], job["download"]["size"]);
+    Ok(())
+}
