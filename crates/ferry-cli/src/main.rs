@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod jobs;
 mod output;
 mod votes;
 
@@ -20,6 +21,8 @@ enum Command {
     /// Cross-region votes: normalise and merge tallies offline, exactly as the Lambdas do.
     #[command(subcommand)]
     Votes(votes::VotesCommand),
+    /// Async jobs through the job API: submit, status, list, cancel, download.
+    Jobs(jobs::JobsArgs),
 }
 
 
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Votes(cmd) => votes::run(cmd),
+        Command::Jobs(args) => jobs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,11 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         evno: u64,
     },
+    /// 100,000 orders exported to xlsx through the job API and a background worker; poll, download, count rows.
+    Jobs {
+        #[arg(long, default_value_t = 100_000)]
+        orders: u64,
+    },
 }
 
 #[tokio::main]
@@ -34,9 +39,14 @@ async fn main() -> anyhow::Result<()> {
         Scenario::All => {
             println!("== cross-region votes ==");
             print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), "ferry-demo", 1).await?);
+            println!("\n== async jobs (xlsx export through the job API) ==");
+            print!("{}", ferry_demo::jobs::run(&conf, 100_000).await?);
         }
         Scenario::Votes { bucket, evno } => {
             print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);
+        }
+        Scenario::Jobs { orders } => {
+            print!("{}", ferry_demo::jobs::run(&conf, orders).await?);
         }
     }
     Ok(())
