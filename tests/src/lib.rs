@@ -3,6 +3,7 @@
 //! - [`moto`]: moto in server mode (from the project's `.venv`), the local AWS.
 //! - [`sdk_config`]: an SDK configuration pointing at it.
 //! - [`unique`]: names that do not collide between tests sharing one server.
+//! - [`redis`]: a real redis-server, started like moto.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+pub mod redis;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

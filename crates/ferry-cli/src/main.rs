@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod edge;
 mod jobs;
 mod output;
 mod votes;
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: error: {e:#}");
-            ExitCode::from(output::exit_code(&e))
+            ExitCode::from(edge::exit_code(&e).unwrap_or_else(|| output::exit_code(&e)))
         }
     }
 }

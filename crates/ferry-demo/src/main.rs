@@ -25,6 +25,13 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         orders: u64,
     },
+    /// Regional Redis sorted sets -> push -> normalize/merge -> pull into each region's Redis; print the ranking from Redis.
+    Edge {
+        #[arg(long, default_value = "ferry-demo")]
+        bucket: String,
+        #[arg(long, default_value_t = 2)]
+        evno: u64,
+    },
 }
 
 #[tokio::main]
@@ -39,6 +46,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::All => {
             println!("== cross-region votes ==");
             print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), "ferry-demo", 1).await?);
+            println!("\n== regional edge (Redis) ==");
+            print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), "ferry-demo", 2).await?);
             println!("\n== async jobs (xlsx export through the job API) ==");
             print!("{}", ferry_demo::jobs::run(&conf, 100_000).await?);
         }
@@ -47,6 +56,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Jobs { orders } => {
             print!("{}", ferry_demo::jobs::run(&conf, orders).await?);
+        }
+        Scenario::Edge { bucket, evno } => {
+            print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);
         }
     }
     Ok(())
