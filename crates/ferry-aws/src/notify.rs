@@ -72,6 +72,10 @@ const K_CHANNEL: &str = "channel";
 const K_PROVIDER_ID: &str = "provider_message_id";
 const K_ERROR: &str = "last_error";
 const K_UPDATED: &str = "updated_at_ms";
+/// DynamoDB TTL (Unix seconds). Far beyond how long SQS can hold a message (14 days in a queue, then
+/// as long again in the DLQ), so a record never expires while a duplicate of it may still arrive.
+const K_EXPIRES: &str = "expires_at";
+const RETENTION_SECS: i64 = 90 * 86_400;
 
 /// A notification's delivery record as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -183,7 +187,7 @@ impl DeliveryTable {
             .update_item()
             .table_name(&self.table)
             .key(K_ID, s(id))
-            .update_expression("SET #st = :sending, #rank = :one, #tok = :tok, #lease = :lease, #upd = :now ADD #att :one")
+            .update_expression("SET #st = :sending, #rank = :one, #tok = :tok, #lease = :lease, #upd = :now, #exp = :exp ADD #att :one")
             .condition_expression("attribute_not_exists(#id) OR (#rank = :one AND (#st = :failed OR #lease < :now))")
             .expression_attribute_names("#id", K_ID)
             .expression_attribute_names("#st", K_STATUS)
@@ -192,6 +196,8 @@ impl DeliveryTable {
             .expression_attribute_names("#lease", K_LEASE)
             .expression_attribute_names("#upd", K_UPDATED)
             .expression_attribute_names("#att", K_ATTEMPTS)
+            .expression_attribute_names("#exp", K_EXPIRES)
+            .expression_attribute_values(":exp", n(now / 1000 + RETENTION_SECS))
             .expression_attribute_values(":sending", s(Status::Sending.as_str()))
             .expression_attribute_values(":failed", s(Status::Failed.as_str()))
             .expression_attribute_values(":one", n(Status::Sending.rank()))

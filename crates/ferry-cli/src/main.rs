@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod edge;
 mod jobs;
 mod output;
+mod redrive;
 mod votes;
 
 #[derive(Debug, Parser)]
@@ -24,6 +25,8 @@ enum Command {
     Votes(votes::VotesCommand),
     /// Async jobs through the job API: submit, status, list, cancel, download.
     Jobs(jobs::JobsArgs),
+    /// Notifications: push dead letters back to the queue (SQS move task, or selectively by filter).
+    Redrive(redrive::RedriveArgs),
 }
 
 
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Votes(cmd) => votes::run(cmd),
         Command::Jobs(args) => jobs::run(args),
+        Command::Redrive(args) => redrive::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

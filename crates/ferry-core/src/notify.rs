@@ -5,6 +5,7 @@
 //! - [`Status`]: `sending` -> `sent` -> `delivered` (and `failed`); [`Status::rank`] never goes down.
 //! - [`classify_status`]: a provider's HTTP status as [`Attempt`] (accepted, transient, permanent).
 //! - [`DeadLetter`] and [`RedriveFilter`]: what a dead letter says about itself, and the selection.
+//! - [`AdminRule`]: which JWT claim makes a caller an admin who may redrive.
 
 use std::collections::BTreeMap;
 use std::fmt;

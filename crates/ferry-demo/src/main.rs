@@ -25,6 +25,8 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         orders: u64,
     },
+    /// 1,000 notifications through SQS, some malformed, some hitting a failing provider; fix it, redrive, check each was delivered once.
+    Notify,
     /// Regional Redis sorted sets -> push -> normalize/merge -> pull into each region's Redis; print the ranking from Redis.
     Edge {
         #[arg(long, default_value = "ferry-demo")]
@@ -46,16 +48,21 @@ async fn main() -> anyhow::Result<()> {
         Scenario::All => {
             println!("== cross-region votes ==");
             print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), "ferry-demo", 1).await?);
-            println!("\n== regional edge (Redis) ==");
-            print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), "ferry-demo", 2).await?);
             println!("\n== async jobs (xlsx export through the job API) ==");
             print!("{}", ferry_demo::jobs::run(&conf, 100_000).await?);
+            println!("\n== notifications (SQS, DLQ, redrive) ==");
+            print!("{}", ferry_demo::notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);
+            println!("\n== regional edge (Redis) ==");
+            print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), "ferry-demo", 2).await?);
         }
         Scenario::Votes { bucket, evno } => {
             print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);
         }
         Scenario::Jobs { orders } => {
             print!("{}", ferry_demo::jobs::run(&conf, orders).await?);
+        }
+        Scenario::Notify => {
+            print!("{}", ferry_demo::notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);
         }
         Scenario::Edge { bucket, evno } => {
             print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);

@@ -1,0 +1,232 @@
+//! The SQS consumer: one event is a batch of queued notifications; each record succeeds or fails
+//! alone, and only transient failures come back (`ReportBatchItemFailures`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use ferry_aws::notify::{Claim, DeliveryTable, NotifyAwsError, SqsClient, now_ms, send_dead_letter};
+use ferry_core::notify::{Channel, ErrorKind, Notification, Status, attr};
+use futures::StreamExt;
+use lambda_runtime::{Diagnostic, LambdaEvent};
+
+use crate::provider::{Provider, Reply};
+
+/// Settings of the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSettings {
+    /// Where permanent failures go at once.
+    pub dlq_url: String,
+    /// Records of one batch processed at the same time.
+    pub concurrency: usize,
+    /// How long a claim keeps other consumers off a notification. Longer than the function's
+    /// timeout, so that a live consumer never loses its claim.
+    pub lease: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn new(dlq_url: impl Into<String>) -> ConsumerSettings {
+        ConsumerSettings { dlq_url: dlq_url.into(), concurrency: 8, lease: Duration::from_secs(120) }
+    }
+
+    /// Reads `FERRY_NOTIFY_DLQ_URL` (required), `FERRY_NOTIFY_CONCURRENCY` (default 8) and
+    /// `FERRY_NOTIFY_LEASE_SECS` (default 120).
+    pub fn from_env() -> Result<ConsumerSettings, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mut s = ConsumerSettings::new(var("FERRY_NOTIFY_DLQ_URL").ok_or("FERRY_NOTIFY_DLQ_URL: not set (the dead-letter queue URL)")?);
+        if let Some(v) = var("FERRY_NOTIFY_CONCURRENCY") {
+            s.concurrency = v.parse().ok().filter(|&c| c > 0).ok_or_else(|| format!("FERRY_NOTIFY_CONCURRENCY: {v:?} is not a positive whole number"))?;
+        }
+        if let Some(v) = var("FERRY_NOTIFY_LEASE_SECS") {
+            s.lease = Duration::from_secs(v.parse().map_err(|_| format!("FERRY_NOTIFY_LEASE_SECS: {v:?} is not a whole number of seconds"))?);
+        }
+        Ok(s)
+    }
+}
+
+/// State built once per execution environment.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub sqs: SqsClient,
+    pub table: DeliveryTable,
+    pub provider: Provider,
+    pub settings: ConsumerSettings,
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RecordOutcome {
+    /// The provider accepted it now.
+    Sent { notification_id: String, channel: Channel, status: Status },
+    /// A duplicate of a notification already handed to the provider: acknowledged, not sent.
+    AlreadyDone { notification_id: String, status: Status },
+    /// Failed permanently: now in the DLQ with attributes saying why, and acknowledged.
+    DeadLettered { notification_id: Option<String>, kind: ErrorKind, error: String },
+    /// Failed transiently: reported in `batchItemFailures`, so SQS delivers it again.
+    Retry { notification_id: Option<String>, reason: String },
+}
+
+impl RecordOutcome {
+    pub fn is_retry(&self) -> bool {
+        matches!(self, RecordOutcome::Retry { .. })
+    }
+}
+
+/// A record's result within a batch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordReport {
+    pub message_id: String,
+    #[serde(flatten)]
+    pub outcome: RecordOutcome,
+}
+
+/// The whole batch could not be judged record by record.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// Without an id a failure cannot be reported alone; failing the invocation retries the batch
+    /// (duplicates are harmless, the consumer is idempotent).
+    #[error("record {index} has no messageId, so its failure cannot be reported alone: {reason}")]
+    NoMessageId { index: usize, reason: String },
+}
+
+impl From<ConsumerError> for Diagnostic {
+    fn from(e: ConsumerError) -> Diagnostic {
+        let error_type = match &e {
+            ConsumerError::NoMessageId { .. } => "NoMessageId",
+        };
+        Diagnostic { error_type: error_type.to_owned(), error_message: e.to_string() }
+    }
+}
+
+/// The Lambda handler: processes every record and names exactly the transient failures.
+pub async fn handle(consumer: &Consumer, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, ConsumerError> {
+    let reports = process(consumer, &event.payload).await;
+    let mut response = SqsBatchResponse::default();
+    for (index, r) in reports.iter().enumerate() {
+        if let RecordOutcome::Retry { reason, .. } = &r.outcome {
+            if r.message_id.is_empty() {
+                return Err(ConsumerError::NoMessageId { index, reason: reason.clone() });
+            }
+            response.add_failure(r.message_id.clone());
+        }
+    }
+    Ok(response)
+}
+
+/// Processes a batch, at most `settings.concurrency` records at a time, and reports on each (in
+/// the order of the event).
+pub async fn process(consumer: &Consumer, event: &SqsEvent) -> Vec<RecordReport> {
+    let mut reports: Vec<(usize, RecordReport)> = futures::stream::iter(event.records.iter().enumerate())
+        .map(|(i, record)| async move {
+            let outcome = process_record(consumer, record).await;
+            let message_id = record.message_id.clone().unwrap_or_default();
+            match &outcome {
+                RecordOutcome::Retry { notification_id, reason } => {
+                    tracing::warn!(message_id, notification_id, reason, "transient failure; SQS will deliver it again")
+                }
+                RecordOutcome::DeadLettered { notification_id, kind, error } => {
+                    tracing::warn!(message_id, notification_id, %kind, error, "dead-lettered")
+                }
+                other => tracing::info!(message_id, outcome = ?other, "done"),
+            }
+            (i, RecordReport { message_id, outcome })
+        })
+        .buffer_unordered(consumer.settings.concurrency.max(1))
+        .collect()
+        .await;
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}
+
+async fn process_record(consumer: &Consumer, record: &SqsMessage) -> RecordOutcome {
+    let body = record.body.as_deref().unwrap_or_default();
+    match Notification::parse(body) {
+        Ok(n) => deliver(consumer, record, &n).await,
+        Err(e) => {
+            let peeked: Option<serde_json::Value> = serde_json::from_str(body).ok();
+            let id = peeked.as_ref().and_then(|v| v.get("notification_id")).and_then(|v| v.as_str()).map(str::to_owned);
+            dead_letter(consumer, record, e.kind(), &e.to_string(), None, id).await
+        }
+    }
+}
+
+async fn deliver(consumer: &Consumer, record: &SqsMessage, n: &Notification) -> RecordOutcome {
+    let id = &n.notification_id;
+    let retry = |reason: String| RecordOutcome::Retry { notification_id: Some(id.clone()), reason };
+    let aws = |e: NotifyAwsError| retry(e.to_string());
+    let (token, primary_rejected) = match consumer.table.claim(id, consumer.settings.lease).await {
+        Ok(Claim::Claimed { token, primary_rejected }) => (token, primary_rejected),
+        Ok(Claim::Done(status)) => return RecordOutcome::AlreadyDone { notification_id: id.clone(), status },
+        Ok(Claim::InFlight { lease_until_ms }) => {
+            return retry(format!("another consumer holds the claim until {lease_until_ms} (Unix ms)"));
+        }
+        Err(e) => return aws(e),
+    };
+    let channels: Vec<Channel> = match (primary_rejected, n.fallback) {
+        // An earlier attempt already had the primary refused: go straight to the fallback.
+        (true, Some(fb)) => vec![fb],
+        _ => n.channels().collect(),
+    };
+    let mut refusals = Vec::new();
+    for channel in channels {
+        match consumer.provider.send(n, channel).await {
+            Reply::Accepted { status, provider_message_id } => {
+                return match consumer.table.advance(id, status, channel, provider_message_id.as_deref()).await {
+                    Ok(_) => RecordOutcome::Sent { notification_id: id.clone(), channel, status },
+                    // The provider has it but the record does not say so: the retry finds the claim
+                    // and, once the lease lapses, sends again with the same idempotency key.
+                    Err(e) => aws(e),
+                };
+            }
+            Reply::Transient(reason) => {
+                let primary_refused = channel != n.channel;
+                if let Err(e) = consumer.table.release(id, &token, primary_refused).await {
+                    tracing::warn!(notification_id = id, error = %e, "could not release the claim; the retry waits for the lease");
+                }
+                return retry(reason);
+            }
+            Reply::Permanent(reason) => refusals.push(reason),
+        }
+    }
+    let error = refusals.join("; ");
+    if let Err(e) = consumer.table.mark_failed(id, &token, &error).await {
+        return aws(e);
+    }
+    dead_letter(consumer, record, ErrorKind::ProviderRejected, &error, Some(n.channel), Some(id.clone())).await
+}
+
+/// Sends the record's body to the DLQ with the reason. If that fails the record is retried, so a
+/// permanent failure is never dropped.
+async fn dead_letter(
+    consumer: &Consumer,
+    record: &SqsMessage,
+    kind: ErrorKind,
+    error: &str,
+    channel: Option<Channel>,
+    notification_id: Option<String>,
+) -> RecordOutcome {
+    let first_sent_at = record
+        .message_attributes
+        .get(attr::FIRST_SENT_AT)
+        .and_then(|a| a.string_value.clone())
+        .or_else(|| record.attributes.get("SentTimestamp").cloned())
+        .unwrap_or_else(|| now_ms().to_string());
+    let mut attrs = BTreeMap::from([
+        (attr::ERROR_KIND.to_owned(), kind.as_str().to_owned()),
+        (attr::ERROR.to_owned(), error.to_owned()),
+        (attr::FIRST_SENT_AT.to_owned(), first_sent_at),
+        (attr::FAILED_AT.to_owned(), now_ms().to_string()),
+    ]);
+    if let Some(c) = channel {
+        attrs.insert(attr::CHANNEL.to_owned(), c.as_str().to_owned());
+    }
+    if let Some(id) = notification_id.as_ref().filter(|id| !id.is_empty() && id.len() <= 256) {
+        attrs.insert(attr::NOTIFICATION_ID.to_owned(), id.clone());
+    }
+    let body = record.body.as_deref().unwrap_or_default();
+    match send_dead_letter(&consumer.sqs, &consumer.settings.dlq_url, body, &attrs).await {
+        Ok(()) => RecordOutcome::DeadLettered { notification_id, kind, error: error.to_owned() },
+        Err(e) => RecordOutcome::Retry { notification_id, reason: format!("could not dead-letter ({kind}: {error}): {e}") },
+    }
+}

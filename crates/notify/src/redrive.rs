@@ -1,0 +1,214 @@
+//! The admin route behind API Gateway (HTTP API, JWT authorizer) that pushes dead letters back.
+//!
+//! - `GET /admin/redrive`: the DLQ's recent move tasks (`ListMessageMoveTasks`).
+//! - `POST /admin/redrive`: without a filter or `dry_run`, starts SQS's own move task
+//!   (`StartMessageMoveTask`, optional `rate`); with them, runs a selective redrive and answers
+//!   with what it moved (or, dry, would move). Body: [`RedriveRequest`].
+//!
+//! Every request must carry the admin claim ([`AdminRule`]); anyone else gets 403.
+
+use std::time::Duration;
+
+use ferry_aws::notify::{self, NotifyAwsError, QueuePair, RedriveOptions, SqsClient};
+use ferry_core::notify::{AdminRule, Channel, ErrorKind, RedriveFilter, parse_age};
+use lambda_http::http::{Method, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_runtime::Diagnostic;
+
+/// The route this function serves.
+pub const ROUTE: &str = "/admin/redrive";
+
+/// State built once per execution environment.
+#[derive(Debug, Clone)]
+pub struct Redriver {
+    pub sqs: SqsClient,
+    pub queues: QueuePair,
+    pub admin: AdminRule,
+    /// How long a selective redrive may run inside one request (API Gateway gives up at 30 s).
+    pub time_budget: Duration,
+}
+
+impl Redriver {
+    /// Reads `FERRY_NOTIFY_QUEUE_URL`, `FERRY_NOTIFY_DLQ_URL` (both required), `FERRY_ADMIN_CLAIM`
+    /// and `FERRY_ADMIN_VALUE` (default: `cognito:groups` holding `ferry-admin`).
+    pub fn from_env(sqs: SqsClient) -> Result<Redriver, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let required = |name: &str| var(name).ok_or_else(|| format!("{name}: not set"));
+        let mut admin = AdminRule::default();
+        if let Some(c) = var("FERRY_ADMIN_CLAIM") {
+            admin.claim = c;
+        }
+        if let Some(v) = var("FERRY_ADMIN_VALUE") {
+            admin.value = v;
+        }
+        Ok(Redriver {
+            sqs,
+            queues: QueuePair { source_url: required("FERRY_NOTIFY_QUEUE_URL")?, dlq_url: required("FERRY_NOTIFY_DLQ_URL")? },
+            admin,
+            time_budget: Duration::from_secs(25),
+        })
+    }
+}
+
+/// The body of `POST /admin/redrive`. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// `native` or `selective`; by default selective when a filter or `dry_run` is given.
+    pub mode: Option<Mode>,
+    /// Messages per second.
+    pub rate: Option<u32>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub filter: FilterRequest,
+    /// Selective mode: stop after this many.
+    pub max_messages: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Native,
+    Selective,
+}
+
+/// A [`RedriveFilter`] as JSON: `{"kinds": ["provider_rejected"], "channels": ["sms"], "min_age": "1h", "max_age": "7d"}`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRequest {
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    pub min_age: Option<String>,
+    pub max_age: Option<String>,
+}
+
+impl FilterRequest {
+    /// The filter, or the name of the field at fault and why.
+    pub fn to_filter(&self) -> Result<RedriveFilter, String> {
+        let kinds = self
+            .kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| k.parse::<ErrorKind>().map_err(|e| format!("filter.kinds[{i}]: {e}")))
+            .collect::<Result<_, _>>()?;
+        let channels = self
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.parse::<Channel>().map_err(|e| format!("filter.channels[{i}]: {e}")))
+            .collect::<Result<_, _>>()?;
+        let age = |field: &str, v: &Option<String>| v.as_deref().map(parse_age).transpose().map_err(|e| format!("filter.{field}: {e}"));
+        Ok(RedriveFilter { kinds, channels, min_age_secs: age("min_age", &self.min_age)?, max_age_secs: age("max_age", &self.max_age)? })
+    }
+}
+
+/// An AWS call failed: the invocation fails, so the error type shows in the logs.
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    #[error(transparent)]
+    Aws(#[from] NotifyAwsError),
+}
+
+impl From<RedriveError> for Diagnostic {
+    fn from(e: RedriveError) -> Diagnostic {
+        let error_type = match &e {
+            RedriveError::Aws(NotifyAwsError::Sqs { .. }) => "SqsError",
+            RedriveError::Aws(_) => "AwsError",
+        };
+        Diagnostic { error_type: error_type.to_owned(), error_message: e.to_string() }
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut res = Response::new(Body::Text(value.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert("content-type", lambda_http::http::HeaderValue::from_static("application/json"));
+    res
+}
+
+fn problem(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Whether the caller carries the admin claim, per the JWT authorizer's claims.
+pub fn is_admin(rule: &AdminRule, req: &Request) -> bool {
+    let ctx = req.request_context_ref();
+    let claims = match ctx {
+        Some(RequestContext::ApiGatewayV2(c)) => c.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).map(|j| &j.claims),
+        _ => None,
+    };
+    claims.is_some_and(|claims| rule.allows(|k| claims.get(k).map(String::as_str)))
+}
+
+/// The Lambda handler.
+pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, RedriveError> {
+    if !is_admin(&state.admin, &req) {
+        tracing::warn!(path = req.uri().path(), "redrive refused: no admin claim");
+        return Ok(problem(StatusCode::FORBIDDEN, &format!("redrive requires the JWT claim {} to hold {}", state.admin.claim, state.admin.value)));
+    }
+    if req.uri().path().trim_end_matches('/') != ROUTE {
+        return Ok(problem(StatusCode::NOT_FOUND, "no such route"));
+    }
+    match *req.method() {
+        Method::GET => {
+            let arn = notify::queue_arn(&state.sqs, &state.queues.dlq_url).await?;
+            let tasks = notify::list_move_tasks(&state.sqs, &arn).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({ "dead_letter_queue": arn, "tasks": tasks })))
+        }
+        Method::POST => {
+            let body: &[u8] = req.body().as_ref();
+            let request: RedriveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+                RedriveRequest::default()
+            } else {
+                match serde_json::from_slice(body) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(problem(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
+                }
+            };
+            let filter = match request.filter.to_filter() {
+                Ok(f) => f,
+                Err(e) => return Ok(problem(StatusCode::BAD_REQUEST, &e)),
+            };
+            let selective = !filter.is_everything() || request.dry_run || request.max_messages.is_some();
+            match request.mode {
+                Some(Mode::Native) if selective => {
+                    Ok(problem(StatusCode::BAD_REQUEST, "mode: native moves everything; filter, dry_run and max_messages need mode selective"))
+                }
+                Some(Mode::Native) | None if !selective => start_native(state, request.rate).await,
+                _ => run_selective(state, &filter, &request).await,
+            }
+        }
+        _ => Ok(problem(StatusCode::METHOD_NOT_ALLOWED, "use GET (status) or POST (redrive)")),
+    }
+}
+
+async fn start_native(state: &Redriver, rate: Option<u32>) -> Result<Response<Body>, RedriveError> {
+    let dlq_arn = notify::queue_arn(&state.sqs, &state.queues.dlq_url).await?;
+    let source_arn = notify::queue_arn(&state.sqs, &state.queues.source_url).await?;
+    let rate = rate.map(|r| r.clamp(1, 500) as i32);
+    let handle = notify::start_move_task(&state.sqs, &dlq_arn, Some(&source_arn), rate).await?;
+    tracing::info!(dlq = dlq_arn, destination = source_arn, rate, task = handle, "move task started");
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "mode": "native", "task_handle": handle, "source": dlq_arn, "destination": source_arn, "rate": rate }),
+    ))
+}
+
+async fn run_selective(state: &Redriver, filter: &RedriveFilter, request: &RedriveRequest) -> Result<Response<Body>, RedriveError> {
+    let options = RedriveOptions {
+        dry_run: request.dry_run,
+        rate: request.rate.map(f64::from),
+        max_messages: request.max_messages,
+        time_budget: Some(state.time_budget),
+        ..RedriveOptions::default()
+    };
+    let report = notify::selective_redrive(&state.sqs, &state.queues, filter, &options, &mut |_| {}).await?;
+    tracing::info!(dry_run = report.dry_run, examined = report.examined, matched = report.matched, moved = report.moved, "selective redrive done");
+    let mut body = serde_json::to_value(&report).unwrap_or_default();
+    body["mode"] = "selective".into();
+    Ok(json(StatusCode::OK, &body))
+}

@@ -1,0 +1,513 @@
+//! Notifications against moto and a local provider: the real consumer handler on SQS events as
+//! Lambda sends them, delivery records in DynamoDB, the DLQ and both redrives. moto does not
+//! implement `StartMessageMoveTask` / `ListMessageMoveTasks`; those calls run against
+//! aws-smithy-mocks.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use ferry_aws::notify::{self as aws, Claim, DeliveryTable, QueuePair, QueueSettings, Received, RedriveOptions, SqsClient, Written};
+use ferry_core::notify::{Channel, ErrorKind, RedriveFilter, Status, attr};
+use ferry_demo::notify::{Failure, LocalProvider, PumpSettings, notification, peek_all, pump, sqs_event};
+use ferry_tests::{event_fixture, sdk_config, unique};
+use lambda_runtime::{Context, LambdaEvent};
+use notify::consumer::{Consumer, RecordOutcome};
+use notify::{ConsumerSettings, Provider, ProviderSettings, Redriver};
+
+struct Env {
+    sqs: SqsClient,
+    table: DeliveryTable,
+    queues: QueuePair,
+    provider: LocalProvider,
+    consumer: Consumer,
+}
+
+async fn env(queue: QueueSettings) -> Env {
+    let conf = sdk_config();
+    let sqs = ferry_aws::clients::sqs(&conf);
+    let table = DeliveryTable::new(ferry_aws::clients::dynamodb(&conf), unique("notifications"));
+    table.create_if_missing().await.expect("creating the table on moto");
+    let queues = aws::create_queue_pair(&sqs, &unique("notify"), queue).await.expect("creating queues on moto");
+    let provider = LocalProvider::start(Duration::from_millis(800)).await.expect("local provider");
+    let consumer = Consumer {
+        sqs: sqs.clone(),
+        table: table.clone(),
+        provider: Provider::new(&ProviderSettings { base_url: provider.url.clone(), timeout: Duration::from_millis(300) }).expect("client"),
+        settings: ConsumerSettings { concurrency: 8, lease: Duration::from_secs(30), ..ConsumerSettings::new(&queues.dlq_url) },
+    };
+    Env { sqs, table, queues, provider, consumer }
+}
+
+fn fast_queue() -> QueueSettings {
+    QueueSettings { max_receive_count: 5, visibility_timeout: Duration::from_secs(1) }
+}
+
+impl Env {
+    async fn dlq(&self) -> Vec<Received> {
+        peek_all(&self.sqs, &self.queues.dlq_url, Duration::from_secs(1)).await.expect("reading the DLQ")
+    }
+
+    async fn source(&self) -> Vec<Received> {
+        peek_all(&self.sqs, &self.queues.source_url, Duration::from_secs(1)).await.expect("reading the queue")
+    }
+
+    async fn drain(&self) -> ferry_demo::notify::PumpStats {
+        pump(&self.consumer, &self.sqs, &self.queues.source_url, PumpSettings::default()).await.expect("pumping the queue")
+    }
+}
+
+fn plain(id: &str) -> String {
+    notification(id, Channel::Email, &format!("{id}@example.com"), "welcome", None)
+}
+
+fn id_of(body: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(body).ok()?.get("notification_id")?.as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_batch_response_names_exactly_the_transient_failures() {
+    let e = env(fast_queue()).await;
+    // The fixture's five records: valid e-mail, broken JSON, unknown channel, push, alimtalk with sms fallback.
+    e.provider.fail_next("n-batch-4", &[Failure::Unavailable]);
+    e.provider.reject("n-batch-5", Channel::Alimtalk);
+    let event = event_fixture("sqs-notification-batch.json");
+    let ids: Vec<String> = event["Records"].as_array().unwrap().iter().map(|r| r["messageId"].as_str().unwrap().to_owned()).collect();
+    let payload = serde_json::from_value(event.clone()).unwrap();
+    let reports = notify::consumer::process(&e.consumer, &payload).await;
+    let outcomes: Vec<&str> = reports
+        .iter()
+        .map(|r| match &r.outcome {
+            RecordOutcome::Sent { .. } => "sent",
+            RecordOutcome::AlreadyDone { .. } => "already_done",
+            RecordOutcome::DeadLettered { kind, .. } => kind.as_str(),
+            RecordOutcome::Retry { .. } => "retry",
+        })
+        .collect();
+    assert_eq!(outcomes, ["sent", "malformed_json", "invalid_message", "retry", "sent"], "{reports:#?}");
+    assert_eq!(e.provider.accepted("n-batch-5"), ["sms"], "the permanent alimtalk refusal falls back to sms");
+
+    // The handler itself, on the same event again: only the push record is still failing... once more.
+    e.provider.fail_next("n-batch-4", &[Failure::Throttled]);
+    let response = notify::consumer::handle(&e.consumer, LambdaEvent::new(serde_json::from_value(event).unwrap(), Context::default()))
+        .await
+        .unwrap();
+    let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+    assert_eq!(failed, [ids[3].as_str()]);
+    // Valid ones were acknowledged as done without sending again; the DLQ got each bad one per delivery.
+    assert_eq!(e.provider.accepted("n-batch-1"), ["email"]);
+    assert_eq!(e.provider.repeats(), 0);
+    let kinds: Vec<String> = e.dlq().await.iter().map(|m| m.attributes[attr::ERROR_KIND].clone()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "malformed_json").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "invalid_message").count(), 2, "{kinds:?}");
+    let letter = e.dlq().await.into_iter().find(|m| m.attributes[attr::ERROR_KIND] == "invalid_message").unwrap();
+    assert!(letter.attributes[attr::ERROR].contains("field `channel`"), "{:?}", letter.attributes);
+    assert_eq!(letter.attributes[attr::NOTIFICATION_ID], "n-batch-3");
+    assert_eq!(letter.attributes[attr::FIRST_SENT_AT], "1795361400000");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_messages_nothing_lost_none_sent_twice() {
+    let e = env(fast_queue()).await;
+    let run = unique("bulk");
+    let total = 2000;
+    let mut bodies = Vec::new();
+    let mut valid = HashSet::new();
+    let mut malformed = HashSet::new();
+    for i in 0..total {
+        let id = format!("{run}-{i}");
+        let body = match i % 10 {
+            // 10% malformed: half broken JSON, half schema errors.
+            0 if i % 20 == 0 => format!("{{\"notification_id\":\"{id}\",\"channel\""),
+            0 => notification(&id, Channel::Sms, "not-a-number", "welcome", None),
+            // 10% hit transient provider failures first.
+            1 => {
+                let failures = [[Failure::Unavailable, Failure::Throttled], [Failure::Throttled, Failure::Unavailable], [Failure::Hang, Failure::Unavailable]];
+                e.provider.fail_next(&id, &failures[i / 10 % 3][..1 + (i / 10) % 2]);
+                plain(&id)
+            }
+            _ => plain(&id),
+        };
+        if i % 10 == 0 {
+            malformed.insert(body.clone());
+        } else {
+            valid.insert(id);
+        }
+        bodies.push(body);
+    }
+    // SQS delivers at least once: 100 valid messages arrive twice.
+    let duplicates: Vec<String> = bodies.iter().filter(|b| id_of(b).is_some_and(|id| valid.contains(&id))).step_by(17).take(100).cloned().collect();
+    bodies.extend(duplicates);
+    aws::send_all(&e.sqs, &e.queues.source_url, &bodies).await.unwrap();
+
+    let stats = e.drain().await;
+    assert!(stats.reported_failures >= 200, "every transient failure was reported for retry: {stats:?}");
+
+    let counts = e.provider.accepted_counts();
+    let lost: Vec<&String> = valid.iter().filter(|id| !counts.contains_key(*id)).collect();
+    assert!(lost.is_empty(), "{} valid notifications never delivered, e.g. {:?}", lost.len(), lost.first());
+    let twice: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(e.provider.repeats(), 0, "no request repeated an accepted idempotency key");
+    assert_eq!(counts.len(), valid.len(), "nothing but the valid ones was sent");
+
+    // Every malformed message is in the DLQ (none lost, nothing else there), and the queue is empty.
+    let dlq = e.dlq().await;
+    let dead: HashSet<String> = dlq.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(dead, malformed);
+    assert_eq!(dlq.len(), malformed.len());
+    assert!(e.source().await.is_empty());
+    for id in valid.iter().step_by(97) {
+        let rec = e.table.get(id).await.unwrap().expect("a delivery record");
+        assert_eq!((rec.status, rec.channel), (Status::Sent, Some(Channel::Email)), "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_never_goes_backwards_and_done_is_never_resent() {
+    let e = env(fast_queue()).await;
+    let id = unique("n");
+    let Claim::Claimed { .. } = e.table.claim(&id, Duration::from_secs(30)).await.unwrap() else { panic!("first claim") };
+    assert_eq!(e.table.advance(&id, Status::Delivered, Channel::Sms, Some("pm-1")).await.unwrap(), Written::Applied);
+    // A late `sent` (a slow duplicate) never overwrites `delivered`.
+    assert_eq!(e.table.advance(&id, Status::Sent, Channel::Sms, Some("pm-2")).await.unwrap(), Written::Skipped);
+    let rec = e.table.get(&id).await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.provider_message_id.as_deref()), (Status::Delivered, Some("pm-1")));
+    assert_eq!(e.table.claim(&id, Duration::from_secs(30)).await.unwrap(), Claim::Done(Status::Delivered));
+
+    // The consumer acknowledges a redelivery of it without calling the provider.
+    let body = notification(&id, Channel::Sms, "01012345678", "welcome", None);
+    aws::send_all(&e.sqs, &e.queues.source_url, &[body]).await.unwrap();
+    let batch = aws::receive(&e.sqs, &e.queues.source_url, 10, Duration::from_secs(5), Duration::from_secs(1)).await.unwrap();
+    let event = serde_json::from_value(sqs_event("arn:aws:sqs:us-east-1:123456789012:q", &batch)).unwrap();
+    let reports = notify::consumer::process(&e.consumer, &event).await;
+    assert_eq!(reports[0].outcome, RecordOutcome::AlreadyDone { notification_id: id.clone(), status: Status::Delivered });
+    assert_eq!(e.provider.requests(), 0);
+
+    // The provider may report `delivered` at once; that is recorded as is.
+    e.provider.reply_delivered(true);
+    let other = unique("n");
+    let event = serde_json::from_value(sqs_event("arn:aws:sqs:us-east-1:123456789012:q", &[Received {
+        message_id: "m-1".into(),
+        receipt_handle: "r-1".into(),
+        body: plain(&other),
+        attributes: BTreeMap::new(),
+        system: BTreeMap::new(),
+    }]))
+    .unwrap();
+    notify::consumer::process(&e.consumer, &event).await;
+    assert_eq!(e.table.get(&other).await.unwrap().unwrap().status, Status::Delivered);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lapsed_claim_is_taken_over_and_a_live_one_is_not() {
+    let e = env(fast_queue()).await;
+    let id = unique("n");
+    // A consumer claims, then dies between sending and recording.
+    let Claim::Claimed { .. } = e.table.claim(&id, Duration::from_millis(1500)).await.unwrap() else { panic!("claim") };
+    assert!(matches!(e.table.claim(&id, Duration::from_secs(30)).await.unwrap(), Claim::InFlight { .. }));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let Claim::Claimed { token, .. } = e.table.claim(&id, Duration::from_secs(30)).await.unwrap() else { panic!("takeover") };
+    // A permanent failure can be claimed again (a redrive after the cause is fixed).
+    assert_eq!(e.table.mark_failed(&id, &token, "sms: 400").await.unwrap(), Written::Applied);
+    assert_eq!(e.table.mark_failed(&id, &token, "again").await.unwrap(), Written::Skipped);
+    assert!(matches!(e.table.claim(&id, Duration::from_secs(30)).await.unwrap(), Claim::Claimed { .. }));
+    let rec = e.table.get(&id).await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.attempts), (Status::Sending, 3));
+}
+
+/// Puts dead letters of several kinds into the DLQ; returns notification id -> (kind, channel).
+async fn seed_dlq(e: &Env, prefix: &str) -> BTreeMap<String, (ErrorKind, Channel)> {
+    let mut seeded = BTreeMap::new();
+    let kinds = [ErrorKind::ProviderRejected, ErrorKind::InvalidMessage, ErrorKind::RetriesExhausted];
+    let channels = [Channel::Sms, Channel::Email, Channel::Push];
+    for i in 0..18 {
+        let (kind, channel) = (kinds[i % 3], channels[(i / 3) % 3]);
+        let id = format!("{prefix}-{i}");
+        let recipient = match channel {
+            Channel::Email => format!("{id}@example.com"),
+            Channel::Push => format!("fcm:{id}"),
+            _ => "01012345678".to_owned(),
+        };
+        let body = notification(&id, channel, &recipient, "welcome", None);
+        // What SQS's redrive policy moves carries no attributes; what the consumer sends does.
+        let attrs = if kind == ErrorKind::RetriesExhausted {
+            BTreeMap::new()
+        } else {
+            BTreeMap::from([(attr::ERROR_KIND.to_owned(), kind.as_str().to_owned()), (attr::CHANNEL.to_owned(), channel.as_str().to_owned())])
+        };
+        aws::send_dead_letter(&e.sqs, &e.queues.dlq_url, &body, &attrs).await.unwrap();
+        seeded.insert(id, (kind, channel));
+    }
+    seeded
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn selective_redrive_moves_only_what_matches() {
+    let e = env(fast_queue()).await;
+    let seeded = seed_dlq(&e, &unique("sel")).await;
+    let filter = RedriveFilter { kinds: vec![ErrorKind::ProviderRejected, ErrorKind::RetriesExhausted], channels: vec![Channel::Sms, Channel::Push], ..RedriveFilter::default() };
+    let expect: BTreeSet<String> = seeded.iter().filter(|(_, (k, c))| filter.kinds.contains(k) && filter.channels.contains(c)).map(|(id, _)| id.clone()).collect();
+    assert_eq!(expect.len(), 8);
+
+    // A dry run lists exactly those and moves nothing.
+    let dry = aws::selective_redrive(&e.sqs, &e.queues, &filter, &RedriveOptions { dry_run: true, ..RedriveOptions::default() }, &mut |_| {})
+        .await
+        .unwrap();
+    let listed: BTreeSet<String> = dry.messages.iter().filter_map(|m| m.notification_id.clone()).collect();
+    assert_eq!((listed, dry.examined, dry.moved), (expect.clone(), 18, 0));
+    assert!(e.source().await.is_empty());
+    // What the run looked at is visible again at once, not after the visibility timeout.
+    assert_eq!(e.dlq().await.len(), 18);
+
+    let mut seen_progress = Vec::new();
+    let report = aws::selective_redrive(&e.sqs, &e.queues, &filter, &RedriveOptions::default(), &mut |p| seen_progress.push(p)).await.unwrap();
+    assert_eq!((report.matched, report.moved, report.send_failures), (8, 8, 0));
+    assert_eq!(seen_progress.last().map(|p| p.moved), Some(8));
+    let moved: BTreeSet<String> = e.source().await.iter().filter_map(|m| id_of(&m.body)).collect();
+    assert_eq!(moved, expect);
+    let left: BTreeSet<String> = e.dlq().await.iter().filter_map(|m| id_of(&m.body)).collect();
+    assert_eq!(left, seeded.keys().filter(|id| !expect.contains(*id)).cloned().collect::<BTreeSet<_>>());
+    // The failure attributes stay behind; the first-queued time travels with the message.
+    let back = e.source().await;
+    assert!(back.iter().all(|m| !m.attributes.contains_key(attr::ERROR_KIND) && m.attributes.contains_key(attr::FIRST_SENT_AT)));
+
+    // Age: nothing in the DLQ is an hour old.
+    let old = RedriveFilter { min_age_secs: Some(3600), ..RedriveFilter::default() };
+    let r = aws::selective_redrive(&e.sqs, &e.queues, &old, &RedriveOptions::default(), &mut |_| {}).await.unwrap();
+    assert_eq!((r.examined, r.moved), (10, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_redrive_run_again_loses_nothing() {
+    let e = env(fast_queue()).await;
+    let run = unique("crash");
+    let ids: Vec<String> = (0..300).map(|i| format!("{run}-{i}")).collect();
+    for chunk in ids.chunks(10) {
+        let bodies: Vec<String> = chunk.iter().map(|id| plain(id)).collect();
+        for b in &bodies {
+            aws::send_dead_letter(&e.sqs, &e.queues.dlq_url, b, &BTreeMap::new()).await.unwrap();
+        }
+    }
+    let options = RedriveOptions { rate: Some(150.0), visibility_timeout: Duration::from_secs(2), ..RedriveOptions::default() };
+    // Interrupted half-way: the future is dropped wherever it is, between a send and its delete too.
+    let interrupted = tokio::time::timeout(
+        Duration::from_millis(1000),
+        aws::selective_redrive(&e.sqs, &e.queues, &RedriveFilter::default(), &options, &mut |_| {}),
+    )
+    .await;
+    assert!(interrupted.is_err(), "the first run was meant to be cut short");
+    let moved_so_far: BTreeSet<String> = e.source().await.iter().filter_map(|m| id_of(&m.body)).collect();
+    assert!(!moved_so_far.is_empty() && moved_so_far.len() < ids.len(), "interrupted half-way: {} moved", moved_so_far.len());
+
+    // Once the interrupted run's hidden messages reappear, run it again to the end.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let report = aws::selective_redrive(&e.sqs, &e.queues, &RedriveFilter::default(), &RedriveOptions::default(), &mut |_| {}).await.unwrap();
+    assert_eq!(report.send_failures, 0);
+    assert!(e.dlq().await.is_empty(), "the DLQ is empty after the second run");
+    let in_source: Vec<String> = e.source().await.iter().filter_map(|m| id_of(&m.body)).collect();
+    let distinct: BTreeSet<&String> = in_source.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "every message is back in the source queue");
+
+    // Possible duplicates from the interruption are harmless: each is delivered exactly once.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    e.drain().await;
+    let counts = e.provider.accepted_counts();
+    assert!(ids.iter().all(|id| counts.get(id) == Some(&1)), "each delivered exactly once");
+    assert_eq!(e.provider.repeats(), 0);
+}
+
+// ---- The admin route ---------------------------------------------------------------------------
+
+fn request(fixture: &str, method: &str, body: Option<&str>) -> lambda_http::Request {
+    let mut v = event_fixture(fixture);
+    v["requestContext"]["http"]["method"] = method.into();
+    v["routeKey"] = format!("{method} /admin/redrive").into();
+    match body {
+        Some(b) => v["body"] = b.into(),
+        None => {
+            v.as_object_mut().unwrap().remove("body");
+        }
+    }
+    lambda_http::request::from_str(&v.to_string()).expect("an HTTP API v2 request")
+}
+
+fn body_json(res: &lambda_http::Response<lambda_http::Body>) -> serde_json::Value {
+    serde_json::from_slice(res.body().as_ref()).expect("JSON body")
+}
+
+fn redriver(e: &Env) -> Redriver {
+    Redriver { sqs: e.sqs.clone(), queues: e.queues.clone(), admin: Default::default(), time_budget: Duration::from_secs(20) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_admins_may_redrive() {
+    let e = env(fast_queue()).await;
+    let seeded = seed_dlq(&e, &unique("adm")).await;
+    let state = redriver(&e);
+    let everything = r#"{"mode":"selective"}"#;
+    for req in [request("apigw-redrive-non-admin.json", "POST", Some(everything)), request("apigw-redrive-non-admin.json", "GET", None)] {
+        let res = notify::redrive::handle(&state, req).await.unwrap();
+        assert_eq!(res.status(), 403);
+        assert!(body_json(&res)["error"].as_str().unwrap().contains("cognito:groups"));
+    }
+    // No authorizer at all (a misconfigured route) is refused too.
+    let mut v = event_fixture("apigw-redrive.json");
+    v["requestContext"].as_object_mut().unwrap().remove("authorizer");
+    let res = notify::redrive::handle(&state, lambda_http::request::from_str(&v.to_string()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(e.source().await.is_empty(), "nothing moved for non-admins");
+    assert_eq!(e.dlq().await.len(), seeded.len());
+
+    // The admin's fixture asks for a dry run of two kinds.
+    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"kinds":["provider_rejected","retries_exhausted"]},"dry_run":true}"#)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = body_json(&res);
+    assert_eq!((body["matched"].as_u64(), body["moved"].as_u64(), body["mode"].as_str()), (Some(12), Some(0), Some("selective")), "{body}");
+    // A bad filter is refused, naming the field.
+    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"channels":["sms","fax"]}}"#))).await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(body_json(&res)["error"].as_str().unwrap().contains("filter.channels[1]"));
+    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filtre":{}}"#))).await.unwrap();
+    assert_eq!(res.status(), 400);
+    // The admin redrives the SMS ones for real.
+    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"channels":["sms"]}}"#))).await.unwrap();
+    assert_eq!(body_json(&res)["moved"], 6);
+    assert_eq!(e.source().await.len(), 6);
+}
+
+// ---- SQS's own move task, on recorded responses --------------------------------------------------
+
+const DLQ_URL: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/notify-dlq";
+const SRC_URL: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/notify";
+const DLQ_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:notify-dlq";
+const SRC_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:notify";
+
+fn mocked_sqs(rules: &[&Rule]) -> SqsClient {
+    use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+    let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for r in rules {
+        interceptor = interceptor.with_rule(r);
+    }
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor)
+        .build();
+    SqsClient::from_conf(conf)
+}
+
+fn queue_arn_rule() -> Rule {
+    use aws_sdk_sqs::operation::get_queue_attributes::GetQueueAttributesOutput;
+    use aws_sdk_sqs::types::QueueAttributeName;
+    mock!(aws_sdk_sqs::Client::get_queue_attributes).then_compute_output(|req| {
+        let arn = if req.queue_url() == Some(DLQ_URL) { DLQ_ARN } else { SRC_ARN };
+        GetQueueAttributesOutput::builder().attributes(QueueAttributeName::QueueArn, arn).build()
+    })
+}
+
+#[tokio::test]
+async fn native_redrive_starts_a_move_task_back_to_the_source() {
+    use aws_sdk_sqs::operation::start_message_move_task::StartMessageMoveTaskOutput;
+    let start = mock!(aws_sdk_sqs::Client::start_message_move_task)
+        .match_requests(|r| r.source_arn() == Some(DLQ_ARN) && r.destination_arn() == Some(SRC_ARN) && r.max_number_of_messages_per_second() == Some(25))
+        .then_output(|| StartMessageMoveTaskOutput::builder().task_handle("eyJ0YXNrSWQiOiIxIn0=").build());
+    let arns = queue_arn_rule();
+    let sqs = mocked_sqs(&[&start, &arns]);
+    let handle = aws::start_move_task(&sqs, DLQ_ARN, Some(SRC_ARN), Some(25)).await.unwrap();
+    assert_eq!(handle, "eyJ0YXNrSWQiOiIxIn0=");
+
+    // The admin route: a POST without a filter starts the native task at the requested rate.
+    let state = Redriver { sqs, queues: QueuePair { source_url: SRC_URL.into(), dlq_url: DLQ_URL.into() }, admin: Default::default(), time_budget: Duration::from_secs(5) };
+    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"rate":25}"#))).await.unwrap();
+    assert_eq!(res.status(), 202);
+    let body = body_json(&res);
+    assert_eq!((body["mode"].as_str(), body["task_handle"].as_str(), body["destination"].as_str()), (Some("native"), Some("eyJ0YXNrSWQiOiIxIn0="), Some(SRC_ARN)));
+    assert_eq!(start.num_calls(), 2);
+    // Native mode moves everything: combining it with a filter is refused before any call.
+    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"mode":"native","dry_run":true}"#))).await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(start.num_calls(), 2);
+}
+
+#[tokio::test]
+async fn redrive_status_lists_move_tasks() {
+    use aws_sdk_sqs::operation::list_message_move_tasks::ListMessageMoveTasksOutput;
+    use aws_sdk_sqs::types::ListMessageMoveTasksResultEntry;
+    let list = mock!(aws_sdk_sqs::Client::list_message_move_tasks).match_requests(|r| r.source_arn() == Some(DLQ_ARN)).then_output(|| {
+        ListMessageMoveTasksOutput::builder()
+            .results(
+                ListMessageMoveTasksResultEntry::builder()
+                    .task_handle("h-1")
+                    .status("RUNNING")
+                    .source_arn(DLQ_ARN)
+                    .max_number_of_messages_per_second(25)
+                    .approximate_number_of_messages_moved(40)
+                    .approximate_number_of_messages_to_move(100)
+                    .started_timestamp(1_795_361_400_000)
+                    .build(),
+            )
+            .results(
+                ListMessageMoveTasksResultEntry::builder()
+                    .status("FAILED")
+                    .source_arn(DLQ_ARN)
+                    .approximate_number_of_messages_moved(3)
+                    .failure_reason("AWS.SimpleQueueService.NonExistentQueue")
+                    .started_timestamp(1_795_300_000_000)
+                    .build(),
+            )
+            .build()
+    });
+    let arns = queue_arn_rule();
+    let sqs = mocked_sqs(&[&list, &arns]);
+    let tasks = aws::list_move_tasks(&sqs, DLQ_ARN).await.unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!((tasks[0].status.as_str(), tasks[0].moved, tasks[0].to_move, tasks[0].task_handle.as_deref()), ("RUNNING", 40, Some(100), Some("h-1")));
+    assert_eq!((tasks[1].status.as_str(), tasks[1].failure_reason.as_deref(), tasks[1].destination_arn.as_deref()), ("FAILED", Some("AWS.SimpleQueueService.NonExistentQueue"), None));
+
+    let state = Redriver { sqs, queues: QueuePair { source_url: SRC_URL.into(), dlq_url: DLQ_URL.into() }, admin: Default::default(), time_budget: Duration::from_secs(5) };
+    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "GET", None)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = body_json(&res);
+    assert_eq!(body["dead_letter_queue"], DLQ_ARN);
+    assert_eq!(body["tasks"][0]["moved"], 40);
+    assert_eq!(body["tasks"][1]["status"], "FAILED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fallback_is_remembered_across_a_transient_failure() {
+    let e = env(fast_queue()).await;
+    let id = unique("fb");
+    e.provider.reject(&id, Channel::Alimtalk);
+    // The SMS fallback is down the first time: the retry goes straight to SMS.
+    e.provider.set_channel_down(Channel::Sms, true);
+    let body = notification(&id, Channel::Alimtalk, "01012345678", "welcome", Some(Channel::Sms));
+    aws::send_all(&e.sqs, &e.queues.source_url, &[body]).await.unwrap();
+    let batch = aws::receive(&e.sqs, &e.queues.source_url, 10, Duration::from_secs(1), Duration::from_secs(1)).await.unwrap();
+    let event = serde_json::from_value(sqs_event("arn:aws:sqs:us-east-1:123456789012:q", &batch)).unwrap();
+    assert!(notify::consumer::process(&e.consumer, &event).await[0].outcome.is_retry());
+    assert!(e.table.get(&id).await.unwrap().unwrap().primary_rejected);
+    e.provider.set_channel_down(Channel::Sms, false);
+    let before = e.provider.requests();
+    e.drain().await;
+    assert_eq!(e.provider.requests() - before, 1, "only the fallback was asked again");
+    assert_eq!(e.provider.accepted(&id), ["sms"]);
+
+    // Refused on every channel: dead-lettered at once with the reason, and counted as handled.
+    let id2 = unique("fb");
+    e.provider.reject(&id2, Channel::Alimtalk);
+    e.provider.reject(&id2, Channel::Sms);
+    aws::send_all(&e.sqs, &e.queues.source_url, &[notification(&id2, Channel::Alimtalk, "01012345678", "welcome", Some(Channel::Sms))]).await.unwrap();
+    let stats = e.drain().await;
+    assert_eq!(stats.reported_failures, 0);
+    let dlq = e.dlq().await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].attributes[attr::ERROR_KIND], "provider_rejected");
+    assert_eq!(dlq[0].attributes[attr::CHANNEL], "alimtalk");
+    assert!(dlq[0].attributes[attr::ERROR].contains("alimtalk: provider answered 422") && dlq[0].attributes[attr::ERROR].contains("sms: provider answered 422"));
+    assert_eq!(e.table.get(&id2).await.unwrap().unwrap().status, Status::Failed);
+}
