@@ -28,9 +28,12 @@ pub struct GenArgs {
 
 /// SplitMix64: tiny, fast and the same on every platform.
 #[derive(Debug)]
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -38,7 +41,7 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
     fn unit(&mut self) -> f64 {
@@ -52,7 +55,7 @@ pub fn run(a: &GenArgs) -> anyhow::Result<()> {
     let universe = a.keys + a.keys / 4;
     let mut total_bytes = 0u64;
     for (r, locale) in a.locales.iter().enumerate() {
-        let mut rng = Rng(a.seed.wrapping_mul(1_000_003).wrapping_add(r as u64));
+        let mut rng = Rng::new(a.seed.wrapping_mul(1_000_003).wrapping_add(r as u64));
         let mut ids: Vec<u32> = (0..universe as u32).collect();
         // Partial Fisher-Yates: the first `keys` slots become a random subset in random order.
         for i in 0..a.keys.min(universe) {
@@ -71,8 +74,9 @@ pub fn run(a: &GenArgs) -> anyhow::Result<()> {
             w.write_all(b"\"kseq\",\"score\"\n")?;
         }
         for (n, &id) in ids.iter().enumerate() {
-            // Popularity falls off with the id; each region adds its own noise and taste.
-            let base = 200_000.0 / (1.0 + f64::from(id)).powf(0.9 * taste);
+            // A popular head of about a thousand keys, then a power-law tail; each region adds its
+            // own noise and taste (the tail's steepness).
+            let base = 50_000.0 / (1.0 + f64::from(id) / 1000.0).powf(taste);
             let votes = (base * (0.5 + rng.unit())).floor();
             let quote = if a.variety && n % 37 == 5 { "\"\"x" } else { "" };
             let key = format!("(7,{},{id}{quote})", id % 53 + 1);

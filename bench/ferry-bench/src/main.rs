@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 
 mod floor;
 mod gen_votes;
+mod phases;
+#[cfg(feature = "xlsx")]
+mod xlsx;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry-bench", about = "Benchmark drivers for ferry (see bench/run.py).")]
@@ -23,6 +26,14 @@ enum Command {
     ParseSum { files: Vec<PathBuf> },
     /// `ferry_core::tally::read_tally` alone on each file, one thread per file.
     ReadTally { files: Vec<PathBuf> },
+    /// `ferry votes merge --method share` phase by phase, each timed (LOCALE=FILE...).
+    MergePhases { inputs: Vec<String> },
+    /// Writes seeded staged export rows (10 columns) as JSON lines.
+    #[cfg(feature = "xlsx")]
+    GenRows(xlsx::GenRowsArgs),
+    /// The export worker's xlsx writer on staged rows.
+    #[cfg(feature = "xlsx")]
+    Xlsx(xlsx::XlsxArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +41,10 @@ fn main() -> anyhow::Result<()> {
         Command::GenVotes(a) => gen_votes::run(&a),
         Command::ParseSum { files } => floor::parse_sum(&files),
         Command::ReadTally { files } => floor::read_tally(&files),
+        Command::MergePhases { inputs } => phases::run(&inputs),
+        #[cfg(feature = "xlsx")]
+        Command::GenRows(a) => xlsx::gen_rows(&a),
+        #[cfg(feature = "xlsx")]
+        Command::Xlsx(a) => xlsx::build(&a),
     }
 }

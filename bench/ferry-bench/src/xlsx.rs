@@ -1,0 +1,70 @@
+//! The export worker's xlsx writer (`job_invoker::export::xlsx::build`) on staged rows, and a
+//! seeded generator of those rows: a JSON array per line, the header first, as the worker stages them.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct GenRowsArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+const STATUSES: [&str; 5] = ["placed", "paid", "packed", "shipped", "returned"];
+const NAMES: [&str; 8] = ["Kim Minji", "Sato Yui", "Chen Wei", "Alex Moore", "Park Jisoo", "Lin Mei", "Ito Ren", "Sam Lee"];
+
+pub fn gen_rows(a: &GenRowsArgs) -> anyhow::Result<()> {
+    let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    writeln!(w, r#"["id","order_no","customer","email","sku","qty","unit_price","total","status","created_at"]"#)?;
+    let mut rng = crate::gen_votes::Rng::new(a.seed);
+    for id in 1..=a.rows {
+        let name = NAMES[rng.below(NAMES.len())];
+        let qty = 1 + rng.below(9) as u64;
+        let cents = 100 + rng.below(99_900) as u64;
+        let status = STATUSES[rng.below(STATUSES.len())];
+        let secs = 1_767_225_600 + rng.below(31_536_000) as u64;
+        let (day, rem) = (secs / 86_400, secs % 86_400);
+        writeln!(
+            w,
+            r#"[{id},"ORD-{id:08}","{name}","user{u}@example.com","SKU-{sku:05}",{qty},{p}.{pc:02},{t}.{tc:02},"{status}","day {day} {h:02}:{m:02}:{s:02}"]"#,
+            u = rng.below(200_000),
+            sku = rng.below(50_000),
+            p = cents / 100,
+            pc = cents % 100,
+            t = cents * qty / 100,
+            tc = cents * qty % 100,
+            h = rem / 3600,
+            m = rem % 3600 / 60,
+            s = rem % 60,
+        )?;
+    }
+    w.flush()?;
+    println!("wrote {} rows to {}", a.rows, a.out.display());
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct XlsxArgs {
+    /// Staged rows (JSON array per line, header first).
+    staged: PathBuf,
+    out: PathBuf,
+}
+
+pub fn build(a: &XlsxArgs) -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("ferry-bench-xlsx-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    // Excel's row limit per sheet, header included: a million rows fit on one sheet.
+    let built = job_invoker::export::xlsx::build(&a.staged, &a.out, &tmp, 1_048_576);
+    std::fs::remove_dir_all(&tmp)?;
+    let built = built?;
+    println!("rows {} sheets {}", built.rows, built.sheets);
+    Ok(())
+}
