@@ -107,10 +107,10 @@ async fn partial_batch_response_names_exactly_the_transient_failures() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn thousands_of_messages_nothing_lost_none_sent_twice() {
+async fn a_thousand_messages_nothing_lost_none_sent_twice() {
     let e = env(fast_queue()).await;
     let run = unique("bulk");
-    let total = 2000;
+    let total = 1000;
     let mut bodies = Vec::new();
     let mut valid = HashSet::new();
     let mut malformed = HashSet::new();
@@ -135,13 +135,13 @@ async fn thousands_of_messages_nothing_lost_none_sent_twice() {
         }
         bodies.push(body);
     }
-    // SQS delivers at least once: 100 valid messages arrive twice.
-    let duplicates: Vec<String> = bodies.iter().filter(|b| id_of(b).is_some_and(|id| valid.contains(&id))).step_by(17).take(100).cloned().collect();
+    // SQS delivers at least once: 50 valid messages arrive twice.
+    let duplicates: Vec<String> = bodies.iter().filter(|b| id_of(b).is_some_and(|id| valid.contains(&id))).step_by(17).take(50).cloned().collect();
     bodies.extend(duplicates);
     aws::send_all(&e.sqs, &e.queues.source_url, &bodies).await.unwrap();
 
     let stats = e.drain().await;
-    assert!(stats.reported_failures >= 200, "every transient failure was reported for retry: {stats:?}");
+    assert!(stats.reported_failures >= total / 10, "every transient failure was reported for retry: {stats:?}");
 
     let counts = e.provider.accepted_counts();
     let lost: Vec<&String> = valid.iter().filter(|id| !counts.contains_key(*id)).collect();
@@ -309,9 +309,11 @@ async fn an_interrupted_redrive_run_again_loses_nothing() {
     let distinct: BTreeSet<&String> = in_source.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "every message is back in the source queue");
 
-    // Possible duplicates from the interruption are harmless: each is delivered exactly once.
+    // Possible duplicates from the interruption are harmless: each is delivered exactly once. One
+    // poller: moto's conditional writes are not atomic under concurrent requests (DynamoDB's are), so
+    // copies claimed at the same instant by two pollers could both win there.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    e.drain().await;
+    pump(&e.consumer, &e.sqs, &e.queues.source_url, PumpSettings { pollers: 1, ..PumpSettings::default() }).await.unwrap();
     let counts = e.provider.accepted_counts();
     assert!(ids.iter().all(|id| counts.get(id) == Some(&1)), "each delivered exactly once");
     assert_eq!(e.provider.repeats(), 0);

@@ -1,7 +1,7 @@
 //! The SQS consumer: one event is a batch of queued notifications; each record succeeds or fails
 //! alone, and only transient failures come back (`ReportBatchItemFailures`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -117,8 +117,18 @@ pub async fn handle(consumer: &Consumer, event: LambdaEvent<SqsEvent>) -> Result
 /// Processes a batch, at most `settings.concurrency` records at a time, and reports on each (in
 /// the order of the event).
 pub async fn process(consumer: &Consumer, event: &SqsEvent) -> Vec<RecordReport> {
+    // Copies of one notification in one batch run one after the other: the second then finds the
+    // first's record and is acknowledged, instead of racing it for the claim and coming back later.
+    let locks: HashMap<String, tokio::sync::Mutex<()>> =
+        event.records.iter().filter_map(|r| peek_id(r.body.as_deref()?)).map(|id| (id, tokio::sync::Mutex::new(()))).collect();
+    let locks = &locks;
     let mut reports: Vec<(usize, RecordReport)> = futures::stream::iter(event.records.iter().enumerate())
         .map(|(i, record)| async move {
+            let lock = record.body.as_deref().and_then(peek_id).and_then(|id| locks.get(&id));
+            let _turn = match lock {
+                Some(l) => Some(l.lock().await),
+                None => None,
+            };
             let outcome = process_record(consumer, record).await;
             let message_id = record.message_id.clone().unwrap_or_default();
             match &outcome {
@@ -139,15 +149,17 @@ pub async fn process(consumer: &Consumer, event: &SqsEvent) -> Vec<RecordReport>
     reports.into_iter().map(|(_, r)| r).collect()
 }
 
+/// The `notification_id` of a body that may not be valid.
+fn peek_id(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.get("notification_id")?.as_str().map(str::to_owned)
+}
+
 async fn process_record(consumer: &Consumer, record: &SqsMessage) -> RecordOutcome {
     let body = record.body.as_deref().unwrap_or_default();
     match Notification::parse(body) {
         Ok(n) => deliver(consumer, record, &n).await,
-        Err(e) => {
-            let peeked: Option<serde_json::Value> = serde_json::from_str(body).ok();
-            let id = peeked.as_ref().and_then(|v| v.get("notification_id")).and_then(|v| v.as_str()).map(str::to_owned);
-            dead_letter(consumer, record, e.kind(), &e.to_string(), None, id).await
-        }
+        Err(e) => dead_letter(consumer, record, e.kind(), &e.to_string(), None, peek_id(body)).await,
     }
 }
 
