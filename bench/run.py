@@ -438,13 +438,15 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="small inputs, few runs: try the harness")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    p.add_argument("--runs", type=int, help="runs of each fast side (default 5; 3 for xlsx)")
+    p.add_argument("--slow-runs", type=int, help="runs of each slow Python side (default 3; 2 for XlsxWriter)")
     p.add_argument("--skip", action="append", default=[], choices=["votes", "xlsx", "startup", "consumer"])
     args = p.parse_args()
     q = args.quick
     args.keys = 20_000 if q else 1_000_000
-    args.runs, args.slow_runs = (2, 1) if q else (5, 3)
+    args.runs, args.slow_runs = (2, 1) if q else (args.runs or 5, args.slow_runs or 3)
     args.xlsx_rows = 20_000 if q else 1_000_000
-    args.xlsx_runs, args.slow_xlsx_runs, args.slowest_xlsx_runs = (1, 1, 1) if q else (3, 2, 1)
+    args.xlsx_runs, args.slow_xlsx_runs, args.slowest_xlsx_runs = (1, 1, 1) if q else (args.runs or 3, args.slow_runs or 2, 1)
     args.startup_runs = 3 if q else 20
 
     bench_bin = REL / "ferry-bench"
