@@ -48,7 +48,8 @@ demo: deps
 	scripts/with-moto.sh target/debug/ferry-demo all
 
 test: deps
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) build --workspace --bins
+	FERRY_BIN_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug" $(CARGO) test --workspace --no-fail-fast
 	@for step in $(TEST_STEPS); do $(MAKE) --no-print-directory $$step; done
 
 lint:
