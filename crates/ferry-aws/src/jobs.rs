@@ -432,8 +432,8 @@ impl JobTable {
             .set_expression_attribute_values(Some(values.into_iter().collect()));
         let mut set = String::from("SET lease_expires_at = :lease, updated_at = :now, phase = :phase, done = :done");
         if let Some(t) = beat.progress.total {
-            set.push_str(", total = :total");
-            req = req.expression_attribute_values(":total", n(t));
+            set.push_str(", #total = :total");
+            req = req.expression_attribute_names("#total", "total").expression_attribute_values(":total", n(t));
         }
         if let Some(cp) = checkpoint {
             set.push_str(", attempt = :next, claimed = :false, checkpoint = :cp");
