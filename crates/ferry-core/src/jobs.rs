@@ -298,9 +298,20 @@ impl ExportParams {
     /// One spelling of these params: keys sorted, defaults filled in, no whitespace. Two requests that
     /// mean the same export have the same canonical form.
     pub fn canonical(&self) -> String {
-        // serde_json's map is ordered by key, so going through a Value sorts every object.
-        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        value.to_string()
+        // Keys are sorted explicitly: serde_json's map keeps insertion order whenever any crate in the
+        // build enables its `preserve_order` feature.
+        fn sorted(v: serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Object(m) => {
+                    let mut entries: Vec<(String, serde_json::Value)> = m.into_iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+                }
+                serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(sorted).collect()),
+                other => other,
+            }
+        }
+        sorted(serde_json::to_value(self).unwrap_or(serde_json::Value::Null)).to_string()
     }
 
     /// Hex SHA-256 of [`ExportParams::canonical`].
