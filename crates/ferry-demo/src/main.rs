@@ -50,10 +50,10 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), "ferry-demo", 1).await?);
             println!("\n== async jobs (xlsx export through the job API) ==");
             print!("{}", ferry_demo::jobs::run(&conf, 100_000).await?);
-            println!("\n== notifications (SQS, DLQ, redrive) ==");
-            print!("{}", ferry_demo::notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);
             println!("\n== regional edge (Redis) ==");
             print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), "ferry-demo", 2).await?);
+            println!("\n== notifications (SQS, DLQ, redrive) ==");
+            print!("{}", ferry_demo::notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);
         }
         Scenario::Votes { bucket, evno } => {
             print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);

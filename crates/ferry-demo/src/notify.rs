@@ -227,6 +227,23 @@ pub struct PumpStats {
     pub reported_failures: usize,
 }
 
+/// A receive that, like Lambda's own pollers, tries again after a failed poll (moto answers a
+/// burst of concurrent receives with an occasional 500).
+async fn receive_retrying(sqs: &SqsClient, queue_url: &str, settings: PumpSettings) -> anyhow::Result<Vec<Received>> {
+    let mut attempt = 0;
+    loop {
+        match aws::receive(sqs, queue_url, settings.batch_size, settings.visibility, Duration::from_secs(1)).await {
+            Ok(batch) => return Ok(batch),
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "receive failed; polling again");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Does what Lambda's SQS event source mapping does, until `queue_url` is empty: receive a batch,
 /// invoke the consumer's handler with it, delete every record not named in `batchItemFailures`.
 pub async fn pump(consumer: &Consumer, sqs: &SqsClient, queue_url: &str, settings: PumpSettings) -> anyhow::Result<PumpStats> {
@@ -234,7 +251,7 @@ pub async fn pump(consumer: &Consumer, sqs: &SqsClient, queue_url: &str, setting
     let pollers = (0..settings.pollers.max(1)).map(|_| async {
         let mut stats = PumpStats::default();
         loop {
-            let batch = aws::receive(sqs, queue_url, settings.batch_size, settings.visibility, Duration::from_secs(1)).await?;
+            let batch = receive_retrying(sqs, queue_url, settings).await?;
             if batch.is_empty() {
                 let (visible, in_flight) = aws::queue_depth(sqs, queue_url).await?;
                 if visible + in_flight == 0 {
