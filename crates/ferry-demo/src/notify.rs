@@ -293,6 +293,17 @@ pub async fn peek_all(sqs: &SqsClient, queue_url: &str, hide: Duration) -> anyho
     }
 }
 
+/// Reads every message of a queue, then makes each visible again at once. A short visibility
+/// timeout would let a long queue's first messages come back before the read reaches its end, and
+/// the read would never see the queue empty.
+pub async fn peek_and_release(sqs: &SqsClient, queue_url: &str) -> anyhow::Result<Vec<Received>> {
+    let messages = peek_all(sqs, queue_url, Duration::from_secs(60)).await?;
+    for m in &messages {
+        sqs.change_message_visibility().queue_url(queue_url).receipt_handle(&m.receipt_handle).visibility_timeout(0).send().await?;
+    }
+    Ok(messages)
+}
+
 /// A notification body of the scenario.
 pub fn notification(id: &str, channel: Channel, recipient: &str, template: &str, fallback: Option<Channel>) -> String {
     let mut v = serde_json::json!({
@@ -443,7 +454,7 @@ async fn where_they_are(
             None => *by_status.entry("no record".into()).or_default() += 1,
         }
     }
-    let letters = peek_all(sqs, &queues.dlq_url, Duration::from_secs(2)).await?;
+    let letters = peek_and_release(sqs, &queues.dlq_url).await?;
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for m in &letters {
         *by_kind.entry(m.dead_letter().kind.to_string()).or_default() += 1;
