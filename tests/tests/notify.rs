@@ -299,15 +299,15 @@ async fn an_interrupted_redrive_run_again_loses_nothing() {
     )
     .await;
     assert!(interrupted.is_err(), "the first run was meant to be cut short");
-    let moved_so_far: BTreeSet<String> = peek_and_release(&e, &e.queues.source_url).await.iter().filter_map(|m| id_of(&m.body)).collect();
+    let moved_so_far: BTreeSet<String> = ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.source_url).await.expect("reading the queue").iter().filter_map(|m| id_of(&m.body)).collect();
     assert!(!moved_so_far.is_empty() && moved_so_far.len() < ids.len(), "interrupted half-way: {} moved", moved_so_far.len());
 
     // Once the interrupted run's hidden messages reappear, run it again to the end.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let report = aws::selective_redrive(&e.sqs, &e.queues, &RedriveFilter::default(), &RedriveOptions::default(), &mut |_| {}).await.unwrap();
     assert_eq!(report.send_failures, 0);
-    assert!(peek_and_release(&e, &e.queues.dlq_url).await.is_empty(), "the DLQ is empty after the second run");
-    let in_source: Vec<String> = peek_and_release(&e, &e.queues.source_url).await.iter().filter_map(|m| id_of(&m.body)).collect();
+    assert!(ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.dlq_url).await.expect("reading the DLQ").is_empty(), "the DLQ is empty after the second run");
+    let in_source: Vec<String> = ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.source_url).await.expect("reading the queue").iter().filter_map(|m| id_of(&m.body)).collect();
     let distinct: BTreeSet<&String> = in_source.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "every message is back in the source queue");
 
@@ -319,17 +319,6 @@ async fn an_interrupted_redrive_run_again_loses_nothing() {
     let counts = e.provider.accepted_counts();
     assert!(ids.iter().all(|id| counts.get(id) == Some(&1)), "each delivered exactly once");
     assert_eq!(e.provider.repeats(), 0);
-}
-
-/// Reads every message of a queue and makes each visible again at once. Peeking with a short
-/// visibility timeout instead would receive the same messages over and over while a long queue is
-/// read, until the redrive policy moves them to the DLQ.
-async fn peek_and_release(e: &Env, queue_url: &str) -> Vec<Received> {
-    let messages = peek_all(&e.sqs, queue_url, Duration::from_secs(60)).await.expect("reading the queue");
-    for m in &messages {
-        e.sqs.change_message_visibility().queue_url(queue_url).receipt_handle(&m.receipt_handle).visibility_timeout(0).send().await.expect("releasing a peeked message");
-    }
-    messages
 }
 
 // ---- The admin route ---------------------------------------------------------------------------
