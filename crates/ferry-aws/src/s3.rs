@@ -64,6 +64,16 @@ pub enum Precondition {
     IfAbsent,
 }
 
+impl Precondition {
+    /// Write only over the object that was read (`None`: only if there still is none).
+    pub fn replacing(read: Option<Head>) -> Precondition {
+        match read {
+            Some(h) => Precondition::IfMatch(h.etag),
+            None => Precondition::IfAbsent,
+        }
+    }
+}
+
 /// The outcome of [`Store::put`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Put {

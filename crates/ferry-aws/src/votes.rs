@@ -209,10 +209,7 @@ pub async fn normalize_upload(store: &Store, settings: &VoteSettings, object_key
                 body: tally::write_locale_result(&rows),
                 content_type: "text/csv",
                 metadata,
-                precondition: Some(match current {
-                    Some(c) => Precondition::IfMatch(c.etag),
-                    None => Precondition::IfAbsent,
-                }),
+                precondition: Some(Precondition::replacing(current)),
             })
             .await?;
         match put {
@@ -286,10 +283,7 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
                 body: tally::write_global_result(&global.locales, &global.rows),
                 content_type: "text/csv",
                 metadata,
-                precondition: Some(match current {
-                    Some(c) => Precondition::IfMatch(c.etag),
-                    None => Precondition::IfAbsent,
-                }),
+                precondition: Some(Precondition::replacing(current)),
             })
             .await?;
         match put {

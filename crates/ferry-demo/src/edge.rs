@@ -70,11 +70,7 @@ fn no_progress(_: u64, _: u64) {}
 /// Runs the scenario against the S3 endpoint `s3` points at, with one local redis-server per region,
 /// and returns the report to print.
 pub async fn run(s3: S3Client, bucket: &str, evno: u64) -> anyhow::Result<String> {
-    match s3.create_bucket().bucket(bucket).send().await {
-        Ok(_) => {}
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => {}
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("creating bucket {bucket}"))),
-    }
+    crate::votes::ensure_bucket(&s3, bucket).await?;
     let settings = VoteSettings::from_env().map_err(anyhow::Error::msg)?;
     let normalizer = Normalizer { s3: s3.clone(), settings };
     let merger = Merger { s3: s3.clone(), settings };

@@ -80,13 +80,18 @@ pub fn regional_csv(rows: usize, seed: u64, opencsv: bool) -> Vec<u8> {
     out
 }
 
+/// Creates `bucket` unless this account already has it.
+pub async fn ensure_bucket(s3: &S3Client, bucket: &str) -> anyhow::Result<()> {
+    match s3.create_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("creating bucket {bucket}"))),
+    }
+}
+
 /// Runs the scenario against the S3 endpoint `s3` points at, and returns the report to print.
 pub async fn run(s3: S3Client, bucket: &str, evno: u64) -> anyhow::Result<String> {
-    match s3.create_bucket().bucket(bucket).send().await {
-        Ok(_) => {}
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => {}
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("creating bucket {bucket}"))),
-    }
+    ensure_bucket(&s3, bucket).await?;
     let settings = VoteSettings::from_env().map_err(anyhow::Error::msg)?;
     let normalizer = Normalizer { s3: s3.clone(), settings };
     let merger = Merger { s3: s3.clone(), settings };
