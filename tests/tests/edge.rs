@@ -41,9 +41,9 @@ fn pairs(rows: &[(&str, f64)]) -> Vec<(String, f64)> {
 
 /// A global result in the contract's own writer, one locale column.
 fn global_csv(rows: &[(String, f64)]) -> Vec<u8> {
-    let rows: Vec<GlobalRow> =
-        rows.iter().map(|(k, v)| GlobalRow { kseq: k.clone(), score: *v, contributions: vec![*v] }).collect();
-    tally::write_global_result(&["jp".to_owned()], &rows)
+    let rows: Vec<GlobalRow<'_>> =
+        rows.iter().map(|(k, v)| GlobalRow { kseq: k, score: *v, contributions: std::slice::from_ref(v) }).collect();
+    tally::write_global_result(&["jp".to_owned()], rows.into_iter())
 }
 
 fn pull_cfg(key: &str) -> PullConfig<'_> {
@@ -139,7 +139,7 @@ async fn push_uploads_the_set_in_the_regional_contract_and_reruns_are_idempotent
     assert_eq!(out.sum, all.iter().map(|(_, v)| v).sum::<f64>());
     let (body, etag) = e.get(&out.upload).await;
     let t = tally::read_tally(&out.upload, &body).expect("the upload reads back through the contract");
-    assert_eq!(sorted(t.rows), sorted(all.clone()));
+    assert_eq!(sorted(t.iter().map(|(k, v)| (k.to_owned(), v)).collect()), sorted(all.clone()));
 
     // A cron rerun in the same minute writes the same key with the same bytes.
     let again = e.push(&key, stamp).await.expect("push again");
@@ -174,7 +174,7 @@ async fn push_of_a_million_members() {
     let (body, _) = e.get(&out.upload).await;
     let t = tally::read_tally(&out.upload, &body).expect("contract");
     assert_eq!(t.len(), n as usize);
-    assert_eq!(t.rows.iter().map(|(_, v)| v).sum::<f64>(), expected_sum);
+    assert_eq!(t.values().iter().sum::<f64>(), expected_sum);
     assert_eq!(out.sum, expected_sum);
 }
 

@@ -314,9 +314,9 @@ async fn racing_merges_never_leave_a_stale_global() {
         inputs.push((l, tally::read_locale_result(l, body.as_bytes()).unwrap()));
     }
     assert_eq!(meta[votes::META_INPUTS], manifest.join(";"));
-    let scores: Vec<LocaleScores<'_>> = inputs.iter().map(|(l, r)| LocaleScores { locale: l, weight: 1.0, rows: r }).collect();
+    let scores: Vec<LocaleScores<'_>> = inputs.iter().map(|(l, r)| LocaleScores { locale: l, weight: 1.0, scores: r }).collect();
     let expect = ferry_core::merge::merge(&scores).unwrap();
-    assert_eq!(global, String::from_utf8(tally::write_global_result(&expect.locales, &expect.rows)).unwrap());
+    assert_eq!(global, String::from_utf8(tally::write_global_result(&expect.locales, expect.rows())).unwrap());
     // And a merge now has nothing to do.
     let out = votes::merge_stage(&e.store(), &VoteSettings::default(), 5, "prod").await.unwrap();
     assert!(matches!(out, MergeOutcome::UpToDate { .. }), "{out:?}");

@@ -242,7 +242,7 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
         listed.sort_by(|a, b| a.0.locale.cmp(&b.0.locale));
         let reads = listed.iter().map(|(_, h)| store.get_capped(&h.key, settings.max_input_bytes));
         let fetched = futures::future::join_all(reads).await;
-        let mut inputs: Vec<(String, String, Vec<(String, f64)>)> = Vec::with_capacity(listed.len());
+        let mut inputs: Vec<(String, String, ferry_core::Tally)> = Vec::with_capacity(listed.len());
         for ((k, h), f) in listed.iter().zip(fetched) {
             match f? {
                 Fetched::Object(o) => {
@@ -269,18 +269,18 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
         }
         let scores: Vec<LocaleScores<'_>> = inputs
             .iter()
-            .map(|(l, _, rows)| LocaleScores { locale: l, weight: config.weight(l), rows })
+            .map(|(l, _, scores)| LocaleScores { locale: l, weight: config.weight(l), scores })
             .collect();
         let global = merge::merge(&scores).map_err(|source| VoteError::Merge { key: global_key.clone(), source })?;
         let metadata = HashMap::from([
             (META_INPUTS.to_owned(), manifest.clone()),
             (META_WEIGHTS.to_owned(), weights),
             (META_METHOD.to_owned(), config.method.as_str().to_owned()),
-            (META_ROWS.to_owned(), global.rows.len().to_string()),
+            (META_ROWS.to_owned(), global.len().to_string()),
         ]);
         let put = store
             .put(&global_key, NewObject {
-                body: tally::write_global_result(&global.locales, &global.rows),
+                body: tally::write_global_result(&global.locales, global.rows()),
                 content_type: "text/csv",
                 metadata,
                 precondition: Some(Precondition::replacing(current)),
@@ -288,8 +288,8 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
             .await?;
         match put {
             Put::Written { .. } => {
-                tracing::info!(global = global_key, inputs = manifest, rows = global.rows.len(), "global result written");
-                return Ok(MergeOutcome::Written { global: global_key, inputs: manifest, rows: global.rows.len() });
+                tracing::info!(global = global_key, inputs = manifest, rows = global.len(), "global result written");
+                return Ok(MergeOutcome::Written { global: global_key, inputs: manifest, rows: global.len() });
             }
             Put::Conflict => {
                 tracing::info!(global = global_key, attempt, "another merge wrote first; re-reading");

@@ -31,16 +31,23 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 /// Writes `bytes` to `out`, or to stdout when `out` is `None`. A file is written beside its final
 /// name and renamed into place, so a crash never leaves a partial result behind.
 pub fn write_output(out: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
+    write_output_with(out, |w| w.write_all(bytes))
+}
+
+/// Like [`write_output`], with the bytes written by `write` into a buffered writer, so a large
+/// result streams to its file instead of being built in memory first.
+pub fn write_output_with(out: Option<&Path>, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
     let Some(path) = out else {
-        let mut stdout = std::io::stdout().lock();
-        return stdout.write_all(bytes).and_then(|()| stdout.flush()).context("writing to stdout");
+        let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        return write(&mut stdout).and_then(|()| stdout.flush()).context("writing to stdout");
     };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().context("output path has no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        write(&mut f)?;
+        let f = f.into_inner().map_err(std::io::IntoInnerError::into_error)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();

@@ -6,12 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ferry_core::merge::{self, LocaleScores};
-use ferry_core::normalize::normalize;
+use ferry_core::normalize::{normalize, normalize_tally};
 use ferry_core::tally::{self, NormRow};
 use ferry_core::{Method, Tally};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::output::{BadInput, Usage, write_output};
+use crate::output::{BadInput, Usage, write_output, write_output_with};
 
 #[derive(Debug, Subcommand)]
 pub enum VotesCommand {
@@ -113,14 +113,14 @@ fn merge_files(a: MergeArgs) -> anyhow::Result<()> {
     }
     let bar = spinner(format!("normalising {} regional files", a.inputs.len()));
     // Each locale is read and normalised on its own thread: the files are independent.
-    let normalised: Vec<anyhow::Result<Vec<(String, f64)>>> = std::thread::scope(|s| {
+    let normalised: Vec<anyhow::Result<Tally>> = std::thread::scope(|s| {
         let handles: Vec<_> = a
             .inputs
             .iter()
             .map(|(_, path)| {
                 s.spawn(|| {
-                    let tally = read_tally(path, a.max_input_bytes)?;
-                    Ok(normalize(a.method, &tally).into_iter().map(|r| (r.kseq, r.score)).collect())
+                    // Normalised in place: the keys read are the keys merged and written, never copied.
+                    Ok(normalize_tally(a.method, read_tally(path, a.max_input_bytes)?))
                 })
             })
             .collect();
@@ -136,12 +136,11 @@ fn merge_files(a: MergeArgs) -> anyhow::Result<()> {
         .inputs
         .iter()
         .zip(&scores)
-        .map(|((locale, _), rows)| LocaleScores { locale, weight: weight(locale), rows })
+        .map(|((locale, _), scores)| LocaleScores { locale, weight: weight(locale), scores })
         .collect();
     let global = merge::merge(&inputs).map_err(|e| BadInput(e.to_string()))?;
     bar.set_message("writing");
-    let bytes = tally::write_global_result(&global.locales, &global.rows);
-    write_output(a.output.as_deref(), &bytes)?;
+    write_output_with(a.output.as_deref(), |w| global.write_csv(w))?;
     bar.finish_and_clear();
     Ok(())
 }

@@ -116,16 +116,17 @@ pub fn normalize_values(method: Method, values: &[f64]) -> Vec<f64> {
 
 /// Normalises a tally into a locale result, sorted by score descending, then key ascending.
 pub fn normalize(method: Method, tally: &Tally) -> Vec<NormRow> {
-    let raws: Vec<f64> = tally.rows.iter().map(|(_, v)| *v).collect();
-    let scores = normalize_values(method, &raws);
-    let mut rows: Vec<NormRow> = tally
-        .rows
-        .iter()
-        .zip(scores)
-        .map(|((kseq, raw), score)| NormRow { kseq: kseq.clone(), score, raw: *raw })
-        .collect();
+    let scores = normalize_values(method, tally.values());
+    let mut rows: Vec<NormRow> =
+        tally.iter().zip(scores).map(|((kseq, raw), score)| NormRow { kseq: kseq.to_owned(), score, raw }).collect();
     rows.sort_unstable_by(|a, b| by_score_then_key(a.score, &a.kseq, b.score, &b.kseq));
     rows
+}
+
+/// The tally's normalised scores, in the tally's order, keeping its keys where they are: what the
+/// merge needs, without a locale result's sort and raw column.
+pub fn normalize_tally(method: Method, tally: Tally) -> Tally {
+    tally.map_values(|raw| normalize_values(method, raw))
 }
 
 /// The one result order: score descending, then key ascending.
@@ -192,7 +193,9 @@ mod tests {
 
     #[test]
     fn rows_sort_by_score_then_key() {
-        let tally = Tally { rows: vec![("b".into(), 1.0), ("c".into(), 3.0), ("a".into(), 1.0)] };
+        let tally: Tally = [("b", 1.0), ("c", 3.0), ("a", 1.0)].into_iter().collect();
+        let unsorted = normalize_tally(Method::Share, tally.clone());
+        assert_eq!(unsorted.iter().collect::<Vec<_>>(), vec![("b", 0.2), ("c", 0.6), ("a", 0.2)]);
         let rows = normalize(Method::Share, &tally);
         let keys: Vec<&str> = rows.iter().map(|r| r.kseq.as_str()).collect();
         assert_eq!(keys, ["c", "a", "b"]);

@@ -87,7 +87,7 @@ impl TallyBuilder {
     pub fn finish(self) -> Tally {
         let mut rows = self.rows;
         rows.sort_unstable_by(|a, b| by_score_then_key(a.1, &a.0, b.1, &b.0));
-        Tally { rows }
+        rows.into_iter().collect()
     }
 }
 
@@ -112,12 +112,12 @@ fn tally_row(set: &str, member: &[u8], score: &[u8]) -> Result<(String, f64), Ra
 
 /// Writes a tally as a regional upload: `kseq,score`, one row per key, in the order given.
 pub fn write_tally(tally: &Tally) -> Vec<u8> {
-    let mut out = csv::Writer::from_writer(Vec::with_capacity(tally.rows.len() * 24 + 16));
+    let mut out = csv::Writer::from_writer(Vec::with_capacity(tally.len() * 24 + 16));
     let mut buf = ryu::Buffer::new();
     // Writing into a Vec cannot fail.
     out.write_record(["kseq", "score"]).expect("writing CSV into memory");
-    for (kseq, score) in &tally.rows {
-        out.write_record([kseq.as_str(), tally::format_number(&mut buf, *score)]).expect("writing CSV into memory");
+    for (kseq, score) in tally.iter() {
+        out.write_record([kseq, tally::format_number(&mut buf, score)]).expect("writing CSV into memory");
     }
     out.into_inner().expect("flushing CSV into memory")
 }
@@ -288,14 +288,14 @@ mod tests {
         b.add_page("s", &[("b", "3"), ("d", "0")]).unwrap();
         assert_eq!(b.len(), 4);
         let t = b.finish();
-        assert_eq!(t.rows, pairs(&[("c", 9.0), ("b", 3.0), ("a", 2.0), ("d", 0.0)]));
+        assert_eq!(t.iter().collect::<Vec<_>>(), vec![("c", 9.0), ("b", 3.0), ("a", 2.0), ("d", 0.0)]);
         let err = TallyBuilder::default().add_page("s", &[("ok", "1"), ("bad", "nan")]).unwrap_err();
         assert!(err.to_string().contains("member \"bad\""), "{err}");
     }
 
     #[test]
     fn written_tally_reads_back_through_the_contract() {
-        let t = Tally { rows: pairs(&[("(1,2,3)", 5.0), ("say \"hi\"", 0.5), ("x", 0.0)]) };
+        let t: Tally = [("(1,2,3)", 5.0), ("say \"hi\"", 0.5), ("x", 0.0)].into_iter().collect();
         let bytes = write_tally(&t);
         assert_eq!(String::from_utf8(bytes.clone()).unwrap(), "kseq,score\n\"(1,2,3)\",5.0\n\"say \"\"hi\"\"\",0.5\nx,0.0\n");
         assert_eq!(tally::read_tally("data/1/jp-prod-202611221530.csv", &bytes).unwrap(), t);

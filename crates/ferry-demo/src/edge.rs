@@ -88,8 +88,8 @@ pub async fn run(s3: S3Client, bucket: &str, evno: u64) -> anyhow::Result<String
         let t = tally::read_tally(locale, &regional_csv(rows, seed, false))?;
         let mut pipe = redis::pipe();
         let cmd = pipe.cmd("ZADD").arg(&votes_key);
-        for (kseq, score) in &t.rows {
-            cmd.arg(*score).arg(kseq.as_str());
+        for (kseq, score) in t.iter() {
+            cmd.arg(score).arg(kseq);
         }
         pipe.query_async::<()>(&mut conn).await.context("filling the regional sorted set")?;
 

@@ -90,7 +90,7 @@ pub async fn push(
         return Err(EdgeError::EmptySet { key: cfg.key.to_owned() });
     }
     let tally = builder.finish();
-    let sum: f64 = tally.rows.iter().map(|(_, v)| v).sum();
+    let sum: f64 = tally.values().iter().sum();
     let body = ranking::write_tally(&tally);
     let metadata = HashMap::from([
         (META_SOURCE.to_owned(), format!("redis:{}", cfg.key)),
