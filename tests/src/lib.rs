@@ -4,6 +4,7 @@
 //! - [`sdk_config`]: an SDK configuration pointing at it.
 //! - [`unique`]: names that do not collide between tests sharing one server.
 //! - [`redis`]: a real redis-server, started like moto.
+//! - [`binary`]: a workspace binary (the Lambdas, `ferry`), to run as a process.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,24 @@ pub mod redis;
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The path of a workspace binary. `make test` builds them first (`cargo build --workspace --bins`) and
+/// names the directory in `FERRY_BIN_DIR`; otherwise they are built here.
+pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("FERRY_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        assert!(path.exists(), "{} does not exist: FERRY_BIN_DIR must name a built target directory", path.display());
+        return path;
+    }
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--workspace", "--bins"])
+        .current_dir(workspace())
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building the workspace binaries failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    target.join("debug").join(name)
 }
 
 /// A free port on 127.0.0.1.

@@ -490,3 +490,335 @@ async fn an_s3_csv_dataset_exports_selected_and_filtered_rows_in_key_order() {
     let text = String::from_utf8(e.object(&key).await.unwrap()).unwrap();
     assert_eq!(text, "{\"id\":1,\"amount\":10}\n{\"id\":3,\"amount\":30}\n{\"id\":4,\"amount\":40.0}\n{\"id\":6,\"amount\":60.5}\n");
 }
+
+/// The rows as a Parquet file, columns `id` (i64), `status` and `amount` (f64).
+fn parquet(ids: &[i64], statuses: &[&str], amounts: &[f64]) -> Vec<u8> {
+    use polars::prelude::*;
+    let mut df = df!("id" => ids, "status" => statuses, "amount" => amounts).expect("a frame");
+    let mut body = Vec::new();
+    ParquetWriter::new(&mut body).finish(&mut df).expect("writing parquet");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_parquet_dataset_exports_selected_and_filtered_rows_in_key_order() {
+    let e = env_with(Duration::from_secs(900), |s| s.page_size = 2).await;
+    let data = unique("lake");
+    e.s3.create_bucket().bucket(&data).send().await.unwrap();
+    let files = [
+        ("orders/part-0001.parquet", parquet(&[4, 5, 6, 7], &["paid", "open", "paid", "paid"], &[40.0, 50.0, 60.5, 29.99])),
+        ("orders/part-0000.parquet", parquet(&[1, 2, 3], &["paid", "refunded", "paid"], &[10.0, 20.0, 30.0])),
+        ("other/part-0000.parquet", parquet(&[9], &["paid"], &[90.0])),
+    ];
+    for (key, body) in files {
+        e.s3.put_object().bucket(&data).key(key).body(body.into()).send().await.unwrap();
+    }
+    let body = json!({
+        "kind": "export",
+        "params": {
+            "source": {"type": "s3", "bucket": data, "prefix": "orders/", "format": "parquet"},
+            "format": "jsonl",
+            "columns": ["status", "id", "amount"],
+            "filter": {"column": "amount", "op": "ge", "value": 30},
+        }
+    });
+    let (code, v) = e.post(&body.to_string(), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 4, .. })]), "{reports:?}");
+    let key = ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Jsonl);
+    let text = String::from_utf8(e.object(&key).await.unwrap()).unwrap();
+    // Objects in key order, rows in file order; the columns in the order asked for, with the
+    // file's types (integer ids, float amounts); 29.99 and everything outside the prefix left out.
+    assert_eq!(
+        text,
+        concat!(
+            "{\"status\":\"paid\",\"id\":3,\"amount\":30.0}\n",
+            "{\"status\":\"paid\",\"id\":4,\"amount\":40.0}\n",
+            "{\"status\":\"open\",\"id\":5,\"amount\":50.0}\n",
+            "{\"status\":\"paid\",\"id\":6,\"amount\":60.5}\n",
+        )
+    );
+    let v = e.status(&id).await;
+    assert_eq!((v["status"].as_str(), v["download"]["rows"].as_u64()), (Some("succeeded"), Some(4)), "{v}");
+}
+
+/// Turns the first answer its client receives into a 500 (DynamoDB applied the request, the answer
+/// was lost), so that the SDK sends the same request again; and records what was sent.
+#[derive(Debug, Default)]
+struct LoseFirstAnswer {
+    /// `X-Amz-Target` and body of each request sent, retries included.
+    sent: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+struct Lossy(Arc<LoseFirstAnswer>);
+
+impl aws_sdk_dynamodb::config::Intercept for Lossy {
+    fn name(&self) -> &'static str {
+        "LoseFirstAnswer"
+    }
+
+    fn read_before_transmit(
+        &self,
+        ctx: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let req = ctx.request();
+        let target = req.headers().get("x-amz-target").unwrap_or_default().to_owned();
+        self.0.sent.lock().unwrap().push((target, req.body().bytes().unwrap_or_default().to_vec()));
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        ctx: &mut aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        if ctx.response().status().is_success() && !self.0.lost.swap(true, Ordering::SeqCst) {
+            *ctx.response_mut().status_mut() = 500u16.try_into()?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
+    use ferry_aws::jobs::{Beat, NewJob, Refused};
+    use ferry_core::jobs::{JobKind, Progress, Status};
+    let conf = sdk_config();
+    let name = unique("jobs");
+    let plain = JobTable::new(ferry_aws::clients::dynamodb(&conf), name.clone());
+    plain.create().await.unwrap();
+    let params = ferry_core::jobs::parse_submit(export("orders", "csv", 1).as_bytes()).unwrap().params;
+    let id = unique("job");
+    let now = job_invoker::settings::now_ms();
+    let new = NewJob { id: &id, owner: "seller-0001", kind: JobKind::Export, params: &params, now, start_lease_ms: 60_000, retention_ms: 3_600_000 };
+    plain.submit(new).await.unwrap();
+
+    let lossy = Arc::new(LoseFirstAnswer::default());
+    let retry = aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(10));
+    let client = aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::config::Builder::from(&conf).retry_config(retry).interceptor(Lossy(lossy.clone())).build());
+    let table = JobTable::new(client, name);
+    let claimed = table.claim(&id, 0, now, 30_000).await.unwrap();
+
+    let sent = lossy.sent.lock().unwrap().clone();
+    let targets: Vec<&str> = sent.iter().map(|(t, _)| t.trim_start_matches("DynamoDB_20120810.")).collect();
+    assert_eq!(targets[..2], ["UpdateItem", "UpdateItem"], "the claim was sent twice: {targets:?}");
+    assert_eq!(sent[0].1, sent[1].1, "the resend is the same request, token included");
+    let claimed = claimed.expect("the resent claim is recognised as this call's own");
+    assert_eq!((claimed.record.status, claimed.record.attempt, claimed.checkpoint), (Status::Running, 0, None));
+    assert_eq!(plain.lock_holder("seller-0001", JobKind::Export, &params, now).await.unwrap().as_deref(), Some(id.as_str()));
+
+    // Another delivery of the same attempt is still refused, and the claim stays with this worker.
+    let other = plain.claim(&id, 0, job_invoker::settings::now_ms(), 30_000).await.unwrap();
+    assert!(matches!(&other, Err(Refused::NotOurs(r)) if r.status == Status::Running), "{other:?}");
+    let progress = Progress { phase: "reading".into(), done: 1, total: None };
+    let beat = Beat { id: &id, attempt: 0, progress: &progress, now: job_invoker::settings::now_ms(), lease_ms: 30_000 };
+    assert!(table.heartbeat(beat).await.unwrap().is_ok(), "the worker holding the claim runs on");
+}
+
+// ---- `ferry jobs`: the real binary against the API over HTTP ----------------------------------
+
+/// The job API on a loopback HTTP port, fronted as API Gateway fronts it: each request becomes a
+/// payload v2 event for the real handler. The bearer token stands in for a JWT the authorizer has
+/// verified: its text is the `sub`; without one the gateway answers 401 itself.
+async fn serve_api(api: Api) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the API port");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    let app = axum::Router::new().fallback(gateway).with_state(Arc::new(api));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+async fn gateway(
+    axum::extract::State(api): axum::extract::State<Arc<Api>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> axum::response::Response<axum::body::Body> {
+    let answer = |status: u16, body: Vec<u8>| {
+        axum::response::Response::builder().status(status).header("content-type", "application/json").body(axum::body::Body::from(body)).expect("a response")
+    };
+    let sub = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).filter(|t| !t.is_empty());
+    let Some(sub) = sub else { return answer(401, br#"{"message":"Unauthorized"}"#.to_vec()) };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let req = ferry_demo::jobs::api_request(method.as_str(), path, (!body.is_empty()).then_some(body.as_str()), Some(sub));
+    match job_invoker::api::handle(&api, req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = match resp.into_body() {
+                lambda_http::Body::Text(t) => t.into_bytes(),
+                lambda_http::Body::Binary(b) => b,
+                _ => Vec::new(),
+            };
+            answer(status, body)
+        }
+        // API Gateway's answer when the function fails.
+        Err(_) => answer(500, br#"{"message":"Internal Server Error"}"#.to_vec()),
+    }
+}
+
+/// What one run of `ferry jobs ...` did.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> &str {
+        assert_eq!(self.code, Some(0), "{self:?}");
+        &self.stdout
+    }
+
+    /// Asserts the run failed with `code` and that its message says each of `says`.
+    fn fails(&self, code: i32, says: &[&str]) {
+        assert_eq!(self.code, Some(code), "{self:?}");
+        for s in says {
+            assert!(self.stderr.contains(s), "the message lacks {s:?}: {self:?}");
+        }
+    }
+}
+
+/// Runs `ferry jobs args...` in `dir` with `FERRY_API_URL` and `FERRY_API_TOKEN` set (when given).
+async fn ferry_jobs(dir: &std::path::Path, api: Option<&str>, token: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = tokio::process::Command::new(ferry_tests::binary("ferry"));
+    cmd.arg("jobs").args(args).current_dir(dir).env_remove("FERRY_API_URL").env_remove("FERRY_API_TOKEN");
+    if let Some(a) = api {
+        cmd.env("FERRY_API_URL", a);
+    }
+    if let Some(t) = token {
+        cmd.env("FERRY_API_TOKEN", t);
+    }
+    let out = cmd.output().await.expect("running ferry");
+    Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// `ferry jobs list` rows: id, status, phase, rows.
+fn listed(stdout: &str) -> Vec<[String; 4]> {
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next().map(|h| h.split_whitespace().collect::<Vec<_>>()), Some(vec!["id", "status", "phase", "rows", "created"]), "{stdout}");
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 5, "{l}");
+            [f[0], f[1], f[2], f[3]].map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ferry_jobs_cli_submits_watches_lists_cancels_and_downloads() {
+    let e = env().await;
+    let api = serve_api(e.api.clone()).await;
+    let (url, me) = (Some(api.as_str()), Some("seller-0001"));
+    let dir = tempdir("ferry-jobs-cli");
+    let table = e.orders(30).await;
+    let source = e.source_ids(&table, 1).await;
+
+    // submit: the id on stdout, what happened on stderr.
+    std::fs::write(dir.join("csv.json"), export(&table, "csv", 1)).unwrap();
+    let run = ferry_jobs(&dir, url, me, &["submit", "csv.json"]).await;
+    let id = run.ok().trim().to_owned();
+    assert!(ferry_core::jobs::is_job_id(&id), "{run:?}");
+    assert!(run.stderr.contains(&format!("job {id}: queued")), "{run:?}");
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 30, .. })]), "{reports:?}");
+
+    // status: the API's view as JSON.
+    let v: Value = serde_json::from_str(ferry_jobs(&dir, url, me, &["status", &id]).await.ok()).expect("status prints JSON");
+    assert_eq!((v["id"].as_str(), v["status"].as_str(), v["format"].as_str()), (Some(id.as_str()), Some("succeeded"), Some("csv")), "{v}");
+    assert_eq!(v["download"]["rows"], 30, "{v}");
+
+    // download: by default `{id}.csv` in the working directory; `-o` elsewhere. The bytes are the export's.
+    let key = ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Csv);
+    let exported = e.object(&key).await.expect("the export");
+    let run = ferry_jobs(&dir, url, me, &["download", &id]).await;
+    run.ok();
+    assert!(run.stderr.contains("30 rows"), "{run:?}");
+    let file = std::fs::read(dir.join(format!("{id}.csv"))).expect("the downloaded file");
+    assert_eq!(file, exported);
+    assert_eq!(csv_ids(&file), source);
+    let out = dir.join("copy.csv");
+    ferry_jobs(&dir, url, me, &["download", &id, "-o", out.to_str().unwrap()]).await.ok();
+    assert_eq!(std::fs::read(&out).unwrap(), exported);
+
+    // submit --wait -o: polls to the end, prints the final view and writes the file.
+    std::fs::write(dir.join("jsonl.json"), export(&table, "jsonl", 1)).unwrap();
+    let run = ferry_jobs(&dir, url, me, &["submit", "jsonl.json", "--wait", "-o", "waited.jsonl"]).await;
+    let waited: Value = serde_json::from_str(run.ok()).expect("the final view as JSON");
+    assert_eq!((waited["status"].as_str(), waited["download"]["rows"].as_u64()), (Some("succeeded"), Some(30)), "{waited}");
+    let lines = std::fs::read_to_string(dir.join("waited.jsonl")).expect("the waited-for file");
+    let ids: Vec<String> = lines.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["order_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, source);
+    e.lambda.invocations.settle().await;
+
+    // cancel: a job whose worker has not started. The same request again is the same job.
+    e.lambda.invocations.hold.store(true, Ordering::SeqCst);
+    std::fs::write(dir.join("queued.json"), export(&table, "xlsx", 1)).unwrap();
+    let queued = ferry_jobs(&dir, url, me, &["submit", "queued.json"]).await.ok().trim().to_owned();
+    let run = ferry_jobs(&dir, url, me, &["submit", "queued.json"]).await;
+    assert_eq!(run.ok().trim(), queued);
+    assert!(run.stderr.contains("already running: not started twice"), "{run:?}");
+    assert_eq!(ferry_jobs(&dir, url, me, &["cancel", &queued]).await.ok(), format!("{queued}: cancelled\n"));
+    ferry_jobs(&dir, url, me, &["cancel", &queued]).await.fails(1, &[queued.as_str(), "the job is already cancelled"]);
+    ferry_jobs(&dir, url, me, &["download", &queued]).await.fails(1, &[queued.as_str(), "is cancelled: nothing to download"]);
+
+    // list: newest first, one line per job; --all follows the pages.
+    let mine = [
+        [queued.clone(), "cancelled".into(), "cancelled".into(), "0".into()],
+        [waited["id"].as_str().unwrap().to_owned(), "succeeded".into(), "done".into(), "30".into()],
+        [id.clone(), "succeeded".into(), "done".into(), "30".into()],
+    ];
+    assert_eq!(listed(ferry_jobs(&dir, url, me, &["list"]).await.ok()), mine);
+    assert_eq!(listed(ferry_jobs(&dir, url, me, &["list", "--limit", "1"]).await.ok()), mine[..1]);
+    assert_eq!(listed(ferry_jobs(&dir, url, me, &["list", "--limit", "1", "--all"]).await.ok()), mine);
+
+    // Another owner sees none of it.
+    let other = Some("seller-0002");
+    for command in ["status", "cancel", "download"] {
+        ferry_jobs(&dir, url, other, &[command, &id]).await.fails(1, &[format!("/jobs/{id}").as_str(), "no such job (or not yours)"]);
+    }
+    assert_eq!(listed(ferry_jobs(&dir, url, other, &["list"]).await.ok()), Vec::<[String; 4]>::new());
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    ferry_jobs(&dir, url, me, &["status", unknown]).await.fails(1, &[format!("/jobs/{unknown}").as_str(), "no such job"]);
+
+    // Bad input exits 65 naming the file and the field; nothing reaches the API.
+    let received = e.lambda.invocations.count();
+    let bad = [
+        ("segments.json", r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":500},"format":"csv","columns":["a"]}}"#, "params.source.segments"),
+        ("columns.json", r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv"}}"#, "params.columns"),
+        ("kind.json", r#"{"kind":"report","params":{}}"#, "kind"),
+        ("broken.json", "{not json", "body: not valid JSON"),
+    ];
+    for (name, body, field) in bad {
+        std::fs::write(dir.join(name), body).unwrap();
+        ferry_jobs(&dir, url, me, &["submit", name]).await.fails(65, &[name, field]);
+    }
+    ferry_jobs(&dir, url, me, &["submit", "absent.json"]).await.fails(1, &["reading absent.json"]);
+    // The API's own 400 is bad input too.
+    ferry_jobs(&dir, url, me, &["list", "--limit", "0"]).await.fails(65, &["GET /jobs?limit=0", "limit"]);
+    // No identity, no API.
+    ferry_jobs(&dir, url, None, &["list"]).await.fails(1, &["401", "not authorised"]);
+    ferry_jobs(&dir, None, me, &["list"]).await.fails(1, &["no API URL"]);
+    // --api and --token as flags instead of the environment.
+    let run = ferry_jobs(&dir, None, None, &["list", "--api", &api, "--token", "seller-0001"]).await;
+    assert_eq!(listed(run.ok()), mine);
+    assert_eq!(e.lambda.invocations.count(), received, "no worker was invoked by the bad requests");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,7 +2,6 @@
 //! JSON logs) served by a local Lambda Runtime API, talking to moto.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use ferry_tests::{bucket, moto_endpoint, s3_put_event};
+use ferry_tests::{binary, bucket, moto_endpoint, s3_put_event};
 use tokio::sync::mpsc;
 
 /// What the function posted back for one invocation.
@@ -53,24 +52,6 @@ async fn respond(State(rt): State<Runtime>, Path(id): Path<String>, body: String
 async fn error(State(rt): State<Runtime>, Path(id): Path<String>, body: String) -> StatusCode {
     let _ = rt.posted.send(Posted { request_id: id, kind: "error", body: serde_json::from_str(&body).unwrap_or(body.into()) });
     StatusCode::ACCEPTED
-}
-
-/// The path of a workspace binary. `make test` builds them first (`cargo build --workspace --bins`) and
-/// names the directory in `FERRY_BIN_DIR`; otherwise they are built here.
-fn binary(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("FERRY_BIN_DIR") {
-        let path = PathBuf::from(dir).join(name);
-        assert!(path.exists(), "{} does not exist: FERRY_BIN_DIR must name a built target directory", path.display());
-        return path;
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--workspace", "--bins"])
-        .current_dir(ferry_tests::workspace())
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building the Lambda binaries failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| ferry_tests::workspace().join("target"));
-    target.join("debug").join(name)
 }
 
 struct Function {

@@ -2,8 +2,9 @@
 //!
 //! Items (`pk` is the only key):
 //! - job `JOB#{id}`: owner, kind, params (canonical JSON), params_hash, status, attempt, claimed,
-//!   progress (phase, done, total), lease_expires_at, result, error, checkpoint, created/updated times,
-//!   retain_until, and `expires_at`, the TTL attribute (seconds).
+//!   claim_token (new with each claim, so a resent claim knows itself), progress (phase, done,
+//!   total), lease_expires_at, result, error, checkpoint, created/updated times, retain_until, and
+//!   `expires_at`, the TTL attribute (seconds).
 //! - lock `LOCK#{owner}#{kind}#{params_hash}`: the job holding it and its lease. Free when absent or
 //!   when its lease has passed.
 //!
@@ -345,21 +346,27 @@ impl JobTable {
 
     /// Claims attempt `attempt` of the job for this delivery. Only one delivery of an attempt ever
     /// succeeds: Lambda may deliver an asynchronous event more than once.
+    ///
+    /// Each call writes a fresh `claim_token` with the claim. The SDK resends an update whose answer
+    /// it did not get (a timeout, a 5xx); when the first send had landed, the resend fails its own
+    /// condition, and the token tells that apart from a claim by another delivery.
     pub async fn claim(&self, id: &str, attempt: u32, now: i64, lease_ms: i64) -> Result<Result<Claimed, Refused>, JobStoreError> {
         let pk = job_pk(id);
+        let token = uuid::Uuid::new_v4().to_string();
         let (cond, values) = status_in(Transition::Claim.allowed_from());
         let out = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&pk))
-            .update_expression("SET #status = :running, claimed = :true, lease_expires_at = :lease, updated_at = :now, phase = :phase")
+            .update_expression("SET #status = :running, claimed = :true, claim_token = :token, lease_expires_at = :lease, updated_at = :now, phase = :phase")
             .condition_expression(format!("attribute_exists(pk) AND {cond} AND attempt = :attempt AND claimed = :false AND lease_expires_at >= :now"))
             .expression_attribute_names("#status", "status")
             .set_expression_attribute_values(Some(values.into_iter().collect()))
             .expression_attribute_values(":running", s(Status::Running.as_str()))
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":token", s(&token))
             .expression_attribute_values(":attempt", n(attempt))
             .expression_attribute_values(":lease", n(now + lease_ms))
             .expression_attribute_values(":now", n(now))
@@ -367,20 +374,39 @@ impl JobTable {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match out {
-            Ok(o) => {
-                let item = o.attributes.unwrap_or_default();
-                let record = from_item(&item).map_err(|m| self.corrupt(&pk, m))?;
-                self.extend_lock(&record, now + lease_ms).await?;
-                Ok(Ok(Claimed { record, checkpoint: text(&item, "checkpoint") }))
-            }
-            Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(id, now).await?)),
-            Err(e) => Err(self.error(&pk, "UpdateItem", e)),
-        }
+        let item = match out {
+            Ok(o) => o.attributes.unwrap_or_default(),
+            // Refused, or a resend of this very claim after the first send landed: the token tells.
+            Err(e) if is_condition_failed(&e) => match self.get_raw(&pk).await? {
+                Some(item) if Self::holds_claim(&item, &token, attempt, now) => item,
+                other => return Ok(Err(self.refusal_of(&pk, other, now)?)),
+            },
+            Err(e) => return Err(self.error(&pk, "UpdateItem", e)),
+        };
+        let record = from_item(&item).map_err(|m| self.corrupt(&pk, m))?;
+        self.extend_lock(&record, now + lease_ms).await?;
+        Ok(Ok(Claimed { record, checkpoint: text(&item, "checkpoint") }))
+    }
+
+    /// Whether `item` is running attempt `attempt` under the claim written with `token`, unexpired.
+    fn holds_claim(item: &HashMap<String, AttributeValue>, token: &str, attempt: u32, now: i64) -> bool {
+        text(item, "claim_token").as_deref() == Some(token)
+            && num(item, "attempt") == Some(i64::from(attempt))
+            && item.get("claimed") == Some(&AttributeValue::Bool(true))
+            && text(item, "status").as_deref() == Some(Status::Running.as_str())
+            && num(item, "lease_expires_at").is_some_and(|l| l >= now)
     }
 
     async fn refusal(&self, id: &str, now: i64) -> Result<Refused, JobStoreError> {
-        Ok(match self.get(id, now).await? {
+        let pk = job_pk(id);
+        let item = self.get_raw(&pk).await?;
+        self.refusal_of(&pk, item, now)
+    }
+
+    /// Why a conditional write on the job item `pk`, now holding `item`, did not go through.
+    fn refusal_of(&self, pk: &str, item: Option<HashMap<String, AttributeValue>>, now: i64) -> Result<Refused, JobStoreError> {
+        let record = item.map(|i| from_item(&i).map_err(|m| self.corrupt(pk, m))).transpose()?;
+        Ok(match record.filter(|r| !r.is_expired(now)) {
             None => Refused::Missing,
             Some(r) if r.status == Status::Cancelled => Refused::Cancelled,
             Some(r) => Refused::NotOurs(Box::new(r)),
