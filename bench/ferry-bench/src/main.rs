@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "consumer")]
+mod consumer;
 mod floor;
 mod gen_votes;
 mod phases;
@@ -34,6 +36,9 @@ enum Command {
     /// The export worker's xlsx writer on staged rows.
     #[cfg(feature = "xlsx")]
     Xlsx(xlsx::XlsxArgs),
+    /// The notification consumer's handler on 10-record batches, against endpoints that answer at once.
+    #[cfg(feature = "consumer")]
+    Consumer(consumer::ConsumerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::GenRows(a) => xlsx::gen_rows(&a),
         #[cfg(feature = "xlsx")]
         Command::Xlsx(a) => xlsx::build(&a),
+        #[cfg(feature = "consumer")]
+        Command::Consumer(a) => consumer::run(&a),
     }
 }
