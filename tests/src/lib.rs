@@ -66,11 +66,7 @@ pub struct Service {
 
 /// Starts `program args...` under a watchdog tied to this process, and waits for `port`.
 pub fn start_service(name: &str, program: &Path, args: &[String], port: u16) -> Service {
-    assert!(
-        program.exists() || !program.is_absolute(),
-        "{name}: {} not found; run `make test`, which installs it",
-        program.display()
-    );
+    assert!(program.exists() || !program.is_absolute(), "{name}: {} not found; run `make test`, which installs it", program.display());
     let log = std::env::temp_dir().join(format!("ferry-{name}-{port}.log"));
     let script = r#"prog="$1"; log="$2"; shift 2
 "$prog" "$@" >"$log" 2>&1 & child=$!
@@ -95,9 +91,7 @@ while kill -0 "$watch" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5
 pub fn moto() -> &'static Service {
     static MOTO: OnceLock<Service> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let program = std::env::var_os("FERRY_MOTO_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join(".venv/bin/moto_server"));
+        let program = std::env::var_os("FERRY_MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|| workspace().join(".venv/bin/moto_server"));
         let port = free_port();
         start_service("moto", &program, &["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()], port)
     })

@@ -157,7 +157,8 @@ async fn push_of_a_million_members() {
     let e = env().await;
     let key = unique("rank-1m");
     let n = 1_000_000u32;
-    let rows: Vec<(String, f64)> = (0..n).map(|i| (format!("({},{},{})", i / 10_000, (i / 100) % 100, i % 100), f64::from(i.wrapping_mul(7919) % 1000))).collect();
+    let rows: Vec<(String, f64)> =
+        (0..n).map(|i| (format!("({},{},{})", i / 10_000, (i / 100) % 100, i % 100), f64::from(i.wrapping_mul(7919) % 1000))).collect();
     let expected_sum: f64 = rows.iter().map(|(_, v)| v).sum();
     e.fill(&key, &rows).await;
 

@@ -347,7 +347,10 @@ async fn bad_requests_are_400_and_name_the_problem() {
     let cases = [
         ("{not json", "body"),
         (r#"{"kind":"report","params":{}}"#, "kind"),
-        (r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":500},"format":"csv","columns":["a"]}}"#, "params.source.segments"),
+        (
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":500},"format":"csv","columns":["a"]}}"#,
+            "params.source.segments",
+        ),
         (r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv"}}"#, "params.columns"),
         (r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"pdf","columns":["a"]}}"#, "params"),
         (big.as_str(), "body"),
@@ -436,7 +439,8 @@ async fn an_xlsx_over_several_sheets_opens_with_every_row() {
     assert_eq!((download["rows"].as_u64(), download["sheets"].as_u64()), (Some(2500), Some(3)), "{v}");
     let url = download["url"].as_str().unwrap();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let expires: u64 = url.split("X-Amz-Expires=").nth(1).and_then(|s| s.split('&').next()).and_then(|s| s.parse().ok()).expect("an expiry");
+    let expires: u64 =
+        url.split("X-Amz-Expires=").nth(1).and_then(|s| s.split('&').next()).and_then(|s| s.parse().ok()).expect("an expiry");
     assert!(expires <= 900, "the link lives at most 15 minutes: {expires}");
     let bytes = reqwest::get(url).await.unwrap().error_for_status().unwrap().bytes().await.unwrap();
     assert_eq!(count_xlsx_rows(&bytes).unwrap(), (2500, 3));
@@ -597,12 +601,23 @@ async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
     let params = ferry_core::jobs::parse_submit(export("orders", "csv", 1).as_bytes()).unwrap().params;
     let id = unique("job");
     let now = job_invoker::settings::now_ms();
-    let new = NewJob { id: &id, owner: "seller-0001", kind: JobKind::Export, params: &params, now, start_lease_ms: 60_000, retention_ms: 3_600_000 };
+    let new = NewJob {
+        id: &id,
+        owner: "seller-0001",
+        kind: JobKind::Export,
+        params: &params,
+        now,
+        start_lease_ms: 60_000,
+        retention_ms: 3_600_000,
+    };
     plain.submit(new).await.unwrap();
 
     let lossy = Arc::new(LoseFirstAnswer::default());
-    let retry = aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(10));
-    let client = aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::config::Builder::from(&conf).retry_config(retry).interceptor(Lossy(lossy.clone())).build());
+    let retry =
+        aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(10));
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&conf).retry_config(retry).interceptor(Lossy(lossy.clone())).build(),
+    );
     let table = JobTable::new(client, name);
     let claimed = table.claim(&id, 0, now, 30_000).await.unwrap();
 
@@ -645,7 +660,11 @@ async fn gateway(
     body: String,
 ) -> axum::response::Response<axum::body::Body> {
     let answer = |status: u16, body: Vec<u8>| {
-        axum::response::Response::builder().status(status).header("content-type", "application/json").body(axum::body::Body::from(body)).expect("a response")
+        axum::response::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .expect("a response")
     };
     let sub = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).filter(|t| !t.is_empty());
     let Some(sub) = sub else { return answer(401, br#"{"message":"Unauthorized"}"#.to_vec()) };
@@ -700,7 +719,11 @@ async fn ferry_jobs(dir: &std::path::Path, api: Option<&str>, token: Option<&str
         cmd.env("FERRY_API_TOKEN", t);
     }
     let out = cmd.output().await.expect("running ferry");
-    Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
@@ -712,7 +735,11 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 /// `ferry jobs list` rows: id, status, phase, rows.
 fn listed(stdout: &str) -> Vec<[String; 4]> {
     let mut lines = stdout.lines();
-    assert_eq!(lines.next().map(|h| h.split_whitespace().collect::<Vec<_>>()), Some(vec!["id", "status", "phase", "rows", "created"]), "{stdout}");
+    assert_eq!(
+        lines.next().map(|h| h.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["id", "status", "phase", "rows", "created"]),
+        "{stdout}"
+    );
     lines
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -764,7 +791,8 @@ async fn the_ferry_jobs_cli_submits_watches_lists_cancels_and_downloads() {
     let waited: Value = serde_json::from_str(run.ok()).expect("the final view as JSON");
     assert_eq!((waited["status"].as_str(), waited["download"]["rows"].as_u64()), (Some("succeeded"), Some(30)), "{waited}");
     let lines = std::fs::read_to_string(dir.join("waited.jsonl")).expect("the waited-for file");
-    let ids: Vec<String> = lines.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["order_id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> =
+        lines.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["order_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids, source);
     e.lambda.invocations.settle().await;
 
@@ -801,8 +829,16 @@ async fn the_ferry_jobs_cli_submits_watches_lists_cancels_and_downloads() {
     // Bad input exits 65 naming the file and the field; nothing reaches the API.
     let received = e.lambda.invocations.count();
     let bad = [
-        ("segments.json", r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":500},"format":"csv","columns":["a"]}}"#, "params.source.segments"),
-        ("columns.json", r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv"}}"#, "params.columns"),
+        (
+            "segments.json",
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":500},"format":"csv","columns":["a"]}}"#,
+            "params.source.segments",
+        ),
+        (
+            "columns.json",
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv"}}"#,
+            "params.columns",
+        ),
         ("kind.json", r#"{"kind":"report","params":{}}"#, "kind"),
         ("broken.json", "{not json", "body: not valid JSON"),
     ];

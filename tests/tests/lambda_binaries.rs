@@ -36,7 +36,10 @@ async fn next(State(rt): State<Runtime>) -> impl IntoResponse {
             let mut h = HeaderMap::new();
             h.insert("lambda-runtime-aws-request-id", HeaderValue::from_str(&id).expect("id"));
             h.insert("lambda-runtime-deadline-ms", HeaderValue::from_str(&deadline.to_string()).expect("deadline"));
-            h.insert("lambda-runtime-invoked-function-arn", HeaderValue::from_static("arn:aws:lambda:us-east-1:000000000000:function:test"));
+            h.insert(
+                "lambda-runtime-invoked-function-arn",
+                HeaderValue::from_static("arn:aws:lambda:us-east-1:000000000000:function:test"),
+            );
             return (h, event.to_string());
         }
         // No more work: hold the long poll, as the real Runtime API does between invocations.
@@ -132,15 +135,12 @@ async fn normalizer_and_merger_binaries_serve_s3_events() {
     assert!(message.contains("data/4/kr-prod-202611221530.csv: line 3: field `score` is not a number"), "{message}");
     assert_eq!(posted[2].kind, "response");
     // JSON logs: every line parses and the failure is logged with its key.
-    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
     assert!(lines.iter().any(|l| l["level"] == "ERROR" && l["fields"]["key"] == "data/4/kr-prod-202611221530.csv"), "{log}");
 
-    let (posted, _) = run_function(
-        "global-merger",
-        &[],
-        vec![s3_put_event(&b, &["result/4/prod/result-jp.csv", "result/4/prod/result-tw.csv"])],
-    )
-    .await;
+    let (posted, _) =
+        run_function("global-merger", &[], vec![s3_put_event(&b, &["result/4/prod/result-jp.csv", "result/4/prod/result-tw.csv"])]).await;
     assert_eq!(posted[0].body["merges"][0]["outcome"], "written", "{:?}", posted[0]);
     let global = s3.get_object().bucket(&b).key("global/4/prod/result-global.csv").send().await.unwrap();
     let body = global.body.collect().await.unwrap().into_bytes();

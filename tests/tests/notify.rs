@@ -91,9 +91,8 @@ async fn partial_batch_response_names_exactly_the_transient_failures() {
 
     // The handler itself, on the same event again: only the push record is still failing... once more.
     e.provider.fail_next("n-batch-4", &[Failure::Throttled]);
-    let response = notify::consumer::handle(&e.consumer, LambdaEvent::new(serde_json::from_value(event).unwrap(), Context::default()))
-        .await
-        .unwrap();
+    let response =
+        notify::consumer::handle(&e.consumer, LambdaEvent::new(serde_json::from_value(event).unwrap(), Context::default())).await.unwrap();
     let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
     assert_eq!(failed, [ids[3].as_str()]);
     // Valid ones were acknowledged as done without sending again; the DLQ got each bad one per delivery.
@@ -124,7 +123,11 @@ async fn thousands_of_messages_nothing_lost_none_sent_twice() {
             0 => notification(&id, Channel::Sms, "not-a-number", "welcome", None),
             // 10% hit transient provider failures first.
             1 => {
-                let failures = [[Failure::Unavailable, Failure::Throttled], [Failure::Throttled, Failure::Unavailable], [Failure::Hang, Failure::Unavailable]];
+                let failures = [
+                    [Failure::Unavailable, Failure::Throttled],
+                    [Failure::Throttled, Failure::Unavailable],
+                    [Failure::Hang, Failure::Unavailable],
+                ];
                 e.provider.fail_next(&id, &failures[i / 10 % 3][..1 + (i / 10) % 2]);
                 plain(&id)
             }
@@ -138,7 +141,8 @@ async fn thousands_of_messages_nothing_lost_none_sent_twice() {
         bodies.push(body);
     }
     // SQS delivers at least once: 150 valid messages arrive twice.
-    let duplicates: Vec<String> = bodies.iter().filter(|b| id_of(b).is_some_and(|id| valid.contains(&id))).step_by(17).take(150).cloned().collect();
+    let duplicates: Vec<String> =
+        bodies.iter().filter(|b| id_of(b).is_some_and(|id| valid.contains(&id))).step_by(17).take(150).cloned().collect();
     assert_eq!(duplicates.len(), 150);
     bodies.extend(duplicates);
 
@@ -211,13 +215,16 @@ async fn status_never_goes_backwards_and_done_is_never_resent() {
     // The provider may report `delivered` at once; that is recorded as is.
     e.provider.reply_delivered(true);
     let other = unique("n");
-    let event = serde_json::from_value(sqs_event("arn:aws:sqs:us-east-1:123456789012:q", &[Received {
-        message_id: "m-1".into(),
-        receipt_handle: "r-1".into(),
-        body: plain(&other),
-        attributes: BTreeMap::new(),
-        system: BTreeMap::new(),
-    }]))
+    let event = serde_json::from_value(sqs_event(
+        "arn:aws:sqs:us-east-1:123456789012:q",
+        &[Received {
+            message_id: "m-1".into(),
+            receipt_handle: "r-1".into(),
+            body: plain(&other),
+            attributes: BTreeMap::new(),
+            system: BTreeMap::new(),
+        }],
+    ))
     .unwrap();
     notify::consumer::process(&e.consumer, &event).await;
     assert_eq!(e.table.get(&other).await.unwrap().unwrap().status, Status::Delivered);
@@ -258,7 +265,10 @@ async fn seed_dlq(e: &Env, prefix: &str) -> BTreeMap<String, (ErrorKind, Channel
         let attrs = if kind == ErrorKind::RetriesExhausted {
             BTreeMap::new()
         } else {
-            BTreeMap::from([(attr::ERROR_KIND.to_owned(), kind.as_str().to_owned()), (attr::CHANNEL.to_owned(), channel.as_str().to_owned())])
+            BTreeMap::from([
+                (attr::ERROR_KIND.to_owned(), kind.as_str().to_owned()),
+                (attr::CHANNEL.to_owned(), channel.as_str().to_owned()),
+            ])
         };
         aws::send_dead_letter(&e.sqs, &e.queues.dlq_url, &body, &attrs).await.unwrap();
         seeded.insert(id, (kind, channel));
@@ -270,14 +280,20 @@ async fn seed_dlq(e: &Env, prefix: &str) -> BTreeMap<String, (ErrorKind, Channel
 async fn selective_redrive_moves_only_what_matches() {
     let e = env(fast_queue()).await;
     let seeded = seed_dlq(&e, &unique("sel")).await;
-    let filter = RedriveFilter { kinds: vec![ErrorKind::ProviderRejected, ErrorKind::RetriesExhausted], channels: vec![Channel::Sms, Channel::Push], ..RedriveFilter::default() };
-    let expect: BTreeSet<String> = seeded.iter().filter(|(_, (k, c))| filter.kinds.contains(k) && filter.channels.contains(c)).map(|(id, _)| id.clone()).collect();
+    let filter = RedriveFilter {
+        kinds: vec![ErrorKind::ProviderRejected, ErrorKind::RetriesExhausted],
+        channels: vec![Channel::Sms, Channel::Push],
+        ..RedriveFilter::default()
+    };
+    let expect: BTreeSet<String> =
+        seeded.iter().filter(|(_, (k, c))| filter.kinds.contains(k) && filter.channels.contains(c)).map(|(id, _)| id.clone()).collect();
     assert_eq!(expect.len(), 8);
 
     // A dry run lists exactly those and moves nothing.
-    let dry = aws::selective_redrive(&e.sqs, &e.queues, &filter, &RedriveOptions { dry_run: true, ..RedriveOptions::default() }, &mut |_| {})
-        .await
-        .unwrap();
+    let dry =
+        aws::selective_redrive(&e.sqs, &e.queues, &filter, &RedriveOptions { dry_run: true, ..RedriveOptions::default() }, &mut |_| {})
+            .await
+            .unwrap();
     let listed: BTreeSet<String> = dry.messages.iter().filter_map(|m| m.notification_id.clone()).collect();
     assert_eq!((listed, dry.examined, dry.moved), (expect.clone(), 18, 0));
     assert!(e.source().await.is_empty());
@@ -285,7 +301,8 @@ async fn selective_redrive_moves_only_what_matches() {
     assert_eq!(e.dlq().await.len(), 18);
 
     let mut seen_progress = Vec::new();
-    let report = aws::selective_redrive(&e.sqs, &e.queues, &filter, &RedriveOptions::default(), &mut |p| seen_progress.push(p)).await.unwrap();
+    let report =
+        aws::selective_redrive(&e.sqs, &e.queues, &filter, &RedriveOptions::default(), &mut |p| seen_progress.push(p)).await.unwrap();
     assert_eq!((report.matched, report.moved, report.send_failures), (8, 8, 0));
     assert_eq!(seen_progress.last().map(|p| p.moved), Some(8));
     let moved: BTreeSet<String> = e.source().await.iter().filter_map(|m| id_of(&m.body)).collect();
@@ -323,14 +340,16 @@ fn ferry_redrive(e: &Env, args: &[&str]) -> (i32, String, String) {
 async fn the_redrive_command_lists_then_moves_only_what_matches() {
     let e = env(fast_queue()).await;
     let seeded = seed_dlq(&e, &unique("cli")).await;
-    let expect: BTreeSet<String> = seeded.iter().filter(|(_, (k, c))| *k == ErrorKind::ProviderRejected && *c != Channel::Push).map(|(id, _)| id.clone()).collect();
+    let expect: BTreeSet<String> =
+        seeded.iter().filter(|(_, (k, c))| *k == ErrorKind::ProviderRejected && *c != Channel::Push).map(|(id, _)| id.clone()).collect();
     assert_eq!(expect.len(), 4);
     let filter = ["--kind", "provider_rejected", "--channel", "sms", "--channel", "email"];
 
     let (code, stdout, stderr) = ferry_redrive(&e, &[&filter[..], &["--dry-run", "--json"]].concat());
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints the report");
-    let listed: BTreeSet<String> = report["messages"].as_array().expect("messages").iter().filter_map(|m| m["notification_id"].as_str().map(str::to_owned)).collect();
+    let listed: BTreeSet<String> =
+        report["messages"].as_array().expect("messages").iter().filter_map(|m| m["notification_id"].as_str().map(str::to_owned)).collect();
     assert_eq!((listed, report["examined"].as_u64(), report["moved"].as_u64()), (expect.clone(), Some(18), Some(0)));
     assert!(e.source().await.is_empty(), "a dry run moves nothing");
 
@@ -371,15 +390,29 @@ async fn an_interrupted_redrive_run_again_loses_nothing() {
     )
     .await;
     assert!(interrupted.is_err(), "the first run was meant to be cut short");
-    let moved_so_far: BTreeSet<String> = ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.source_url).await.expect("reading the queue").iter().filter_map(|m| id_of(&m.body)).collect();
+    let moved_so_far: BTreeSet<String> = ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.source_url)
+        .await
+        .expect("reading the queue")
+        .iter()
+        .filter_map(|m| id_of(&m.body))
+        .collect();
     assert!(!moved_so_far.is_empty() && moved_so_far.len() < ids.len(), "interrupted half-way: {} moved", moved_so_far.len());
 
     // Once the interrupted run's hidden messages reappear, run it again to the end.
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let report = aws::selective_redrive(&e.sqs, &e.queues, &RedriveFilter::default(), &RedriveOptions::default(), &mut |_| {}).await.unwrap();
+    let report =
+        aws::selective_redrive(&e.sqs, &e.queues, &RedriveFilter::default(), &RedriveOptions::default(), &mut |_| {}).await.unwrap();
     assert_eq!(report.send_failures, 0);
-    assert!(ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.dlq_url).await.expect("reading the DLQ").is_empty(), "the DLQ is empty after the second run");
-    let in_source: Vec<String> = ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.source_url).await.expect("reading the queue").iter().filter_map(|m| id_of(&m.body)).collect();
+    assert!(
+        ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.dlq_url).await.expect("reading the DLQ").is_empty(),
+        "the DLQ is empty after the second run"
+    );
+    let in_source: Vec<String> = ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.source_url)
+        .await
+        .expect("reading the queue")
+        .iter()
+        .filter_map(|m| id_of(&m.body))
+        .collect();
     let distinct: BTreeSet<&String> = in_source.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "every message is back in the source queue");
 
@@ -436,20 +469,26 @@ async fn only_admins_may_redrive() {
     assert_eq!(e.dlq().await.len(), seeded.len());
 
     // The admin's fixture asks for a dry run of two kinds.
-    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"kinds":["provider_rejected","retries_exhausted"]},"dry_run":true}"#)))
-        .await
-        .unwrap();
+    let res = notify::redrive::handle(
+        &state,
+        request("apigw-redrive.json", "POST", Some(r#"{"filter":{"kinds":["provider_rejected","retries_exhausted"]},"dry_run":true}"#)),
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 200);
     let body = body_json(&res);
     assert_eq!((body["matched"].as_u64(), body["moved"].as_u64(), body["mode"].as_str()), (Some(12), Some(0), Some("selective")), "{body}");
     // A bad filter is refused, naming the field.
-    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"channels":["sms","fax"]}}"#))).await.unwrap();
+    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"channels":["sms","fax"]}}"#)))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
     assert!(body_json(&res)["error"].as_str().unwrap().contains("filter.channels[1]"));
     let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filtre":{}}"#))).await.unwrap();
     assert_eq!(res.status(), 400);
     // The admin redrives the SMS ones for real.
-    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"channels":["sms"]}}"#))).await.unwrap();
+    let res =
+        notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"channels":["sms"]}}"#))).await.unwrap();
     assert_eq!(body_json(&res)["moved"], 6);
     assert_eq!(e.source().await.len(), 6);
 }
@@ -490,7 +529,9 @@ fn queue_arn_rule() -> Rule {
 async fn native_redrive_starts_a_move_task_back_to_the_source() {
     use aws_sdk_sqs::operation::start_message_move_task::StartMessageMoveTaskOutput;
     let start = mock!(aws_sdk_sqs::Client::start_message_move_task)
-        .match_requests(|r| r.source_arn() == Some(DLQ_ARN) && r.destination_arn() == Some(SRC_ARN) && r.max_number_of_messages_per_second() == Some(25))
+        .match_requests(|r| {
+            r.source_arn() == Some(DLQ_ARN) && r.destination_arn() == Some(SRC_ARN) && r.max_number_of_messages_per_second() == Some(25)
+        })
         .then_output(|| StartMessageMoveTaskOutput::builder().task_handle("eyJ0YXNrSWQiOiIxIn0=").build());
     let arns = queue_arn_rule();
     let sqs = mocked_sqs(&[&start, &arns]);
@@ -498,14 +539,23 @@ async fn native_redrive_starts_a_move_task_back_to_the_source() {
     assert_eq!(handle, "eyJ0YXNrSWQiOiIxIn0=");
 
     // The admin route: a POST without a filter starts the native task at the requested rate.
-    let state = Redriver { sqs, queues: QueuePair { source_url: SRC_URL.into(), dlq_url: DLQ_URL.into() }, admin: Default::default(), time_budget: Duration::from_secs(5) };
+    let state = Redriver {
+        sqs,
+        queues: QueuePair { source_url: SRC_URL.into(), dlq_url: DLQ_URL.into() },
+        admin: Default::default(),
+        time_budget: Duration::from_secs(5),
+    };
     let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"rate":25}"#))).await.unwrap();
     assert_eq!(res.status(), 202);
     let body = body_json(&res);
-    assert_eq!((body["mode"].as_str(), body["task_handle"].as_str(), body["destination"].as_str()), (Some("native"), Some("eyJ0YXNrSWQiOiIxIn0="), Some(SRC_ARN)));
+    assert_eq!(
+        (body["mode"].as_str(), body["task_handle"].as_str(), body["destination"].as_str()),
+        (Some("native"), Some("eyJ0YXNrSWQiOiIxIn0="), Some(SRC_ARN))
+    );
     assert_eq!(start.num_calls(), 2);
     // Native mode moves everything: combining it with a filter is refused before any call.
-    let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"mode":"native","dry_run":true}"#))).await.unwrap();
+    let res =
+        notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"mode":"native","dry_run":true}"#))).await.unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(start.num_calls(), 2);
 }
@@ -542,10 +592,21 @@ async fn redrive_status_lists_move_tasks() {
     let sqs = mocked_sqs(&[&list, &arns]);
     let tasks = aws::list_move_tasks(&sqs, DLQ_ARN).await.unwrap();
     assert_eq!(tasks.len(), 2);
-    assert_eq!((tasks[0].status.as_str(), tasks[0].moved, tasks[0].to_move, tasks[0].task_handle.as_deref()), ("RUNNING", 40, Some(100), Some("h-1")));
-    assert_eq!((tasks[1].status.as_str(), tasks[1].failure_reason.as_deref(), tasks[1].destination_arn.as_deref()), ("FAILED", Some("AWS.SimpleQueueService.NonExistentQueue"), None));
+    assert_eq!(
+        (tasks[0].status.as_str(), tasks[0].moved, tasks[0].to_move, tasks[0].task_handle.as_deref()),
+        ("RUNNING", 40, Some(100), Some("h-1"))
+    );
+    assert_eq!(
+        (tasks[1].status.as_str(), tasks[1].failure_reason.as_deref(), tasks[1].destination_arn.as_deref()),
+        ("FAILED", Some("AWS.SimpleQueueService.NonExistentQueue"), None)
+    );
 
-    let state = Redriver { sqs, queues: QueuePair { source_url: SRC_URL.into(), dlq_url: DLQ_URL.into() }, admin: Default::default(), time_budget: Duration::from_secs(5) };
+    let state = Redriver {
+        sqs,
+        queues: QueuePair { source_url: SRC_URL.into(), dlq_url: DLQ_URL.into() },
+        admin: Default::default(),
+        time_budget: Duration::from_secs(5),
+    };
     let res = notify::redrive::handle(&state, request("apigw-redrive.json", "GET", None)).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = body_json(&res);
@@ -577,13 +638,18 @@ async fn fallback_is_remembered_across_a_transient_failure() {
     let id2 = unique("fb");
     e.provider.reject(&id2, Channel::Alimtalk);
     e.provider.reject(&id2, Channel::Sms);
-    aws::send_all(&e.sqs, &e.queues.source_url, &[notification(&id2, Channel::Alimtalk, "01012345678", "welcome", Some(Channel::Sms))]).await.unwrap();
+    aws::send_all(&e.sqs, &e.queues.source_url, &[notification(&id2, Channel::Alimtalk, "01012345678", "welcome", Some(Channel::Sms))])
+        .await
+        .unwrap();
     let stats = e.drain().await;
     assert_eq!(stats.reported_failures, 0);
     let dlq = e.dlq().await;
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].attributes[attr::ERROR_KIND], "provider_rejected");
     assert_eq!(dlq[0].attributes[attr::CHANNEL], "alimtalk");
-    assert!(dlq[0].attributes[attr::ERROR].contains("alimtalk: provider answered 422") && dlq[0].attributes[attr::ERROR].contains("sms: provider answered 422"));
+    assert!(
+        dlq[0].attributes[attr::ERROR].contains("alimtalk: provider answered 422")
+            && dlq[0].attributes[attr::ERROR].contains("sms: provider answered 422")
+    );
     assert_eq!(e.table.get(&id2).await.unwrap().unwrap().status, Status::Failed);
 }

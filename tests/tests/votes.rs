@@ -1,6 +1,5 @@
 //! The vote pipeline against moto: the real SDK, the real handlers, S3 events as S3 sends them.
 
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -62,10 +61,7 @@ impl Env {
 
     async fn merge_event(&self, keys: &[&str]) -> Result<serde_json::Value, String> {
         let event = LambdaEvent::new(s3_put_event(&self.bucket, keys), Context::default());
-        global_merger::handle(&self.merger, event)
-            .await
-            .map(|r| serde_json::to_value(r).expect("report"))
-            .map_err(|e| e.to_string())
+        global_merger::handle(&self.merger, event).await.map(|r| serde_json::to_value(r).expect("report")).map_err(|e| e.to_string())
     }
 }
 
@@ -263,11 +259,14 @@ async fn merger_applies_config_and_records_its_inputs() {
     let report = e.merge_event(&["result/8/prod/result-kr.csv"]).await.unwrap();
     assert_eq!(report["merges"][0]["outcome"], "written", "{report}");
     let (global, _, meta) = e.get("global/8/prod/result-global.csv").await.unwrap();
-    assert_eq!(global, "kseq,score,jp,kr
+    assert_eq!(
+        global,
+        "kseq,score,jp,kr
 a,1.0,1.0,0.0
 b,0.5,0.5,0.0
 c,0.0,0.0,0.0
-");
+"
+    );
     assert_eq!(meta[votes::META_WEIGHTS], "jp=1;kr=0");
 }
 

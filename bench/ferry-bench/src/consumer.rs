@@ -184,7 +184,11 @@ fn dynamodb(served: &Served, headers: &HeaderMap) -> axum::response::Response {
         ([("content-type", "application/x-amz-json-1.0")], r#"{"Attributes":{}}"#).into_response()
     } else {
         served.other.fetch_add(1, Ordering::Relaxed);
-        (StatusCode::BAD_REQUEST, [("content-type", "application/x-amz-json-1.0")], format!(r#"{{"__type":"UnknownOperationException","message":"{target}"}}"#))
+        (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/x-amz-json-1.0")],
+            format!(r#"{{"__type":"UnknownOperationException","message":"{target}"}}"#),
+        )
             .into_response()
     }
 }

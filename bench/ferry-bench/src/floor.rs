@@ -20,10 +20,8 @@ pub fn parse_sum(files: &[PathBuf]) -> anyhow::Result<()> {
         let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(bytes);
         let mut record = csv::ByteRecord::new();
         reader.read_byte_record(&mut record)?;
-        let col = record
-            .iter()
-            .position(|h| h.eq_ignore_ascii_case(b"score"))
-            .with_context(|| format!("{}: no score column", path.display()))?;
+        let col =
+            record.iter().position(|h| h.eq_ignore_ascii_case(b"score")).with_context(|| format!("{}: no score column", path.display()))?;
         let (mut rows, mut sum) = (0u64, 0.0f64);
         while reader.read_byte_record(&mut record)? {
             let field = std::str::from_utf8(record.get(col).unwrap_or_default())?;

@@ -45,10 +45,7 @@ pub fn run(inputs: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parallel<T: Send>(
-    inputs: &[(String, PathBuf)],
-    work: impl Fn(usize) -> anyhow::Result<T> + Sync,
-) -> anyhow::Result<Vec<T>> {
+fn parallel<T: Send>(inputs: &[(String, PathBuf)], work: impl Fn(usize) -> anyhow::Result<T> + Sync) -> anyhow::Result<Vec<T>> {
     std::thread::scope(|s| {
         let work = &work;
         let handles: Vec<_> = (0..inputs.len()).map(|i| s.spawn(move || work(i))).collect();

@@ -36,7 +36,12 @@ pub struct Multipart {
 }
 
 fn s3_error(store: &Store, key: &str, op: &'static str, e: impl std::error::Error + 'static) -> S3Error {
-    S3Error { bucket: store.bucket().to_owned(), key: key.to_owned(), op, message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string() }
+    S3Error {
+        bucket: store.bucket().to_owned(),
+        key: key.to_owned(),
+        op,
+        message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+    }
 }
 
 impl Multipart {
@@ -174,7 +179,14 @@ fn key_value(v: &serde_json::Value) -> AttributeValue {
 }
 
 /// Reads one page of `read` from `table`, keeping `columns` of each item in that order.
-pub async fn read_page(client: &DynamoClient, table: &str, read: TableRead<'_>, start: Option<&str>, limit: u32, columns: &[String]) -> Result<Page, SourceError> {
+pub async fn read_page(
+    client: &DynamoClient,
+    table: &str,
+    read: TableRead<'_>,
+    start: Option<&str>,
+    limit: u32,
+    columns: &[String],
+) -> Result<Page, SourceError> {
     let start = match start {
         Some(s) => Some(decode_key(s).map_err(|message| SourceError { table: table.to_owned(), op: "resume", message })?),
         None => None,

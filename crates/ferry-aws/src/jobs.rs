@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
 };
 use ferry_core::jobs::{ExportParams, ExportResult, JobKind, JobRecord, ListCursor, Progress, Status, Transition};
 
@@ -193,14 +193,9 @@ impl JobTable {
             Err(e) => return Err(self.error(&self.table, "CreateTable", e)),
         }
         let ttl = TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().map_err(build)?;
-        self.client
-            .update_time_to_live()
-            .table_name(&self.table)
-            .time_to_live_specification(ttl)
-            .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| if service_code(&e) == Some("ValidationException") { Ok(()) } else { Err(self.error(&self.table, "UpdateTimeToLive", e)) })
+        self.client.update_time_to_live().table_name(&self.table).time_to_live_specification(ttl).send().await.map(|_| ()).or_else(|e| {
+            if service_code(&e) == Some("ValidationException") { Ok(()) } else { Err(self.error(&self.table, "UpdateTimeToLive", e)) }
+        })
     }
 
     /// Takes the lock of (owner, kind, params) and creates the job, or returns the job that holds the
@@ -281,7 +276,12 @@ impl JobTable {
                 None => return Ok(Submitted::Busy { holder: holder_id }),
             }
         }
-        Err(JobStoreError { table: self.table.clone(), item: lock, op: "submit", message: format!("lock changed hands {SUBMIT_ATTEMPTS} times while submitting") })
+        Err(JobStoreError {
+            table: self.table.clone(),
+            item: lock,
+            op: "submit",
+            message: format!("lock changed hands {SUBMIT_ATTEMPTS} times while submitting"),
+        })
     }
 
     async fn get_raw(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, JobStoreError> {
@@ -310,7 +310,13 @@ impl JobTable {
     }
 
     /// One page of the owner's jobs, newest first, and the cursor of the next page if there may be one.
-    pub async fn list(&self, owner: &str, limit: u32, after: Option<&ListCursor>, now: i64) -> Result<(Vec<JobRecord>, Option<ListCursor>), JobStoreError> {
+    pub async fn list(
+        &self,
+        owner: &str,
+        limit: u32,
+        after: Option<&ListCursor>,
+        now: i64,
+    ) -> Result<(Vec<JobRecord>, Option<ListCursor>), JobStoreError> {
         let mut req = self
             .client
             .query()
@@ -532,7 +538,9 @@ impl JobTable {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&pk))
-            .update_expression("SET #status = :to, updated_at = :now, finished_at = :now, #error = :error, phase = :phase REMOVE checkpoint")
+            .update_expression(
+                "SET #status = :to, updated_at = :now, finished_at = :now, #error = :error, phase = :phase REMOVE checkpoint",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
             .set_expression_attribute_values(Some(values.into_iter().collect()))

@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue, ScalarAttributeType};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue, ScalarAttributeType,
+};
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
@@ -162,11 +164,11 @@ impl DeliveryTable {
                     .map_err(|e| NotifyAwsError::BadItem { table: self.table.clone(), id: String::new(), message: e.to_string() })?,
             )
             .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(K_ID)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(|e| NotifyAwsError::BadItem { table: self.table.clone(), id: String::new(), message: e.to_string() })?,
+                KeySchemaElement::builder().attribute_name(K_ID).key_type(KeyType::Hash).build().map_err(|e| NotifyAwsError::BadItem {
+                    table: self.table.clone(),
+                    id: String::new(),
+                    message: e.to_string(),
+                })?,
             )
             .send()
             .await;
@@ -229,7 +231,13 @@ impl DeliveryTable {
 
     /// Records that the provider accepted (`sent`) or delivered it. Never moves a record back: a
     /// late `sent` leaves `delivered` as it is.
-    pub async fn advance(&self, id: &str, status: Status, channel: Channel, provider_message_id: Option<&str>) -> Result<Written, NotifyAwsError> {
+    pub async fn advance(
+        &self,
+        id: &str,
+        status: Status,
+        channel: Channel,
+        provider_message_id: Option<&str>,
+    ) -> Result<Written, NotifyAwsError> {
         let mut req = self
             .client
             .update_item()
@@ -400,8 +408,11 @@ fn attr_values(queue: &str, attrs: &BTreeMap<String, String>) -> Result<HashMap<
         .iter()
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| {
-            let v = string_attr(truncate(v, 1024))
-                .map_err(|message| NotifyAwsError::Sqs { queue: queue.to_owned(), op: "SendMessage", message })?;
+            let v = string_attr(truncate(v, 1024)).map_err(|message| NotifyAwsError::Sqs {
+                queue: queue.to_owned(),
+                op: "SendMessage",
+                message,
+            })?;
             Ok((k.clone(), v))
         })
         .collect()
@@ -455,7 +466,13 @@ pub async fn send_all(sqs: &SqsClient, queue_url: &str, bodies: &[String]) -> Re
 }
 
 /// Receives up to `max` (at most 10) messages with every attribute, hiding them for `visibility`.
-pub async fn receive(sqs: &SqsClient, queue_url: &str, max: i32, visibility: Duration, wait: Duration) -> Result<Vec<Received>, NotifyAwsError> {
+pub async fn receive(
+    sqs: &SqsClient,
+    queue_url: &str,
+    max: i32,
+    visibility: Duration,
+    wait: Duration,
+) -> Result<Vec<Received>, NotifyAwsError> {
     let out = sqs
         .receive_message()
         .queue_url(queue_url)
@@ -511,7 +528,9 @@ async fn reveal(sqs: &SqsClient, queue_url: &str, receipts: &[String]) {
         let entries: Result<Vec<_>, _> = chunk
             .iter()
             .enumerate()
-            .map(|(i, r)| ChangeMessageVisibilityBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).visibility_timeout(0).build())
+            .map(|(i, r)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).visibility_timeout(0).build()
+            })
             .collect();
         let Ok(entries) = entries else { continue };
         if let Err(e) = sqs.change_message_visibility_batch().queue_url(queue_url).set_entries(Some(entries)).send().await {
@@ -543,10 +562,11 @@ pub async fn queue_arn(sqs: &SqsClient, queue_url: &str) -> Result<String, Notif
         .send()
         .await
         .map_err(sqs_err(queue_url, "GetQueueAttributes"))?;
-    out.attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .ok_or_else(|| NotifyAwsError::Sqs { queue: queue_url.to_owned(), op: "GetQueueAttributes", message: "no QueueArn returned".into() })
+    out.attributes().and_then(|a| a.get(&QueueAttributeName::QueueArn)).cloned().ok_or_else(|| NotifyAwsError::Sqs {
+        queue: queue_url.to_owned(),
+        op: "GetQueueAttributes",
+        message: "no QueueArn returned".into(),
+    })
 }
 
 /// The URLs of a source queue and its dead-letter queue.
@@ -621,7 +641,12 @@ pub struct MoveTask {
 
 /// Starts SQS's own redrive from the DLQ `dlq_arn` to `destination_arn` (by default, back to
 /// the queue each message came from), at most `rate` messages per second. Returns the task handle.
-pub async fn start_move_task(sqs: &SqsClient, dlq_arn: &str, destination_arn: Option<&str>, rate: Option<i32>) -> Result<String, NotifyAwsError> {
+pub async fn start_move_task(
+    sqs: &SqsClient,
+    dlq_arn: &str,
+    destination_arn: Option<&str>,
+    rate: Option<i32>,
+) -> Result<String, NotifyAwsError> {
     let out = sqs
         .start_message_move_task()
         .source_arn(dlq_arn)
@@ -635,13 +660,8 @@ pub async fn start_move_task(sqs: &SqsClient, dlq_arn: &str, destination_arn: Op
 
 /// The most recent move tasks of the DLQ `dlq_arn` (SQS keeps the last ten), newest first.
 pub async fn list_move_tasks(sqs: &SqsClient, dlq_arn: &str) -> Result<Vec<MoveTask>, NotifyAwsError> {
-    let out = sqs
-        .list_message_move_tasks()
-        .source_arn(dlq_arn)
-        .max_results(10)
-        .send()
-        .await
-        .map_err(sqs_err(dlq_arn, "ListMessageMoveTasks"))?;
+    let out =
+        sqs.list_message_move_tasks().source_arn(dlq_arn).max_results(10).send().await.map_err(sqs_err(dlq_arn, "ListMessageMoveTasks"))?;
     Ok(out
         .results()
         .iter()
@@ -805,7 +825,12 @@ pub async fn selective_redrive(
     result.map(|()| report)
 }
 
-async fn move_batch(sqs: &SqsClient, queues: &QueuePair, batch: &[(Received, DeadLetter)], report: &mut RedriveReport) -> Result<(), NotifyAwsError> {
+async fn move_batch(
+    sqs: &SqsClient,
+    queues: &QueuePair,
+    batch: &[(Received, DeadLetter)],
+    report: &mut RedriveReport,
+) -> Result<(), NotifyAwsError> {
     let mut entries = Vec::with_capacity(batch.len());
     for (i, (m, letter)) in batch.iter().enumerate() {
         let mut attrs: BTreeMap<String, String> =
@@ -827,7 +852,13 @@ async fn move_batch(sqs: &SqsClient, queues: &QueuePair, batch: &[(Received, Dea
         .await
         .map_err(sqs_err(&queues.source_url, "SendMessageBatch"))?;
     for f in out.failed() {
-        tracing::warn!(queue = queues.source_url, entry = f.id(), code = f.code(), message = f.message(), "send refused; the dead letter stays in the DLQ");
+        tracing::warn!(
+            queue = queues.source_url,
+            entry = f.id(),
+            code = f.code(),
+            message = f.message(),
+            "send refused; the dead letter stays in the DLQ"
+        );
     }
     report.send_failures += out.failed().len();
     // Only what the source queue now holds leaves the DLQ.

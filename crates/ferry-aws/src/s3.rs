@@ -52,7 +52,9 @@ pub enum Fetched {
     /// The object does not exist (deleted between the event and the read).
     Missing,
     /// The object is larger than the cap; its body was not read.
-    TooLarge { size: u64 },
+    TooLarge {
+        size: u64,
+    },
 }
 
 /// A condition on a put, so that concurrent writers cannot overwrite each other unseen.
@@ -77,7 +79,9 @@ impl Precondition {
 /// The outcome of [`Store::put`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Put {
-    Written { etag: String },
+    Written {
+        etag: String,
+    },
     /// The precondition did not hold: someone else wrote first.
     Conflict,
 }

@@ -61,8 +61,7 @@ impl VoteSettings {
             s.defaults.weight = w;
         }
         if let Some(v) = var("FERRY_MAX_INPUT_BYTES") {
-            s.max_input_bytes =
-                v.parse().map_err(|_| format!("FERRY_MAX_INPUT_BYTES: {v:?} is not a whole number of bytes"))?;
+            s.max_input_bytes = v.parse().map_err(|_| format!("FERRY_MAX_INPUT_BYTES: {v:?} is not a whole number of bytes"))?;
         }
         Ok(s)
     }
@@ -117,11 +116,20 @@ pub enum NormalizeOutcome {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum MergeOutcome {
-    Written { global: String, inputs: String, rows: usize },
+    Written {
+        global: String,
+        inputs: String,
+        rows: usize,
+    },
     /// The global result was already built from exactly these inputs.
-    UpToDate { global: String, inputs: String },
+    UpToDate {
+        global: String,
+        inputs: String,
+    },
     /// No locale result exists for this stage.
-    NoInputs { global: String },
+    NoInputs {
+        global: String,
+    },
 }
 
 /// Loads `config/{evno}.json`, or the defaults when there is none.
@@ -130,7 +138,9 @@ pub async fn load_config(store: &Store, evno: u64, defaults: Defaults) -> Result
     match store.get_capped(&key, 1024 * 1024).await? {
         Fetched::Object(o) => Ok(EventConfig::parse(&key, &o.body, defaults)?),
         Fetched::Missing => Ok(EventConfig::from_defaults(defaults)),
-        Fetched::TooLarge { size } => Err(ConfigError { source_name: key, message: format!("{size} bytes is too large for a config file") }.into()),
+        Fetched::TooLarge { size } => {
+            Err(ConfigError { source_name: key, message: format!("{size} bytes is too large for a config file") }.into())
+        }
     }
 }
 
@@ -205,12 +215,15 @@ pub async fn normalize_upload(store: &Store, settings: &VoteSettings, object_key
             (META_ROWS.to_owned(), rows.len().to_string()),
         ]);
         let put = store
-            .put(&result_key, NewObject {
-                body: tally::write_locale_result(&rows),
-                content_type: "text/csv",
-                metadata,
-                precondition: Some(Precondition::replacing(current)),
-            })
+            .put(
+                &result_key,
+                NewObject {
+                    body: tally::write_locale_result(&rows),
+                    content_type: "text/csv",
+                    metadata,
+                    precondition: Some(Precondition::replacing(current)),
+                },
+            )
             .await?;
         match put {
             Put::Written { .. } => {
@@ -261,16 +274,14 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
         let manifest = inputs.iter().map(|(l, etag, _)| format!("{l}={etag}")).collect::<Vec<_>>().join(";");
         let config = load_config(store, evno, settings.defaults).await?;
         let weights = inputs.iter().map(|(l, _, _)| format!("{l}={}", config.weight(l))).collect::<Vec<_>>().join(";");
-        let unchanged = current.as_ref().is_some_and(|c| {
-            c.metadata.get(META_INPUTS) == Some(&manifest) && c.metadata.get(META_WEIGHTS) == Some(&weights)
-        });
+        let unchanged = current
+            .as_ref()
+            .is_some_and(|c| c.metadata.get(META_INPUTS) == Some(&manifest) && c.metadata.get(META_WEIGHTS) == Some(&weights));
         if unchanged {
             return Ok(MergeOutcome::UpToDate { global: global_key, inputs: manifest });
         }
-        let scores: Vec<LocaleScores<'_>> = inputs
-            .iter()
-            .map(|(l, _, scores)| LocaleScores { locale: l, weight: config.weight(l), scores })
-            .collect();
+        let scores: Vec<LocaleScores<'_>> =
+            inputs.iter().map(|(l, _, scores)| LocaleScores { locale: l, weight: config.weight(l), scores }).collect();
         let global = merge::merge(&scores).map_err(|source| VoteError::Merge { key: global_key.clone(), source })?;
         let metadata = HashMap::from([
             (META_INPUTS.to_owned(), manifest.clone()),
@@ -279,12 +290,15 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
             (META_ROWS.to_owned(), global.len().to_string()),
         ]);
         let put = store
-            .put(&global_key, NewObject {
-                body: tally::write_global_result(&global.locales, global.rows()),
-                content_type: "text/csv",
-                metadata,
-                precondition: Some(Precondition::replacing(current)),
-            })
+            .put(
+                &global_key,
+                NewObject {
+                    body: tally::write_global_result(&global.locales, global.rows()),
+                    content_type: "text/csv",
+                    metadata,
+                    precondition: Some(Precondition::replacing(current)),
+                },
+            )
             .await?;
         match put {
             Put::Written { .. } => {
@@ -307,4 +321,3 @@ async fn backoff(attempt: u32) {
     let jitter = nanos % base.max(1);
     tokio::time::sleep(Duration::from_millis((base + jitter).min(1500))).await;
 }
-

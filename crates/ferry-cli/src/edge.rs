@@ -126,8 +126,8 @@ fn cli_error(e: EdgeError) -> anyhow::Error {
 
 fn bar(message: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
-    let style = ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} members [{elapsed}]")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} members [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_message(message.to_owned());
     bar

@@ -107,7 +107,11 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
         match args.command {
             JobsCommand::Submit { file, wait, output } => submit(&client, &file, wait, output.as_deref()).await,
             JobsCommand::Status { id, wait } => {
-                let v = if wait { wait_for(&client, &id).await? } else { client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?.1 };
+                let v = if wait {
+                    wait_for(&client, &id).await?
+                } else {
+                    client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?.1
+                };
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 Ok(())
             }
@@ -163,7 +167,8 @@ async fn submit(client: &Client, file: &Path, wait: bool, output: Option<&Path>)
 async fn wait_for(client: &Client, id: &str) -> anyhow::Result<Value> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} rows [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} rows [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
@@ -219,7 +224,9 @@ async fn fetch(client: &Client, job: &Value, out: &Path) -> anyhow::Result<()> {
     let url = job["download"]["url"].as_str().context("the job has no download link")?;
     let mut resp = client.http.get(url).timeout(Duration::from_secs(3600)).send().await?.error_for_status().context("downloading")?;
     let bar = ProgressBar::new(resp.content_length().unwrap_or(0));
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar.set_message(format!("downloading {}", out.display()));
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.{}.tmp", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));

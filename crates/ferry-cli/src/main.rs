@@ -29,7 +29,6 @@ enum Command {
     Redrive(redrive::RedriveArgs),
 }
 
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -94,7 +94,10 @@ async fn redrive(a: RedriveArgs) -> anyhow::Result<()> {
         let rate = a.rate.map(|r| r.clamp(1, 500) as i32);
         let handle = notify::start_move_task(&sqs, &dlq_arn, Some(&source_arn), rate).await?;
         if a.json {
-            println!("{}", serde_json::json!({"mode": "native", "task_handle": handle, "source": dlq_arn, "destination": source_arn, "rate": rate}));
+            println!(
+                "{}",
+                serde_json::json!({"mode": "native", "task_handle": handle, "source": dlq_arn, "destination": source_arn, "rate": rate})
+            );
         } else {
             println!("move task started: {handle}\n  from {dlq_arn}\n  to   {source_arn}\nfollow it with `ferry redrive --status`");
         }
@@ -116,7 +119,11 @@ async fn redrive(a: RedriveArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", summary(&report));
     }
-    anyhow::ensure!(report.send_failures == 0, "{} matching dead letters could not be sent back; they are still in the DLQ", report.send_failures);
+    anyhow::ensure!(
+        report.send_failures == 0,
+        "{} matching dead letters could not be sent back; they are still in the DLQ",
+        report.send_failures
+    );
     Ok(())
 }
 
@@ -125,7 +132,11 @@ fn progress_bar(len: u64, dry_run: bool) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let template = if dry_run { "{bar:30} {pos}/{len} dead letters looked at, {msg} [{elapsed}]" } else { "{bar:30} {pos}/{len} dead letters, {msg} [{elapsed}]" };
+    let template = if dry_run {
+        "{bar:30} {pos}/{len} dead letters looked at, {msg} [{elapsed}]"
+    } else {
+        "{bar:30} {pos}/{len} dead letters, {msg} [{elapsed}]"
+    };
     bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar

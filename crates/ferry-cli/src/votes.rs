@@ -132,12 +132,8 @@ fn merge_files(a: MergeArgs) -> anyhow::Result<()> {
     }
     bar.set_message("merging");
     let weight = |locale: &str| a.weights.iter().rev().find(|(l, _)| l == locale).map_or(a.default_weight, |(_, w)| *w);
-    let inputs: Vec<LocaleScores<'_>> = a
-        .inputs
-        .iter()
-        .zip(&scores)
-        .map(|((locale, _), scores)| LocaleScores { locale, weight: weight(locale), scores })
-        .collect();
+    let inputs: Vec<LocaleScores<'_>> =
+        a.inputs.iter().zip(&scores).map(|((locale, _), scores)| LocaleScores { locale, weight: weight(locale), scores }).collect();
     let global = merge::merge(&inputs).map_err(|e| BadInput(e.to_string()))?;
     bar.set_message("writing");
     write_output_with(a.output.as_deref(), |w| global.write_csv(w))?;

@@ -59,7 +59,8 @@ fn bad_input_exits_65_names_file_and_line_and_leaves_output_alone() {
         assert!(stderr(&o).contains(&input) && stderr(&o).contains(expect), "{:?} lacks {expect:?}", stderr(&o));
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "previous result\n");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
 
     let o = ferry(&["votes", "normalize", &dir.join("absent.csv").to_string_lossy()]);

@@ -58,11 +58,7 @@ impl EventConfig {
                 return Err(err(format!("weights.{locale}: must be a finite number >= 0, got {w}")));
             }
         }
-        Ok(EventConfig {
-            method: raw.method.unwrap_or(defaults.method),
-            weights: raw.weights,
-            default_weight: defaults.weight,
-        })
+        Ok(EventConfig { method: raw.method.unwrap_or(defaults.method), weights: raw.weights, default_weight: defaults.weight })
     }
 
     pub fn weight(&self, locale: &str) -> f64 {

@@ -351,8 +351,7 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, SubmitError> {
     if body.len() > MAX_SUBMIT_BYTES {
         return Err(SubmitError::new("body", format!("{} bytes is over the limit of {MAX_SUBMIT_BYTES}", body.len())));
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| SubmitError::new("body", format!("not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| SubmitError::new("body", format!("not valid JSON: {e}")))?;
     let serde_json::Value::Object(mut map) = value else {
         return Err(SubmitError::new("body", "must be a JSON object"));
     };
@@ -431,8 +430,7 @@ fn validate(p: &ExportParams) -> Result<(), SubmitError> {
 }
 
 fn check_table(table: &str) -> Result<(), SubmitError> {
-    let ok = (3..=255).contains(&table.len())
-        && table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let ok = (3..=255).contains(&table.len()) && table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if ok { Ok(()) } else { Err(SubmitError::new("params.source.table", format!("{table:?} is not a valid table name"))) }
 }
 
@@ -443,8 +441,7 @@ pub fn export_key(owner: &str, id: &str, format: Format) -> String {
     format!("exports/{owner}/{id}.{}", format.extension())
 }
 
-const KEY_SEGMENT: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'@');
+const KEY_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'@');
 
 /// Where `GET /jobs` resumes: after the job created at `created_at` with id `id` (newest first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,7 +530,9 @@ mod tests {
         );
         check_submit(
             r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"data-lake","prefix":"orders/","format":"parquet"},"format":"jsonl","filter":{"column":"status","op":"eq","value":"paid"}}}"#,
-            Ok(r#"{"filter":{"column":"status","op":"eq","value":"paid"},"format":"jsonl","source":{"bucket":"data-lake","format":"parquet","prefix":"orders/","type":"s3"}}"#),
+            Ok(
+                r#"{"filter":{"column":"status","op":"eq","value":"paid"},"format":"jsonl","source":{"bucket":"data-lake","format":"parquet","prefix":"orders/","type":"s3"}}"#,
+            ),
         );
         check_submit("{", Err(("body", "not valid JSON")));
         check_submit("[1]", Err(("body", "JSON object")));
@@ -542,22 +541,52 @@ mod tests {
         check_submit(r#"{"params":{}}"#, Err(("kind", "is missing")));
         check_submit(r#"{"kind":"export"}"#, Err(("params", "is missing")));
         check_submit(r#"{"kind":"export","params":{},"x":1}"#, Err(("x", "unknown field")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"pdf","columns":["a"]}}"#, Err(("params", "pdf")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":0},"format":"csv","columns":["a"]}}"#, Err(("params.source.segments", "1 to 64")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"o"},"format":"csv","columns":["a"]}}"#, Err(("params.source.table", "not a valid table name")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv"}}"#, Err(("params.columns", "required")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a","a"]}}"#, Err(("params.columns", "twice")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_query","table":"orders","key":"seller","value":[1]},"format":"csv","columns":["a"]}}"#, Err(("params.source.value", "string or a number")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","color":1},"format":"csv","columns":["a"]}}"#, Err(("params", "color")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"B","prefix":"","format":"csv"},"format":"csv"}}"#, Err(("params.source.bucket", "not a valid bucket")));
-        check_submit(r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a"],"filter":{"column":"a","op":"eq","value":1}}}"#, Err(("params.filter", "only supported")));
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"pdf","columns":["a"]}}"#,
+            Err(("params", "pdf")),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":0},"format":"csv","columns":["a"]}}"#,
+            Err(("params.source.segments", "1 to 64")),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"o"},"format":"csv","columns":["a"]}}"#,
+            Err(("params.source.table", "not a valid table name")),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv"}}"#,
+            Err(("params.columns", "required")),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a","a"]}}"#,
+            Err(("params.columns", "twice")),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_query","table":"orders","key":"seller","value":[1]},"format":"csv","columns":["a"]}}"#,
+            Err(("params.source.value", "string or a number")),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","color":1},"format":"csv","columns":["a"]}}"#,
+            Err(("params", "color")),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"B","prefix":"","format":"csv"},"format":"csv"}}"#,
+            Err(("params.source.bucket", "not a valid bucket")),
+        );
+        check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a"],"filter":{"column":"a","op":"eq","value":1}}}"#,
+            Err(("params.filter", "only supported")),
+        );
         let big = format!(r#"{{"kind":"export","params":{{"x":"{}"}}}}"#, "a".repeat(MAX_SUBMIT_BYTES));
         check_submit(&big, Err(("body", "over the limit")));
     }
 
     #[test]
     fn equal_requests_hash_equal() {
-        let a = parse_submit(br#"{"kind":"export","params":{"format":"csv","columns":["a"],"source":{"table":"orders","type":"dynamodb_scan"}}}"#).unwrap();
+        let a = parse_submit(
+            br#"{"kind":"export","params":{"format":"csv","columns":["a"],"source":{"table":"orders","type":"dynamodb_scan"}}}"#,
+        )
+        .unwrap();
         let b = parse_submit(br#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":1},"columns":["a"],"format":"csv"}}"#).unwrap();
         let c = parse_submit(br#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":2},"columns":["a"],"format":"csv"}}"#).unwrap();
         assert_eq!(a.params.hash(), b.params.hash());
@@ -615,7 +644,8 @@ mod tests {
 
     #[test]
     fn lost_is_derived_from_an_expired_lease() {
-        let check = |status, lease, now, expect| assert_eq!(record(status, lease).status_at(now), expect, "{status} lease {lease} at {now}");
+        let check =
+            |status, lease, now, expect| assert_eq!(record(status, lease).status_at(now), expect, "{status} lease {lease} at {now}");
         check(Status::Running, 1_000, 999, Status::Running);
         check(Status::Running, 1_000, 1_000, Status::Running);
         check(Status::Running, 1_000, 1_001, Status::Lost);

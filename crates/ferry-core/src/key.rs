@@ -107,9 +107,7 @@ impl UploadKey {
         let evno = parse_evno(evno).ok_or_else(|| err("the event number is not a positive integer"))?;
         let stem = file.strip_suffix(".csv").ok_or_else(|| err("it does not end in .csv"))?;
         let mut parts = stem.split('-');
-        let (Some(locale), Some(stage), Some(stamp), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(locale), Some(stage), Some(stamp), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(err("the file name is not {locale}-{stage}-{yyyyMMddHHmm}"));
         };
         if !is_locale(locale) {
@@ -155,8 +153,7 @@ impl ResultKey {
         let err = |reason| KeyError { key: key.to_owned(), expected: Self::EXPECTED, reason };
         let rest = key.strip_prefix("result/").ok_or_else(|| err("it is not under result/"))?;
         let mut parts = rest.split('/');
-        let (Some(evno), Some(stage), Some(file), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(evno), Some(stage), Some(file), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(err("it is not result/{evno}/{stage}/{file}"));
         };
         let evno = parse_evno(evno).ok_or_else(|| err("the event number is not a positive integer"))?;

@@ -199,17 +199,11 @@ mod tests {
     fn weighted_sum_with_missing_keys() {
         let jp = rows(&[("a", 0.5), ("b", 0.5)]);
         let kr = rows(&[("b", 0.25), ("c", 0.75)]);
-        let g = merge(&[
-            LocaleScores { locale: "kr", weight: 2.0, scores: &kr },
-            LocaleScores { locale: "jp", weight: 1.0, scores: &jp },
-        ])
-        .unwrap();
+        let g = merge(&[LocaleScores { locale: "kr", weight: 2.0, scores: &kr }, LocaleScores { locale: "jp", weight: 1.0, scores: &jp }])
+            .unwrap();
         assert_eq!(g.locales, ["jp", "kr"]);
         let got: Vec<(&str, f64, Vec<f64>)> = g.rows().map(|r| (r.kseq, r.score, r.contributions.to_vec())).collect();
-        assert_eq!(
-            got,
-            vec![("c", 1.5, vec![0.0, 1.5]), ("b", 1.0, vec![0.5, 0.5]), ("a", 0.5, vec![0.5, 0.0])]
-        );
+        assert_eq!(got, vec![("c", 1.5, vec![0.0, 1.5]), ("b", 1.0, vec![0.5, 0.5]), ("a", 0.5, vec![0.5, 0.0])]);
     }
 
     #[test]

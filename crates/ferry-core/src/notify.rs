@@ -438,10 +438,7 @@ impl AdminRule {
     pub fn allows<'a>(&self, mut claim: impl FnMut(&str) -> Option<&'a str>) -> bool {
         let Some(raw) = claim(&self.claim) else { return false };
         let inner = raw.trim().strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(raw);
-        inner
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .map(|v| v.trim_matches('"'))
-            .any(|v| !v.is_empty() && v == self.value)
+        inner.split(|c: char| c == ',' || c.is_whitespace()).map(|v| v.trim_matches('"')).any(|v| !v.is_empty() && v == self.value)
     }
 }
 
@@ -592,12 +589,8 @@ mod tests {
 
     #[test]
     fn filters_select_by_kind_channel_and_age() {
-        let letter = DeadLetter {
-            kind: ErrorKind::RetriesExhausted,
-            channel: Some(Channel::Sms),
-            notification_id: None,
-            first_sent_at: 1_000_000,
-        };
+        let letter =
+            DeadLetter { kind: ErrorKind::RetriesExhausted, channel: Some(Channel::Sms), notification_id: None, first_sent_at: 1_000_000 };
         let now = 1_000_000 + 3_600_000; // an hour later
         let f = |kinds: &[ErrorKind], channels: &[Channel], min: Option<u64>, max: Option<u64>| RedriveFilter {
             kinds: kinds.to_vec(),

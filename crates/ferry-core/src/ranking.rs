@@ -210,12 +210,8 @@ pub fn top_changes(last: &[(String, f64)], next: &[(String, f64)]) -> TopChanges
         })
         .collect();
     let next_keys: hashbrown::HashSet<&str> = next.iter().map(|(k, _)| k.as_str()).collect();
-    let left = last
-        .iter()
-        .enumerate()
-        .filter(|(_, (k, _))| !next_keys.contains(k.as_str()))
-        .map(|(i, (k, _))| (k.clone(), i + 1))
-        .collect();
+    let left =
+        last.iter().enumerate().filter(|(_, (k, _))| !next_keys.contains(k.as_str())).map(|(i, (k, _))| (k.clone(), i + 1)).collect();
     TopChanges { top, left }
 }
 

@@ -254,8 +254,7 @@ pub(crate) fn read_records(
     if !reader.read_byte_record(&mut record).map_err(csv_err)? {
         return Err(err(None, TallyErrorKind::NoHeader { expected: columns.join(", ") }));
     }
-    let header: Vec<String> =
-        record.iter().map(|f| String::from_utf8_lossy(f).trim().to_ascii_lowercase()).collect();
+    let header: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).trim().to_ascii_lowercase()).collect();
     let mut positions = Vec::with_capacity(columns.len());
     for &column in columns {
         let mut found = header.iter().enumerate().filter(|(_, h)| *h == column).map(|(i, _)| i);
@@ -272,8 +271,7 @@ pub(crate) fn read_records(
     while reader.read_byte_record(&mut record).map_err(csv_err)? {
         let line = record.position().map(|p| p.line());
         let field = |i: usize| record.get(positions[i]).unwrap_or_default();
-        let kseq = std::str::from_utf8(field(0))
-            .map_err(|_| err(line, TallyErrorKind::InvalidUtf8 { column: columns[0] }))?;
+        let kseq = std::str::from_utf8(field(0)).map_err(|_| err(line, TallyErrorKind::InvalidUtf8 { column: columns[0] }))?;
         if kseq.is_empty() {
             return Err(err(line, TallyErrorKind::EmptyKey));
         }
@@ -293,8 +291,7 @@ fn parse_number(column: &'static str, raw: &[u8]) -> Result<f64, TallyErrorKind>
     }
     let text = std::str::from_utf8(raw).map_err(|_| TallyErrorKind::InvalidUtf8 { column })?;
     let text = text.trim();
-    let value: f64 =
-        text.parse().map_err(|_| TallyErrorKind::NotANumber { column, value: text.to_owned() })?;
+    let value: f64 = text.parse().map_err(|_| TallyErrorKind::NotANumber { column, value: text.to_owned() })?;
     if !value.is_finite() {
         return Err(TallyErrorKind::NotFinite { column, value: text.to_owned() });
     }
@@ -485,10 +482,8 @@ mod tests {
         let back = read_locale_result("r", &out).unwrap();
         assert_eq!(rows(&back), vec![("(1,2,3)", 0.75), ("x", 0.0)]);
 
-        let g = write_global_result(
-            &["jp".into(), "kr".into()],
-            [GlobalRow { kseq: "a", score: 1.5, contributions: &[1.0, 0.5] }].into_iter(),
-        );
+        let g =
+            write_global_result(&["jp".into(), "kr".into()], [GlobalRow { kseq: "a", score: 1.5, contributions: &[1.0, 0.5] }].into_iter());
         assert_eq!(String::from_utf8(g).unwrap(), "kseq,score,jp,kr\na,1.5,1.0,0.5\n");
     }
 

@@ -62,7 +62,13 @@ pub fn api_request(method: &str, path_and_query: &str, body: Option<&str>, owner
 }
 
 /// Calls the API handler like API Gateway does, and returns the status and JSON body.
-pub async fn call(api: &Api, method: &str, path: &str, body: Option<&str>, owner: Option<&str>) -> anyhow::Result<(u16, serde_json::Value)> {
+pub async fn call(
+    api: &Api,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    owner: Option<&str>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
     let resp = job_invoker::api::handle(api, api_request(method, path, body, owner)).await.map_err(|e| anyhow::anyhow!("job-api: {e}"))?;
     let status = resp.status().as_u16();
     let body = match resp.body() {
@@ -133,7 +139,11 @@ impl LocalLambda {
     /// Starts the endpoint. Each worker run gets a deadline `run_for` from its start, as a Lambda
     /// timeout would give it. `make_worker` receives a Lambda client for this endpoint (the worker
     /// invokes itself to continue).
-    pub async fn start(conf: &SdkConfig, run_for: Duration, make_worker: impl FnOnce(aws_sdk_lambda::Client) -> Worker) -> std::io::Result<LocalLambda> {
+    pub async fn start(
+        conf: &SdkConfig,
+        run_for: Duration,
+        make_worker: impl FnOnce(aws_sdk_lambda::Client) -> Worker,
+    ) -> std::io::Result<LocalLambda> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let worker = Arc::new(OnceLock::new());
@@ -157,7 +167,12 @@ fn lambda_client(conf: &SdkConfig, endpoint: &str) -> aws_sdk_lambda::Client {
     aws_sdk_lambda::Client::from_conf(aws_sdk_lambda::config::Builder::from(conf).endpoint_url(endpoint).build())
 }
 
-async fn invoke(State(server): State<Server>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, String) {
+async fn invoke(
+    State(server): State<Server>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
     let payload: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     if let Ok(mut r) = server.invocations.received.lock() {
         r.push(payload.clone());
@@ -188,7 +203,11 @@ async fn invoke(State(server): State<Server>, Path(name): Path<String>, headers:
 }
 
 /// The API and worker state for one jobs table and export bucket, with the worker behind `lambda`.
-pub fn api_and_worker(conf: &SdkConfig, settings: Arc<JobSettings>, lambda: aws_sdk_lambda::Client) -> (Api, impl FnOnce(aws_sdk_lambda::Client) -> Worker) {
+pub fn api_and_worker(
+    conf: &SdkConfig,
+    settings: Arc<JobSettings>,
+    lambda: aws_sdk_lambda::Client,
+) -> (Api, impl FnOnce(aws_sdk_lambda::Client) -> Worker) {
     let s3 = ferry_aws::clients::s3(conf);
     let dynamo = ferry_aws::clients::dynamodb(conf);
     let table = ferry_aws::jobs::JobTable::new(dynamo.clone(), settings.table.clone());
@@ -200,7 +219,9 @@ pub fn api_and_worker(conf: &SdkConfig, settings: Arc<JobSettings>, lambda: aws_
 
 /// Writes `count` orders into `table` (created if missing), 25 per batch, several batches at once.
 pub async fn seed_orders(dynamo: &aws_sdk_dynamodb::Client, table: &str, count: u64) -> anyhow::Result<()> {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest, ScalarAttributeType, WriteRequest};
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest, ScalarAttributeType, WriteRequest,
+    };
     let created = dynamo
         .create_table()
         .table_name(table)
@@ -297,7 +318,14 @@ pub async fn run(conf: &SdkConfig, orders: u64) -> anyhow::Result<String> {
     let view = loop {
         let (_, view) = call(&api, "GET", &format!("/jobs/{id}"), None, owner).await?;
         let p = &view["progress"];
-        log.push_str(&format!("  {:>5.1} s  {:<9} {:<14} {:>7} / {}\n", export_started.elapsed().as_secs_f64(), view["status"].as_str().unwrap_or("?"), p["phase"].as_str().unwrap_or(""), p["done"], p["total"]));
+        log.push_str(&format!(
+            "  {:>5.1} s  {:<9} {:<14} {:>7} / {}\n",
+            export_started.elapsed().as_secs_f64(),
+            view["status"].as_str().unwrap_or("?"),
+            p["phase"].as_str().unwrap_or(""),
+            p["done"],
+            p["total"]
+        ));
         match view["status"].as_str() {
             Some("queued" | "running") => tokio::time::sleep(Duration::from_millis(1000)).await,
             _ => break view,

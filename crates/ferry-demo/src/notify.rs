@@ -43,7 +43,9 @@ pub fn sqs_event(queue_arn: &str, messages: &[Received]) -> serde_json::Value {
             r["messageAttributes"] = m
                 .attributes
                 .iter()
-                .map(|(k, v)| (k.clone(), serde_json::json!({"stringValue": v, "stringListValues": [], "binaryListValues": [], "dataType": "String"})))
+                .map(|(k, v)| {
+                    (k.clone(), serde_json::json!({"stringValue": v, "stringListValues": [], "binaryListValues": [], "dataType": "String"}))
+                })
                 .collect::<serde_json::Map<_, _>>()
                 .into();
             r
@@ -264,7 +266,8 @@ pub async fn pump(consumer: &Consumer, sqs: &SqsClient, queue_url: &str, setting
                 .await
                 .map_err(|e| anyhow::anyhow!("consumer failed the whole batch: {e}"))?;
             let failed: HashSet<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
-            let done: Vec<&str> = batch.iter().filter(|m| !failed.contains(m.message_id.as_str())).map(|m| m.receipt_handle.as_str()).collect();
+            let done: Vec<&str> =
+                batch.iter().filter(|m| !failed.contains(m.message_id.as_str())).map(|m| m.receipt_handle.as_str()).collect();
             aws::delete_all(sqs, queue_url, &done).await?;
             stats.invocations += 1;
             stats.records += batch.len();
@@ -341,8 +344,12 @@ pub async fn run(sqs: SqsClient, dynamodb: DynamoClient) -> anyhow::Result<Strin
     let table = DeliveryTable::new(dynamodb, format!("notifications-demo-{run_id}"));
     table.create_if_missing().await?;
     let visibility = Duration::from_secs(1);
-    let queues = aws::create_queue_pair(&sqs, &format!("notifications-demo-{run_id}"), QueueSettings { max_receive_count: 3, visibility_timeout: visibility })
-        .await?;
+    let queues = aws::create_queue_pair(
+        &sqs,
+        &format!("notifications-demo-{run_id}"),
+        QueueSettings { max_receive_count: 3, visibility_timeout: visibility },
+    )
+    .await?;
     let provider = LocalProvider::start(Duration::from_millis(1500)).await?;
     let consumer = Consumer {
         sqs: sqs.clone(),
@@ -411,10 +418,17 @@ pub async fn run(sqs: SqsClient, dynamodb: DynamoClient) -> anyhow::Result<Strin
     provider.set_template_rejected("promo.winter", false);
 
     let filter = RedriveFilter { kinds: vec![ErrorKind::ProviderRejected, ErrorKind::RetriesExhausted], ..RedriveFilter::default() };
-    let dry = aws::selective_redrive(&sqs, &queues, &filter, &RedriveOptions { dry_run: true, ..RedriveOptions::default() }, &mut |_| {}).await?;
-    log.push_str(&format!("redrive --dry-run --kind provider_rejected --kind retries_exhausted: would move {} of {} ({:?})\n", dry.matched, dry.examined, dry.by_kind));
+    let dry =
+        aws::selective_redrive(&sqs, &queues, &filter, &RedriveOptions { dry_run: true, ..RedriveOptions::default() }, &mut |_| {}).await?;
+    log.push_str(&format!(
+        "redrive --dry-run --kind provider_rejected --kind retries_exhausted: would move {} of {} ({:?})\n",
+        dry.matched, dry.examined, dry.by_kind
+    ));
     let report = aws::selective_redrive(&sqs, &queues, &filter, &RedriveOptions::default(), &mut |_| {}).await?;
-    log.push_str(&format!("redrive: moved {} (send failures {}, delete failures {}); malformed ones stay in the DLQ\n", report.moved, report.send_failures, report.delete_failures));
+    log.push_str(&format!(
+        "redrive: moved {} (send failures {}, delete failures {}); malformed ones stay in the DLQ\n",
+        report.moved, report.send_failures, report.delete_failures
+    ));
     let stats = pump(&consumer, &sqs, &queues.source_url, pump_settings).await?;
     log.push_str(&format!("consumer: {} invocations, {} records\n", stats.invocations, stats.records));
     log.push_str(&where_they_are(&table, &sqs, &queues, &provider, &plans).await?);
@@ -429,7 +443,10 @@ pub async fn run(sqs: SqsClient, dynamodb: DynamoClient) -> anyhow::Result<Strin
         valid.len(),
         counts.values().filter(|&&c| c > 1).count() + provider.repeats()
     ));
-    ensure!(once == valid.len() && malformed_sent == 0 && provider.repeats() == 0, "not every valid notification was delivered exactly once");
+    ensure!(
+        once == valid.len() && malformed_sent == 0 && provider.repeats() == 0,
+        "not every valid notification was delivered exactly once"
+    );
     Ok(log)
 }
 
@@ -461,7 +478,8 @@ async fn where_they_are(
     }
     let (visible, in_flight) = aws::queue_depth(sqs, &queues.source_url).await?;
     let accepted: usize = provider.accepted_counts().values().sum();
-    let delivered = by_status.get(Status::Sent.as_str()).copied().unwrap_or(0) + by_status.get(Status::Delivered.as_str()).copied().unwrap_or(0);
+    let delivered =
+        by_status.get(Status::Sent.as_str()).copied().unwrap_or(0) + by_status.get(Status::Delivered.as_str()).copied().unwrap_or(0);
     let mut out = format!("  delivery records: {by_status:?}\n  delivered by channel: {by_channel:?}\n");
     out.push_str(&format!("  dead-letter queue: {} messages {by_kind:?}\n", letters.len()));
     out.push_str(&format!("  source queue: {visible} visible, {in_flight} in flight\n"));

@@ -103,7 +103,12 @@ pub async fn run(s3: S3Client, bucket: &str, evno: u64) -> anyhow::Result<String
     for r in &REGIONS {
         let key = format!("data/{evno}/{}-prod-{stamp}.csv", r.locale);
         let body = regional_csv(r.rows, r.seed, r.opencsv);
-        log.push_str(&format!("uploaded {key} ({} rows, {} bytes{})\n", r.rows, body.len(), if r.opencsv { ", opencsv quoting" } else { "" }));
+        log.push_str(&format!(
+            "uploaded {key} ({} rows, {} bytes{})\n",
+            r.rows,
+            body.len(),
+            if r.opencsv { ", opencsv quoting" } else { "" }
+        ));
         s3.put_object().bucket(bucket).key(&key).body(body.into()).send().await.with_context(|| format!("uploading {key}"))?;
         // S3 would now notify the normalizer with this event.
         let event = LambdaEvent::new(s3_put_event(bucket, &[&key]), Context::default());
@@ -125,7 +130,10 @@ pub async fn run(s3: S3Client, bucket: &str, evno: u64) -> anyhow::Result<String
     let Fetched::Object(global) = store.get_capped(&global_key, u64::MAX).await? else {
         bail!("{global_key} was not written");
     };
-    log.push_str(&format!("\nglobal top 10 ({global_key}, built from {}):\n", global.head.metadata.get(ferry_aws::votes::META_INPUTS).map_or("?", String::as_str)));
+    log.push_str(&format!(
+        "\nglobal top 10 ({global_key}, built from {}):\n",
+        global.head.metadata.get(ferry_aws::votes::META_INPUTS).map_or("?", String::as_str)
+    ));
     log.push_str(&top_table(&global.body, 10)?);
     Ok(log)
 }

@@ -31,11 +31,8 @@ impl Webhook {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ChatError::BadUrl(format!("scheme {:?} is not http or https", url.scheme())));
         }
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| ChatError::Http(e.without_url()))?;
+        let client =
+            reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build().map_err(|e| ChatError::Http(e.without_url()))?;
         Ok(Webhook { client, url })
     }
 

@@ -70,8 +70,7 @@ impl EdgeError {
 /// rather than hanging a cron slot.
 pub async fn connect(url: &str) -> Result<MultiplexedConnection, EdgeError> {
     let client = redis::Client::open(url).map_err(EdgeError::Connect)?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Duration::from_secs(10))
-        .set_response_timeout(Duration::from_secs(60));
+    let config =
+        redis::AsyncConnectionConfig::new().set_connection_timeout(Duration::from_secs(10)).set_response_timeout(Duration::from_secs(60));
     client.get_multiplexed_async_connection_with_config(&config).await.map_err(EdgeError::Connect)
 }

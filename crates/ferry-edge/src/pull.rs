@@ -167,12 +167,8 @@ pub async fn pull(
     };
     let first = last.is_empty();
     let changes = ranking::top_changes(&last, &ranking::top_n(&rows, cfg.top));
-    let headline = format!(
-        "Ranking `{}` loaded from {source} ({} members{}).",
-        cfg.key,
-        rows.len(),
-        if first { ", first load" } else { "" }
-    );
+    let headline =
+        format!("Ranking `{}` loaded from {source} ({} members{}).", cfg.key, rows.len(), if first { ", first load" } else { "" });
     let summary = ranking::summary_text(&headline, &changes);
     Ok(PullOutcome::Loaded { source, etag: object.head.etag, members: rows.len(), first, changes, summary })
 }

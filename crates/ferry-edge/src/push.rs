@@ -52,8 +52,7 @@ pub async fn push(
     cfg: &PushConfig<'_>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<PushOutcome, EdgeError> {
-    let upload =
-        UploadKey { evno: cfg.evno, locale: cfg.locale.to_owned(), stage: cfg.stage.to_owned(), stamp: cfg.stamp };
+    let upload = UploadKey { evno: cfg.evno, locale: cfg.locale.to_owned(), stage: cfg.stage.to_owned(), stamp: cfg.stamp };
     // Built from parts, so parse it back: a locale or stage outside the grammar is refused here,
     // before the normalizer would skip the upload.
     let upload = UploadKey::parse(&upload.to_string()).map_err(EdgeError::BadKey)?.to_string();
@@ -92,10 +91,7 @@ pub async fn push(
     let tally = builder.finish();
     let sum: f64 = tally.values().iter().sum();
     let body = ranking::write_tally(&tally);
-    let metadata = HashMap::from([
-        (META_SOURCE.to_owned(), format!("redis:{}", cfg.key)),
-        (META_ROWS.to_owned(), tally.len().to_string()),
-    ]);
+    let metadata = HashMap::from([(META_SOURCE.to_owned(), format!("redis:{}", cfg.key)), (META_ROWS.to_owned(), tally.len().to_string())]);
     // Unconditional: the key names the minute, and a rerun in the same minute means to replace it.
     let object = NewObject { body, content_type: "text/csv", metadata, precondition: None };
     let etag = match store.put(&upload, object).await? {

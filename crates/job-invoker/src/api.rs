@@ -101,7 +101,10 @@ fn rfc3339(ms: i64) -> Value {
 fn summary(job: &JobRecord, now: i64) -> Value {
     let status = job.status_at(now);
     let error = match status {
-        Status::Lost => Some(format!("the worker stopped reporting progress; its lease ended at {}", rfc3339(job.lease_expires_at).as_str().unwrap_or("?"))),
+        Status::Lost => Some(format!(
+            "the worker stopped reporting progress; its lease ended at {}",
+            rfc3339(job.lease_expires_at).as_str().unwrap_or("?")
+        )),
         Status::Failed => job.error.clone(),
         _ => None,
     };

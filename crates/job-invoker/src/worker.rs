@@ -22,14 +22,34 @@ pub struct Worker {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum WorkerReport {
-    Succeeded { job_id: String, attempt: u32, rows: u64, key: String },
+    Succeeded {
+        job_id: String,
+        attempt: u32,
+        rows: u64,
+        key: String,
+    },
     /// Handed over to the next attempt.
-    Continued { job_id: String, attempt: u32, rows: u64 },
+    Continued {
+        job_id: String,
+        attempt: u32,
+        rows: u64,
+    },
     /// The job was cancelled while this run was on it.
-    Cancelled { job_id: String, attempt: u32 },
+    Cancelled {
+        job_id: String,
+        attempt: u32,
+    },
     /// This delivery found nothing to do: a duplicate, a finished job, or one that is no longer its.
-    Skipped { job_id: String, attempt: u32, reason: String },
-    Failed { job_id: String, attempt: u32, error: String },
+    Skipped {
+        job_id: String,
+        attempt: u32,
+        reason: String,
+    },
+    Failed {
+        job_id: String,
+        attempt: u32,
+        error: String,
+    },
 }
 
 /// The invocation failed; the job is marked failed when it could be.
@@ -112,7 +132,11 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
                 }
                 return Ok(WorkerReport::Failed { job_id, attempt, error });
             }
-            let function = if event.context.invoked_function_arn.is_empty() { settings.worker_function.clone() } else { event.context.invoked_function_arn.clone() };
+            let function = if event.context.invoked_function_arn.is_empty() {
+                settings.worker_function.clone()
+            } else {
+                event.context.invoked_function_arn.clone()
+            };
             let payload = WorkerPayload { job_id: job_id.clone(), attempt: next };
             if let Err(e) = ferry_aws::jobs::invoke_worker(&state.lambda, &function, &payload).await {
                 let _ = table.claim(&job_id, next, now_ms(), ms(settings.lease)).await;
@@ -143,6 +167,10 @@ fn describe(refused: &Refused) -> String {
     match refused {
         Refused::Missing => "no such job".into(),
         Refused::Cancelled => "the job was cancelled".into(),
-        Refused::NotOurs(r) => format!("the job is {} at attempt {} (this delivery is a duplicate, late, or its lease passed)", r.status_at(now_ms()), r.attempt),
+        Refused::NotOurs(r) => format!(
+            "the job is {} at attempt {} (this delivery is a duplicate, late, or its lease passed)",
+            r.status_at(now_ms()),
+            r.attempt
+        ),
     }
 }

@@ -35,10 +35,15 @@ impl ConsumerSettings {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let mut s = ConsumerSettings::new(var("FERRY_NOTIFY_DLQ_URL").ok_or("FERRY_NOTIFY_DLQ_URL: not set (the dead-letter queue URL)")?);
         if let Some(v) = var("FERRY_NOTIFY_CONCURRENCY") {
-            s.concurrency = v.parse().ok().filter(|&c| c > 0).ok_or_else(|| format!("FERRY_NOTIFY_CONCURRENCY: {v:?} is not a positive whole number"))?;
+            s.concurrency = v
+                .parse()
+                .ok()
+                .filter(|&c| c > 0)
+                .ok_or_else(|| format!("FERRY_NOTIFY_CONCURRENCY: {v:?} is not a positive whole number"))?;
         }
         if let Some(v) = var("FERRY_NOTIFY_LEASE_SECS") {
-            s.lease = Duration::from_secs(v.parse().map_err(|_| format!("FERRY_NOTIFY_LEASE_SECS: {v:?} is not a whole number of seconds"))?);
+            s.lease =
+                Duration::from_secs(v.parse().map_err(|_| format!("FERRY_NOTIFY_LEASE_SECS: {v:?} is not a whole number of seconds"))?);
         }
         Ok(s)
     }

@@ -25,7 +25,9 @@ impl ProviderSettings {
             .filter(|v| !v.is_empty())
             .ok_or("FERRY_PROVIDER_URL: not set (the provider's base URL)")?;
         let timeout = match std::env::var("FERRY_PROVIDER_TIMEOUT_MS").ok().filter(|v| !v.is_empty()) {
-            Some(v) => Duration::from_millis(v.parse().map_err(|_| format!("FERRY_PROVIDER_TIMEOUT_MS: {v:?} is not a whole number of milliseconds"))?),
+            Some(v) => Duration::from_millis(
+                v.parse().map_err(|_| format!("FERRY_PROVIDER_TIMEOUT_MS: {v:?} is not a whole number of milliseconds"))?,
+            ),
             None => Duration::from_millis(5000),
         };
         Ok(ProviderSettings { base_url, timeout })
@@ -35,7 +37,10 @@ impl ProviderSettings {
 /// What the provider said to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Accepted { status: Status, provider_message_id: Option<String> },
+    Accepted {
+        status: Status,
+        provider_message_id: Option<String>,
+    },
     /// Down, slow or throttling: retry later.
     Transient(String),
     /// Refused: the same request will be refused again.
@@ -79,13 +84,8 @@ impl Provider {
             template: &n.template,
             variables: &n.variables,
         };
-        let res = self
-            .http
-            .post(&self.endpoint)
-            .header("Idempotency-Key", format!("{}:{channel}", n.notification_id))
-            .json(&body)
-            .send()
-            .await;
+        let res =
+            self.http.post(&self.endpoint).header("Idempotency-Key", format!("{}:{channel}", n.notification_id)).json(&body).send().await;
         let res = match res {
             Ok(r) => r,
             // Timeouts and connection failures: the provider may or may not have it; the retry
@@ -96,11 +96,9 @@ impl Provider {
         match classify_status(status) {
             Attempt::Accepted => {
                 let parsed: Option<Accepted> = res.json().await.ok();
-                let status = parsed.as_ref().and_then(|a| a.status.as_deref()).and_then(|s| s.parse().ok()).filter(|s: &Status| s.is_done());
-                Reply::Accepted {
-                    status: status.unwrap_or(Status::Sent),
-                    provider_message_id: parsed.and_then(|a| a.provider_message_id),
-                }
+                let status =
+                    parsed.as_ref().and_then(|a| a.status.as_deref()).and_then(|s| s.parse().ok()).filter(|s: &Status| s.is_done());
+                Reply::Accepted { status: status.unwrap_or(Status::Sent), provider_message_id: parsed.and_then(|a| a.provider_message_id) }
             }
             Attempt::Transient => Reply::Transient(format!("{channel}: provider answered {status}")),
             Attempt::Permanent => {

@@ -148,7 +148,10 @@ pub fn is_admin(rule: &AdminRule, req: &Request) -> bool {
 pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, RedriveError> {
     if !is_admin(&state.admin, &req) {
         tracing::warn!(path = req.uri().path(), "redrive refused: no admin claim");
-        return Ok(problem(StatusCode::FORBIDDEN, &format!("redrive requires the JWT claim {} to hold {}", state.admin.claim, state.admin.value)));
+        return Ok(problem(
+            StatusCode::FORBIDDEN,
+            &format!("redrive requires the JWT claim {} to hold {}", state.admin.claim, state.admin.value),
+        ));
     }
     if req.uri().path().trim_end_matches('/') != ROUTE {
         return Ok(problem(StatusCode::NOT_FOUND, "no such route"));
@@ -175,9 +178,10 @@ pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, Re
             };
             let selective = !filter.is_everything() || request.dry_run || request.max_messages.is_some();
             match request.mode {
-                Some(Mode::Native) if selective => {
-                    Ok(problem(StatusCode::BAD_REQUEST, "mode: native moves everything; filter, dry_run and max_messages need mode selective"))
-                }
+                Some(Mode::Native) if selective => Ok(problem(
+                    StatusCode::BAD_REQUEST,
+                    "mode: native moves everything; filter, dry_run and max_messages need mode selective",
+                )),
                 Some(Mode::Native) | None if !selective => start_native(state, request.rate).await,
                 _ => run_selective(state, &filter, &request).await,
             }
@@ -207,7 +211,13 @@ async fn run_selective(state: &Redriver, filter: &RedriveFilter, request: &Redri
         ..RedriveOptions::default()
     };
     let report = notify::selective_redrive(&state.sqs, &state.queues, filter, &options, &mut |_| {}).await?;
-    tracing::info!(dry_run = report.dry_run, examined = report.examined, matched = report.matched, moved = report.moved, "selective redrive done");
+    tracing::info!(
+        dry_run = report.dry_run,
+        examined = report.examined,
+        matched = report.matched,
+        moved = report.moved,
+        "selective redrive done"
+    );
     let mut body = serde_json::to_value(&report).unwrap_or_default();
     body["mode"] = "selective".into();
     Ok(json(StatusCode::OK, &body))

@@ -1,6 +1,6 @@
 use aws_lambda_events::s3::S3Event;
-use ferry_aws::votes::{self, NormalizeOutcome, VoteError, VoteSettings};
 use ferry_aws::s3::{S3Client, Store};
+use ferry_aws::votes::{self, NormalizeOutcome, VoteError, VoteSettings};
 use ferry_core::key::{UploadKey, decode_event_key};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Serialize;

@@ -37,7 +37,14 @@ impl Frame {
 }
 
 /// Parses `body` and applies the export's column selection and filter.
-pub fn read(bucket: &str, key: &str, body: Vec<u8>, format: DatasetFormat, columns: Option<&[String]>, filter: Option<&Filter>) -> Result<Frame, DatasetError> {
+pub fn read(
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+    format: DatasetFormat,
+    columns: Option<&[String]>,
+    filter: Option<&Filter>,
+) -> Result<Frame, DatasetError> {
     let err = |message: String| DatasetError { bucket: bucket.to_owned(), key: key.to_owned(), message };
     let cursor = Cursor::new(body);
     let mut df = match format {
@@ -136,7 +143,8 @@ mod tests {
     fn csv_with_selection_and_filter() {
         let body = b"id,status,amount\n1,paid,10.5\n2,open,3\n3,paid,7\n".to_vec();
         let cols = ["amount".to_owned(), "id".to_owned()];
-        let f = read("b", "k.csv", body.clone(), DatasetFormat::Csv, Some(&cols), Some(&filter("status", FilterOp::Eq, "paid".into()))).unwrap();
+        let f = read("b", "k.csv", body.clone(), DatasetFormat::Csv, Some(&cols), Some(&filter("status", FilterOp::Eq, "paid".into())))
+            .unwrap();
         assert_eq!(f.columns, ["amount", "id"]);
         assert_eq!(f.rows(0, 10), vec![vec![Value::from(10.5), Value::from(1)], vec![Value::from(7.0), Value::from(3)]]);
         assert_eq!(f.rows(1, 10).len(), 1);

@@ -125,7 +125,9 @@ async fn partitions(env: &ExportEnv, params: &ExportParams) -> Result<Vec<Partit
         Source::DynamodbScan { table, segments } => {
             (0..*segments).map(|segment| Partition::Scan { table: table.clone(), segment, total: *segments }).collect()
         }
-        Source::DynamodbQuery { table, key, value } => vec![Partition::Query { table: table.clone(), key: key.clone(), value: value.clone() }],
+        Source::DynamodbQuery { table, key, value } => {
+            vec![Partition::Query { table: table.clone(), key: key.clone(), value: value.clone() }]
+        }
         Source::S3 { bucket, prefix, format } => {
             let store = Store::new(env.s3.clone(), bucket.clone());
             let mut keys: Vec<String> = store.list(prefix).await?.into_iter().map(|h| h.key).filter(|k| !k.ends_with('/')).collect();
@@ -137,7 +139,13 @@ async fn partitions(env: &ExportEnv, params: &ExportParams) -> Result<Vec<Partit
 
 /// Reads `part` from `start`, page by page, into a small channel: readers run ahead of the writer by
 /// at most two pages each.
-fn spawn_reader(env: &ExportEnv, part: Partition, start: Option<String>, columns: Option<Vec<String>>, filter: Option<Filter>) -> mpsc::Receiver<Result<Batch, ExportError>> {
+fn spawn_reader(
+    env: &ExportEnv,
+    part: Partition,
+    start: Option<String>,
+    columns: Option<Vec<String>>,
+    filter: Option<Filter>,
+) -> mpsc::Receiver<Result<Batch, ExportError>> {
     let (tx, rx) = mpsc::channel(2);
     let env = env.clone();
     tokio::spawn(async move {
@@ -157,7 +165,14 @@ fn spawn_reader(env: &ExportEnv, part: Partition, start: Option<String>, columns
     rx
 }
 
-async fn read_table(env: &ExportEnv, table: &str, read: TableRead<'_>, mut start: Option<String>, columns: &[String], tx: &mpsc::Sender<Result<Batch, ExportError>>) -> Result<(), ExportError> {
+async fn read_table(
+    env: &ExportEnv,
+    table: &str,
+    read: TableRead<'_>,
+    mut start: Option<String>,
+    columns: &[String],
+    tx: &mpsc::Sender<Result<Batch, ExportError>>,
+) -> Result<(), ExportError> {
     loop {
         let page = exports::read_page(&env.dynamo, table, read, start.as_deref(), env.settings.page_size, columns).await?;
         let done = page.next.is_none();
@@ -234,7 +249,9 @@ fn data_key(job: &JobRecord) -> String {
 
 async fn estimate(env: &ExportEnv, params: &ExportParams) -> Result<Option<u64>, ExportError> {
     Ok(match &params.source {
-        Source::DynamodbScan { table, segments } => exports::estimate_rows(&env.dynamo, table, TableRead::Scan { segment: 0, total: *segments }).await?,
+        Source::DynamodbScan { table, segments } => {
+            exports::estimate_rows(&env.dynamo, table, TableRead::Scan { segment: 0, total: *segments }).await?
+        }
         Source::DynamodbQuery { table, key, value } => exports::estimate_rows(&env.dynamo, table, TableRead::Query { key, value }).await?,
         Source::S3 { .. } => None,
     })
@@ -268,7 +285,8 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
             if !columns.is_empty() {
                 writer.header(&columns);
             }
-            let cp = Checkpoint { partition: 0, start: None, rows: 0, total, columns, upload: writer.upload().state().clone(), carry: None };
+            let cp =
+                Checkpoint { partition: 0, start: None, rows: 0, total, columns, upload: writer.upload().state().clone(), carry: None };
             (cp, writer)
         }
     };
@@ -320,7 +338,9 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
             cp.carry = None;
             if !writer.pending().is_empty() {
                 let body = writer.pending().to_vec();
-                env.store.put(&carry_key, ferry_aws::s3::NewObject { body, content_type: "application/octet-stream", ..Default::default() }).await?;
+                env.store
+                    .put(&carry_key, ferry_aws::s3::NewObject { body, content_type: "application/octet-stream", ..Default::default() })
+                    .await?;
                 cp.carry = Some(carry_key.clone());
             }
             let text = serde_json::to_string(&cp).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
@@ -394,22 +414,20 @@ async fn build_xlsx(env: &ExportEnv, job: &JobRecord, key: &str) -> Result<(u64,
         let staged = dir.join("rows.jsonl");
         let out = dir.join("export.xlsx");
         let staged_key = data_key(job);
-        let obj = env
-            .store
-            .client()
-            .get_object()
-            .bucket(env.store.bucket())
-            .key(&staged_key)
-            .send()
-            .await
-            .map_err(|e| S3Error { bucket: env.store.bucket().into(), key: staged_key.clone(), op: "GetObject", message: aws_smithy_types_display(&e) })?;
+        let obj = env.store.client().get_object().bucket(env.store.bucket()).key(&staged_key).send().await.map_err(|e| S3Error {
+            bucket: env.store.bucket().into(),
+            key: staged_key.clone(),
+            op: "GetObject",
+            message: aws_smithy_types_display(&e),
+        })?;
         let mut body = obj.body;
         let mut file = tokio::fs::File::create(&staged).await.map_err(|e| io(&staged, e))?;
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| S3Error { bucket: env.store.bucket().into(), key: staged_key.clone(), op: "GetObject (body)", message: e.to_string() })?
-        {
+        while let Some(chunk) = body.try_next().await.map_err(|e| S3Error {
+            bucket: env.store.bucket().into(),
+            key: staged_key.clone(),
+            op: "GetObject (body)",
+            message: e.to_string(),
+        })? {
             file.write_all(&chunk).await.map_err(|e| io(&staged, e))?;
         }
         file.flush().await.map_err(|e| io(&staged, e))?;
