@@ -14,7 +14,8 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 APT_PACKAGES :=
-TEST_STEPS :=
+# Formatting and clippy (-D warnings) are part of `make test`.
+TEST_STEPS := lint
 BENCH_STEPS :=
 
 -include mk/*.mk

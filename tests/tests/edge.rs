@@ -145,7 +145,7 @@ async fn push_uploads_the_set_in_the_regional_contract_and_reruns_are_idempotent
     let again = e.push(&key, stamp).await.expect("push again");
     assert_eq!(again.upload, out.upload);
     assert_eq!(e.get(&out.upload).await, (body, etag));
-    assert_eq!(e.keys("data/").await, [out.upload.clone()]);
+    assert_eq!(e.keys("data/").await, std::slice::from_ref(&out.upload));
 
     // And the normalizer takes it as any regional upload.
     let n = votes::normalize_upload(&e.store(), &VoteSettings::default(), &out.upload).await.expect("normalize");
@@ -369,7 +369,7 @@ async fn the_chat_hears_of_a_load_and_of_a_failure() {
     let report = ferry_edge::pull_and_notify(&e.store(), &redis_url(), &pull_cfg(&key), Some(&hook), &no_progress).await;
     assert!(report.result.is_err());
     assert!(matches!(report.chat, ChatStatus::Sent), "{:?}", report.chat);
-    let got = got.lock().expect("lock");
+    let got = got.lock().expect("lock").clone();
     assert_eq!(got.len(), 2);
     let text = got[1]["text"].as_str().expect("text");
     assert!(text.contains("FAILED") && text.contains("line 2") && text.contains("unchanged"), "{text}");

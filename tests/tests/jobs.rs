@@ -236,7 +236,7 @@ async fn a_duplicate_async_delivery_runs_once() {
 /// Rows of about 1.6 KB, so that the export crosses S3's 5 MiB part size.
 async fn wide_orders(dynamo: &aws_sdk_dynamodb::Client, n: u64) -> String {
     let table = unique("wide");
-    seed_orders(dynamo, &table, 0).await.unwrap();
+    seed_orders(dynamo, &table, 0).await.expect("creating the table");
     let pad = "x".repeat(1600);
     for chunk in (0..n).collect::<Vec<_>>().chunks(25) {
         let writes: Vec<WriteRequest> = chunk
@@ -248,10 +248,10 @@ async fn wide_orders(dynamo: &aws_sdk_dynamodb::Client, n: u64) -> String {
                     ("amount".to_owned(), AttributeValue::N(i.to_string())),
                     ("status".to_owned(), AttributeValue::S("paid".into())),
                 ]);
-                WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(item)).build().unwrap()).build()
+                WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(item)).build().expect("an item")).build()
             })
             .collect();
-        dynamo.batch_write_item().request_items(&table, writes).send().await.unwrap();
+        dynamo.batch_write_item().request_items(&table, writes).send().await.expect("writing rows");
     }
     table
 }
@@ -573,7 +573,7 @@ impl aws_sdk_dynamodb::config::Intercept for Lossy {
     ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
         let req = ctx.request();
         let target = req.headers().get("x-amz-target").unwrap_or_default().to_owned();
-        self.0.sent.lock().unwrap().push((target, req.body().bytes().unwrap_or_default().to_vec()));
+        self.0.sent.lock().expect("lock").push((target, req.body().bytes().unwrap_or_default().to_vec()));
         Ok(())
     }
 

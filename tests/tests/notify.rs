@@ -270,7 +270,7 @@ async fn seed_dlq(e: &Env, prefix: &str) -> BTreeMap<String, (ErrorKind, Channel
                 (attr::CHANNEL.to_owned(), channel.as_str().to_owned()),
             ])
         };
-        aws::send_dead_letter(&e.sqs, &e.queues.dlq_url, &body, &attrs).await.unwrap();
+        aws::send_dead_letter(&e.sqs, &e.queues.dlq_url, &body, &attrs).await.expect("seeding the DLQ");
         seeded.insert(id, (kind, channel));
     }
     seeded
@@ -435,7 +435,7 @@ fn request(fixture: &str, method: &str, body: Option<&str>) -> lambda_http::Requ
     match body {
         Some(b) => v["body"] = b.into(),
         None => {
-            v.as_object_mut().unwrap().remove("body");
+            v.as_object_mut().expect("an event object").remove("body");
         }
     }
     lambda_http::request::from_str(&v.to_string()).expect("an HTTP API v2 request")

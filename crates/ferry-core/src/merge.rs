@@ -124,7 +124,9 @@ pub fn merge<'a>(inputs: &[LocaleScores<'a>]) -> Result<Global<'a>, MergeError> 
     let hasher = DefaultHashBuilder::default();
     let shards = rayon::current_num_threads().max(1);
     let capacity = inputs.iter().map(|i| i.scores.len()).max().unwrap_or(0) / shards + 1;
-    let parts: Vec<(Vec<(u32, u32)>, Vec<f64>)> = (0..shards)
+    // Per shard: the (input, row) of each key it indexed, and their contributions.
+    type Shard = (Vec<(u32, u32)>, Vec<f64>);
+    let parts: Vec<Shard> = (0..shards)
         .into_par_iter()
         .map(|shard| {
             let mut index: HashTable<u32> = HashTable::with_capacity(capacity);
