@@ -274,6 +274,38 @@ def bench_xlsx(args, bench_bin, md):
         f"(goal: under 256 MB, {verdict(peak(rust) < 256e6)}).\n"
     )
 
+    bench_rollover(args, bench_bin, d, md)
+
+
+EXCEL_ROWS = 1_048_576
+
+
+def bench_rollover(args, bench_bin, d, md):
+    """Not a timing: the worker's writer at Excel's real row limit, read back with calamine."""
+    md.append("### Sheet rollover at Excel's limit\n")
+    if args.quick:
+        md.append("Not run with `--quick` (it needs more than 1,048,576 rows).\n")
+        return
+    rows = EXCEL_ROWS + 51_424
+    staged = d / "rollover.jsonl"
+    run([bench_bin, "gen-rows", "--seed", "2", "--rows", str(rows), "--out", staged])
+    built = run([bench_bin, "xlsx", staged, d / "rollover.xlsx"])
+    back = run([bench_bin, "xlsx-read-back", d / "rollover.xlsx"]).stdout.strip()
+    staged.unlink()
+    # Sheet 1: the header and 1,048,575 rows; sheet 2: the header and the rest, ids continuing.
+    first_sheet = EXCEL_ROWS - 1
+    expect = (
+        f"Sheet1 rows {EXCEL_ROWS} header id first 1 last {first_sheet} contiguous true; "
+        f"Sheet2 rows {rows - first_sheet + 1} header id first {first_sheet + 1} last {rows} contiguous true"
+    )
+    ok = back == expect and built.stdout.strip() == f"rows {rows} sheets 2"
+    md.append(
+        f"{rows:,} rows through the same writer with Excel's limit (1,048,576 rows a sheet, header included), "
+        f"{built.wall:.1f} s, peak RSS {mib(built.rss)}; read back with calamine: `{back}`. "
+        f"{'As expected: the first sheet is full, the second holds the rest, every id once and in order.' if ok else '**Not as expected**: wanted `' + expect + '`.'}\n"
+    )
+    print(f"  rollover: {back}", flush=True)
+
 
 # ---------------------------------------------------------------- start-up (case 4)
 

@@ -36,6 +36,9 @@ enum Command {
     /// The export worker's xlsx writer on staged rows.
     #[cfg(feature = "xlsx")]
     Xlsx(xlsx::XlsxArgs),
+    /// Reads a built workbook back (calamine): rows, first and last id per sheet.
+    #[cfg(feature = "xlsx")]
+    XlsxReadBack(xlsx::ReadBackArgs),
     /// The notification consumer's handler on 10-record batches, against endpoints that answer at once.
     #[cfg(feature = "consumer")]
     Consumer(consumer::ConsumerArgs),
@@ -51,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         Command::GenRows(a) => xlsx::gen_rows(&a),
         #[cfg(feature = "xlsx")]
         Command::Xlsx(a) => xlsx::build(&a),
+        #[cfg(feature = "xlsx")]
+        Command::XlsxReadBack(a) => xlsx::read_back(&a),
         #[cfg(feature = "consumer")]
         Command::Consumer(a) => consumer::run(&a),
     }

@@ -68,3 +68,35 @@ pub fn build(a: &XlsxArgs) -> anyhow::Result<()> {
     println!("rows {} sheets {}", built.rows, built.sheets);
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct ReadBackArgs {
+    /// A workbook the worker's writer built from `gen-rows` output.
+    file: PathBuf,
+}
+
+/// Reads a workbook back with calamine and prints, per sheet, its row count (header included) and
+/// the first and last `id`: proof that rows rolled over to a new sheet at the limit, none lost or
+/// repeated.
+pub fn read_back(a: &ReadBackArgs) -> anyhow::Result<()> {
+    use calamine::{Data, Reader, Xlsx, open_workbook};
+    let mut book: Xlsx<_> = open_workbook(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
+    let id = |row: &[Data]| match row.first() {
+        Some(Data::Float(f)) => Some(*f as u64),
+        Some(Data::Int(i)) => u64::try_from(*i).ok(),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for name in book.sheet_names() {
+        let range = book.worksheet_range(&name).with_context(|| format!("reading sheet {name}"))?;
+        let rows: Vec<&[Data]> = range.rows().collect();
+        let header = rows.first().and_then(|r| r.first()).map(|c| c.to_string()).unwrap_or_default();
+        let first = rows.get(1).and_then(|r| id(r)).context("a sheet without data rows")?;
+        let last = rows.last().and_then(|r| id(r)).context("a last row without an id")?;
+        // Contiguous ids: every data row of the sheet is first..=last, in order.
+        let contiguous = rows[1..].iter().zip(first..).all(|(r, want)| id(r) == Some(want));
+        out.push(format!("{name} rows {} header {header} first {first} last {last} contiguous {contiguous}", rows.len()));
+    }
+    println!("{}", out.join("; "));
+    Ok(())
+}
