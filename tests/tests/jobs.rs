@@ -485,14 +485,20 @@ async fn an_s3_csv_dataset_exports_selected_and_filtered_rows_in_key_order() {
             "filter": {"column": "status", "op": "eq", "value": "paid"},
         }
     });
+    let (id, text) = export_jsonl(&e, &body, 4).await;
+    assert_eq!(text, "{\"id\":1,\"amount\":10}\n{\"id\":3,\"amount\":30}\n{\"id\":4,\"amount\":40.0}\n{\"id\":6,\"amount\":60.5}\n");
+}
+
+/// Submits `body` as the owner, runs the worker to the end, checks that it succeeded with `rows`
+/// rows and returns the job id and the JSON lines export.
+async fn export_jsonl(e: &Env, body: &serde_json::Value, rows: u64) -> (String, String) {
     let (code, v) = e.post(&body.to_string(), OWNER).await;
     assert_eq!(code, 202, "{v}");
-    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let id = v["job"]["id"].as_str().expect("a job id").to_owned();
     let reports = e.lambda.invocations.settle().await;
-    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 4, .. })]), "{reports:?}");
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: r, .. })] if *r == rows), "{reports:?}");
     let key = ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Jsonl);
-    let text = String::from_utf8(e.object(&key).await.unwrap()).unwrap();
-    assert_eq!(text, "{\"id\":1,\"amount\":10}\n{\"id\":3,\"amount\":30}\n{\"id\":4,\"amount\":40.0}\n{\"id\":6,\"amount\":60.5}\n");
+    (id, String::from_utf8(e.object(&key).await.expect("the export")).expect("UTF-8"))
 }
 
 /// The rows as a Parquet file, columns `id` (i64), `status` and `amount` (f64).
@@ -526,13 +532,7 @@ async fn an_s3_parquet_dataset_exports_selected_and_filtered_rows_in_key_order()
             "filter": {"column": "amount", "op": "ge", "value": 30},
         }
     });
-    let (code, v) = e.post(&body.to_string(), OWNER).await;
-    assert_eq!(code, 202, "{v}");
-    let id = v["job"]["id"].as_str().unwrap().to_owned();
-    let reports = e.lambda.invocations.settle().await;
-    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 4, .. })]), "{reports:?}");
-    let key = ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Jsonl);
-    let text = String::from_utf8(e.object(&key).await.unwrap()).unwrap();
+    let (id, text) = export_jsonl(&e, &body, 4).await;
     // Objects in key order, rows in file order; the columns in the order asked for, with the
     // file's types (integer ids, float amounts); 29.99 and everything outside the prefix left out.
     assert_eq!(

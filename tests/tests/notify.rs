@@ -390,12 +390,7 @@ async fn an_interrupted_redrive_run_again_loses_nothing() {
     )
     .await;
     assert!(interrupted.is_err(), "the first run was meant to be cut short");
-    let moved_so_far: BTreeSet<String> = ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.source_url)
-        .await
-        .expect("reading the queue")
-        .iter()
-        .filter_map(|m| id_of(&m.body))
-        .collect();
+    let moved_so_far: BTreeSet<String> = e.source().await.iter().filter_map(|m| id_of(&m.body)).collect();
     assert!(!moved_so_far.is_empty() && moved_so_far.len() < ids.len(), "interrupted half-way: {} moved", moved_so_far.len());
 
     // Once the interrupted run's hidden messages reappear, run it again to the end.
@@ -403,16 +398,8 @@ async fn an_interrupted_redrive_run_again_loses_nothing() {
     let report =
         aws::selective_redrive(&e.sqs, &e.queues, &RedriveFilter::default(), &RedriveOptions::default(), &mut |_| {}).await.unwrap();
     assert_eq!(report.send_failures, 0);
-    assert!(
-        ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.dlq_url).await.expect("reading the DLQ").is_empty(),
-        "the DLQ is empty after the second run"
-    );
-    let in_source: Vec<String> = ferry_demo::notify::peek_and_release(&e.sqs, &e.queues.source_url)
-        .await
-        .expect("reading the queue")
-        .iter()
-        .filter_map(|m| id_of(&m.body))
-        .collect();
+    assert!(e.dlq().await.is_empty(), "the DLQ is empty after the second run");
+    let in_source: Vec<String> = e.source().await.iter().filter_map(|m| id_of(&m.body)).collect();
     let distinct: BTreeSet<&String> = in_source.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "every message is back in the source queue");
 
