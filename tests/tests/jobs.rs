@@ -485,7 +485,7 @@ async fn an_s3_csv_dataset_exports_selected_and_filtered_rows_in_key_order() {
             "filter": {"column": "status", "op": "eq", "value": "paid"},
         }
     });
-    let (id, text) = export_jsonl(&e, &body, 4).await;
+    let (_, text) = export_jsonl(&e, &body, 4).await;
     assert_eq!(text, "{\"id\":1,\"amount\":10}\n{\"id\":3,\"amount\":30}\n{\"id\":4,\"amount\":40.0}\n{\"id\":6,\"amount\":60.5}\n");
 }
 
