@@ -129,6 +129,18 @@ pub async fn bucket(prefix: &str) -> (aws_sdk_s3::Client, String) {
     (client, name)
 }
 
+/// Puts `body` at `key`, as an upload arrives.
+pub async fn put_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
+    let body: Vec<u8> = body.into();
+    s3.put_object().bucket(bucket).key(key).body(body.into()).send().await.expect("put");
+}
+
+/// The keys under `prefix`, through the same paginated listing the functions use.
+pub async fn list_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let store = ferry_aws::s3::Store::new(s3.clone(), bucket.to_owned());
+    store.list(prefix).await.expect("list").into_iter().map(|h| h.key).collect()
+}
+
 /// Reads a fixture under `events/`.
 pub fn event_fixture(name: &str) -> serde_json::Value {
     let path = workspace().join("events").join(name);

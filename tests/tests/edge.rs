@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use ferry_aws::Store;
 use ferry_aws::votes::{self, VoteSettings};
 use ferry_core::key::Stamp;
@@ -43,7 +42,7 @@ fn pairs(rows: &[(&str, f64)]) -> Vec<(String, f64)> {
 fn global_csv(rows: &[(String, f64)]) -> Vec<u8> {
     let rows: Vec<GlobalRow<'_>> =
         rows.iter().map(|(k, v)| GlobalRow { kseq: k, score: *v, contributions: std::slice::from_ref(v) }).collect();
-    tally::write_global_result(&["jp".to_owned()], rows.into_iter())
+    tally::write_global_result(&["jp".to_owned()], rows)
 }
 
 fn pull_cfg(key: &str) -> PullConfig<'_> {
@@ -56,8 +55,7 @@ impl Env {
     }
 
     async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
-        let body: Vec<u8> = body.into();
-        self.s3.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body)).send().await.expect("put");
+        ferry_tests::put_object(&self.s3, &self.bucket, key, body).await;
     }
 
     async fn get(&self, key: &str) -> (Vec<u8>, String) {
@@ -67,7 +65,7 @@ impl Env {
     }
 
     async fn keys(&self, prefix: &str) -> Vec<String> {
-        self.store().list(prefix).await.expect("list").into_iter().map(|h| h.key).collect()
+        ferry_tests::list_keys(&self.s3, &self.bucket, prefix).await
     }
 
     async fn put_global(&self, rows: &[(String, f64)]) {

@@ -35,8 +35,7 @@ impl Env {
     }
 
     async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
-        let body: Vec<u8> = body.into();
-        self.s3.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body)).send().await.expect("put");
+        ferry_tests::put_object(&self.s3, &self.bucket, key, body).await;
     }
 
     async fn get(&self, key: &str) -> Option<(String, String, HashMap<String, String>)> {
@@ -48,7 +47,7 @@ impl Env {
     }
 
     async fn keys(&self, prefix: &str) -> Vec<String> {
-        self.store().list(prefix).await.expect("list").into_iter().map(|h| h.key).collect()
+        ferry_tests::list_keys(&self.s3, &self.bucket, prefix).await
     }
 
     async fn normalize_event(&self, keys: &[&str]) -> Result<serde_json::Value, String> {

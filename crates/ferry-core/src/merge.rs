@@ -73,7 +73,7 @@ impl<'a> Global<'a> {
         (0..self.len()).map(|i| self.row(i))
     }
 
-    /// Writes the result as CSV (see [`crate::tally::write_global`]), formatting blocks of rows on
+    /// Writes the result as CSV (see [`crate::tally::write_global_result`]), formatting blocks of rows on
     /// every core and writing them in order; `out` sees the same bytes, and at most a few blocks
     /// are in memory at once.
     pub fn write_csv(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
@@ -86,7 +86,7 @@ impl<'a> Global<'a> {
                 .step_by(BLOCK)
                 .collect::<Vec<_>>()
                 .into_par_iter()
-                .map(|from| tally::global_rows_csv((from..(from + BLOCK).min(end)).map(|i| self.row(i))))
+                .map(|from| tally::global_rows_csv(Vec::new(), (from..(from + BLOCK).min(end)).map(|i| self.row(i))))
                 .collect();
             for block in blocks {
                 out.write_all(&block)?;

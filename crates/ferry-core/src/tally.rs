@@ -98,14 +98,18 @@ impl Tally {
     }
 
     pub fn key(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text[start..self.ends[i]]
+        &self.text[self.span(i)]
     }
 
     /// [`Tally::key`] as bytes: comparing these skips the char-boundary checks of slicing a str.
     pub(crate) fn key_bytes(&self, i: usize) -> &[u8] {
+        &self.text.as_bytes()[self.span(i)]
+    }
+
+    /// Where key `i` sits in `text`.
+    fn span(&self, i: usize) -> std::ops::Range<usize> {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text.as_bytes()[start..self.ends[i]]
+        start..self.ends[i]
     }
 
     pub fn value(&self, i: usize) -> f64 {
@@ -342,17 +346,6 @@ pub fn write_locale_result(rows: &[NormRow]) -> Vec<u8> {
     finish(out)
 }
 
-/// Writes the global result, `kseq,score,{locale}...`, row by row into `out` (buffer it).
-pub fn write_global<'a>(
-    mut out: impl std::io::Write,
-    locales: &[String],
-    rows: impl IntoIterator<Item = GlobalRow<'a>>,
-) -> std::io::Result<()> {
-    out.write_all(&global_header(locales))?;
-    out.write_all(&global_rows_csv(rows))?;
-    out.flush()
-}
-
 /// The global result's header line.
 pub(crate) fn global_header(locales: &[String]) -> Vec<u8> {
     let mut out = csv::Writer::from_writer(Vec::new());
@@ -360,10 +353,11 @@ pub(crate) fn global_header(locales: &[String]) -> Vec<u8> {
     finish(out)
 }
 
-/// Global result rows as CSV lines, without the header.
-pub(crate) fn global_rows_csv<'a>(rows: impl IntoIterator<Item = GlobalRow<'a>>) -> Vec<u8> {
+/// Global result rows as CSV lines, without the header, appended to `into`.
+pub(crate) fn global_rows_csv<'a>(mut into: Vec<u8>, rows: impl IntoIterator<Item = GlobalRow<'a>>) -> Vec<u8> {
     let rows = rows.into_iter();
-    let mut out = csv::Writer::from_writer(Vec::with_capacity(rows.size_hint().0 * 110));
+    into.reserve(rows.size_hint().0 * 110);
+    let mut out = csv::Writer::from_writer(into);
     let mut buf = ryu::Buffer::new();
     for r in rows {
         // Writing into a Vec cannot fail.
@@ -378,11 +372,9 @@ pub(crate) fn global_rows_csv<'a>(rows: impl IntoIterator<Item = GlobalRow<'a>>)
     finish(out)
 }
 
-/// Writes the global result into memory.
-pub fn write_global_result<'a>(locales: &[String], rows: impl ExactSizeIterator<Item = GlobalRow<'a>>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rows.len() * (24 + 20 * locales.len()) + 64);
-    write_global(&mut out, locales, rows).expect("writing CSV into memory");
-    out
+/// Writes the global result, `kseq,score,{locale}...`, into memory, in the order given.
+pub fn write_global_result<'a>(locales: &[String], rows: impl IntoIterator<Item = GlobalRow<'a>>) -> Vec<u8> {
+    global_rows_csv(global_header(locales), rows)
 }
 
 fn write_row<'a>(out: &mut csv::Writer<Vec<u8>>, fields: impl IntoIterator<Item = &'a str>) {
@@ -482,8 +474,7 @@ mod tests {
         let back = read_locale_result("r", &out).unwrap();
         assert_eq!(rows(&back), vec![("(1,2,3)", 0.75), ("x", 0.0)]);
 
-        let g =
-            write_global_result(&["jp".into(), "kr".into()], [GlobalRow { kseq: "a", score: 1.5, contributions: &[1.0, 0.5] }].into_iter());
+        let g = write_global_result(&["jp".into(), "kr".into()], [GlobalRow { kseq: "a", score: 1.5, contributions: &[1.0, 0.5] }]);
         assert_eq!(String::from_utf8(g).unwrap(), "kseq,score,jp,kr\na,1.5,1.0,0.5\n");
     }
 
