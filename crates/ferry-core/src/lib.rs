@@ -7,7 +7,8 @@
 //! - [`merge`]: the weighted global merge ([`merge::merge`]);
 //! - [`config`]: per-event settings ([`EventConfig`]);
 //! - [`jobs`]: async jobs: the status state machine, submit validation, canonical params;
-//! - [`ranking`]: Redis sorted sets as tallies, the global result as a ranking, top changes.
+//! - [`ranking`]: Redis sorted sets as tallies, the global result as a ranking, top changes;
+//! - [`public`]: what a caller sees of a failure ([`public::ErrorCode`], [`public::PublicError`]).
 
 pub mod config;
 pub mod jobs;
@@ -15,6 +16,7 @@ pub mod key;
 pub mod merge;
 pub mod normalize;
 pub mod notify;
+pub mod public;
 pub mod ranking;
 pub mod tally;
 
