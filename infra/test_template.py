@@ -166,6 +166,22 @@ def observability_problems(t: dict) -> list[str]:
     return out
 
 
+
+def queues_without_tls_policy(t: dict) -> list[str]:
+    """Queues no QueuePolicy denies plain-HTTP requests to (every queue must be TLS-only, as the bucket is)."""
+    covered = set()
+    for policy in resources(t, "AWS::SQS::QueuePolicy").values():
+        props = policy["Properties"]
+        denies_http = any(
+            s.get("Effect") == "Deny"
+            and s.get("Principal") == "*"
+            and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+            for s in props["PolicyDocument"]["Statement"]
+        )
+        if denies_http:
+            covered.update(target(q) for q in as_list(props["Queues"]))
+    return sorted(q for q in resources(t, "AWS::SQS::Queue") if q not in covered)
+
 class Template(unittest.TestCase):
     def mutated(self) -> dict:
         return copy.deepcopy(TEMPLATE)
@@ -200,6 +216,12 @@ class Template(unittest.TestCase):
         del mapping["Properties"]["FunctionResponseTypes"]
         del mapping["Properties"]["ScalingConfig"]
         self.assertEqual(len(consumer_problems(t)), 2, consumer_problems(t))
+
+    def test_every_queue_is_tls_only(self) -> None:
+        self.assertEqual(queues_without_tls_policy(TEMPLATE), [])
+        t = self.mutated()
+        t["Resources"]["QueuesTlsOnlyPolicy"]["Properties"]["Queues"].pop()
+        self.assertEqual(queues_without_tls_policy(t), ["FailedEventsQueue"])
 
     def test_every_function_has_expiring_logs_and_an_errors_alarm(self) -> None:
         self.assertEqual(observability_problems(TEMPLATE), [])

@@ -215,26 +215,51 @@ pub fn top_changes(last: &[(String, f64)], next: &[(String, f64)]) -> TopChanges
     TopChanges { top, left }
 }
 
-/// The chat text for a newly loaded ranking: a headline, then the top with its movements.
+/// `text` made inert for a Slack-compatible chat: it cannot mention anyone (`<!channel>`, `<@U..>`,
+/// `@here`), link, or break out of code formatting, and stays on one line. Keys come from whoever
+/// wrote the sorted set or the upload, so every key and error text goes through this before a post.
+pub fn chat_inert(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            // Slack's own escapes: `<...>` is its syntax for mentions and links.
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            // A backtick could close the code block; the look-alike modifier letter cannot.
+            '`' => out.push('\u{02CB}'),
+            // `@here` without link parsing is plain text, but a word joiner keeps it so even where
+            // a workspace turns link names on.
+            '@' => out.push_str("@\u{2060}"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The chat text for a newly loaded ranking: a headline, then the top with its movements. Keys are
+/// passed through [`chat_inert`]; the headline is the caller's and is written as given.
 pub fn summary_text(headline: &str, changes: &TopChanges) -> String {
     let mut out = String::from(headline);
     if changes.top.is_empty() {
         return out;
     }
     out.push_str(if changes.is_unchanged() { "\nTop unchanged:\n```\n" } else { "\n```\n" });
-    let width = changes.top.iter().map(|c| c.kseq.chars().count()).max().unwrap_or(0);
-    for c in &changes.top {
+    let keys: Vec<String> = changes.top.iter().map(|c| chat_inert(&c.kseq)).collect();
+    let width = keys.iter().map(|k| k.chars().count()).max().unwrap_or(0);
+    for (c, kseq) in changes.top.iter().zip(&keys) {
         let movement = match c.movement {
             Movement::New => "new".to_owned(),
             Movement::Up(n) => format!("▲{n}"),
             Movement::Down(n) => format!("▼{n}"),
             Movement::Same => "-".to_owned(),
         };
-        let _ = writeln!(out, "{:>3}. {:<width$}  {:>12.6}  {movement}", c.rank, c.kseq, c.score);
+        let _ = writeln!(out, "{:>3}. {:<width$}  {:>12.6}  {movement}", c.rank, kseq, c.score);
     }
     out.push_str("```");
     if !changes.left.is_empty() {
-        let left: Vec<String> = changes.left.iter().map(|(k, was)| format!("{k} (was {was})")).collect();
+        let left: Vec<String> = changes.left.iter().map(|(k, was)| format!("{} (was {was})", chat_inert(k))).collect();
         let _ = write!(out, "\nLeft the top {}: {}", changes.top.len(), left.join(", "));
     }
     out
@@ -361,5 +386,30 @@ mod tests {
         let same = summary_text("h", &top_changes(&next, &next));
         assert!(same.starts_with("h\nTop unchanged:\n```\n  1. new"), "{same}");
         assert_eq!(summary_text("h", &TopChanges::default()), "h");
+    }
+
+    #[track_caller]
+    fn check_inert(raw: &str, expect: &str) {
+        assert_eq!(chat_inert(raw), expect, "{raw:?}");
+    }
+
+    #[test]
+    fn chat_text_cannot_mention_or_break_out() {
+        check_inert("plain key 1", "plain key 1");
+        check_inert("<!channel>", "&lt;!channel&gt;");
+        check_inert("<@U123ABC>", "&lt;@\u{2060}U123ABC&gt;");
+        check_inert("@here", "@\u{2060}here");
+        check_inert("<https://evil.example|click>", "&lt;https://evil.example|click&gt;");
+        check_inert("a&lt;b", "a&amp;lt;b");
+        check_inert("x```\n<!here>", "x\u{02CB}\u{02CB}\u{02CB} &lt;!here&gt;");
+        check_inert("tab\there\r", "tab here ");
+        // In a summary, a hostile key stays inside the code block and on its own line.
+        let hostile = pairs(&[("```\n<!channel> hi", 2.0), ("ok", 1.0)]);
+        let gone = pairs(&[("<@U1>", 3.0)]);
+        let text = summary_text("h", &top_changes(&gone, &hostile));
+        assert_eq!(text.matches("```").count(), 2, "{text}");
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(text.ends_with("Left the top 2: &lt;@\u{2060}U1&gt; (was 1)"), "{text}");
     }
 }

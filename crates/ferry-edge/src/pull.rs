@@ -167,8 +167,13 @@ pub async fn pull(
     };
     let first = last.is_empty();
     let changes = ranking::top_changes(&last, &ranking::top_n(&rows, cfg.top));
-    let headline =
-        format!("Ranking `{}` loaded from {source} ({} members{}).", cfg.key, rows.len(), if first { ", first load" } else { "" });
+    let headline = format!(
+        "Ranking `{}` loaded from {} ({} members{}).",
+        ranking::chat_inert(cfg.key),
+        ranking::chat_inert(&source),
+        rows.len(),
+        if first { ", first load" } else { "" }
+    );
     let summary = ranking::summary_text(&headline, &changes);
     Ok(PullOutcome::Loaded { source, etag: object.head.etag, members: rows.len(), first, changes, summary })
 }
@@ -277,11 +282,12 @@ pub async fn pull_and_notify(
             return PullReport { result, chat: ChatStatus::NotNeeded };
         }
         Err(e) => format!(
-            "Pull of ranking `{}` from global/{}/{}/result-global.csv FAILED ({}): {e}\nThe ranking in Redis is unchanged.",
-            cfg.key,
+            "Pull of ranking `{}` from global/{}/{}/result-global.csv FAILED ({}): {}\nThe ranking in Redis is unchanged.",
+            ranking::chat_inert(cfg.key),
             cfg.evno,
-            cfg.stage,
-            e.kind()
+            ranking::chat_inert(cfg.stage),
+            e.kind(),
+            ranking::chat_inert(&e.to_string())
         ),
     };
     let chat = match webhook.post(&text).await {
