@@ -409,7 +409,7 @@ mod tests {
         let text = summary_text("h", &top_changes(&gone, &hostile));
         assert_eq!(text.matches("```").count(), 2, "{text}");
         assert!(!text.contains('<') && !text.contains('>'), "{text}");
-        assert_eq!(text.lines().count(), 5, "{text}");
+        assert_eq!(text.lines().count(), 6, "{text}");
         assert!(text.ends_with("Left the top 2: &lt;@\u{2060}U1&gt; (was 1)"), "{text}");
     }
 }
