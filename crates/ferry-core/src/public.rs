@@ -220,10 +220,7 @@ mod tests {
     #[test]
     fn public_errors_serialise_without_empty_parts() {
         let e = PublicError::new(ErrorCode::BadRequest, "is refused").with_field("params.source.prefix");
-        assert_eq!(
-            serde_json::to_string(&e).unwrap(),
-            r#"{"code":"bad_request","message":"is refused","field":"params.source.prefix"}"#
-        );
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"code":"bad_request","message":"is refused","field":"params.source.prefix"}"#);
         assert_eq!(e.to_string(), "bad_request (params.source.prefix): is refused");
         let e = PublicError::code(ErrorCode::Internal).with_request_id("r-1");
         assert_eq!(serde_json::from_str::<PublicError>(&serde_json::to_string(&e).unwrap()).unwrap(), e);
