@@ -16,6 +16,7 @@ import http.server
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -449,6 +450,35 @@ def bench_startup(args, md):
         md.append("Did not reach the Runtime API: " + "; ".join(failed) + "\n")
 
 
+# ---------------------------------------------------------------- memory (case 6)
+
+
+def bench_memory(args, bench_bin, md):
+    """The normalizer's peak RSS on the largest upload its cap allows, beside the memory it is given."""
+    template = (ROOT / "infra" / "template.yaml").read_text()
+    cap = int(re.search(r"\n  MaxInputBytes:\n(?:    .*\n)*?    Default: (\d+)", template).group(1))
+    memory = int(re.search(r"\n  NormalizerFunction:\n(?:    .*\n|\n)*?      MemorySize: (\d+)", template).group(1))
+    size = cap // 64 if args.quick else cap
+    d = DATA / ("memory-quick" if args.quick else "memory")
+    # gen-votes rows take about 21.5 bytes: an upload just under the cap.
+    run([bench_bin, "gen-votes", "--seed", "1", "--keys", str(size // 22), "--locales", "jp", "--out", d])
+    upload = d / "jp.csv"
+    r = run([bench_bin, "normalize-peak", upload])
+    md.append("## 6. The normalizer's memory at its cap\n")
+    md.append(
+        f"`ferry-bench normalize-peak` (the normalizer's `ferry-core` calls, in its order) on one upload "
+        f"{'of 1/64 of' if args.quick else 'just under'} `MaxInputBytes` ({mib(cap)}), beside the memory "
+        f"`infra/template.yaml` gives `NormalizerFunction`; `ferry_core::budget` sizes that memory.\n"
+    )
+    md.append(
+        table(
+            ["upload", "peak RSS", "per upload byte", "configured memory", "headroom"],
+            [[mib(upload.stat().st_size), mib(r.rss), f"{r.rss / upload.stat().st_size:.2f}x", f"{memory:,} MB", f"{1 - r.rss / (memory * 2**20):.0%}"]],
+        )
+    )
+    md.append(f"\n{r.stdout.strip()}\n")
+
+
 # ---------------------------------------------------------------- consumer (case 5)
 
 
@@ -515,7 +545,7 @@ def main():
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--runs", type=int, help="runs of each fast side (default 5; 3 for xlsx)")
     p.add_argument("--slow-runs", type=int, help="runs of each slow Python side (default 3; 2 for XlsxWriter)")
-    p.add_argument("--skip", action="append", default=[], choices=["votes", "xlsx", "startup", "consumer"])
+    p.add_argument("--skip", action="append", default=[], choices=["votes", "xlsx", "startup", "consumer", "memory"])
     args = p.parse_args()
     q = args.quick
     args.keys = 20_000 if q else 1_000_000
@@ -549,6 +579,8 @@ def main():
         bench_startup(args, md)
     if "consumer" not in args.skip:
         bench_consumer(args, bench_bin, md)
+    if "memory" not in args.skip:
+        bench_memory(args, bench_bin, md)
     notes = ROOT / "bench" / "FINDINGS.md"
     if notes.exists():
         md.append(notes.read_text())

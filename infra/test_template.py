@@ -3,6 +3,7 @@ that cost money or lose messages. Each check runs on the real template, and on a
 deliberate mistake to show that it can fail."""
 
 import copy
+import math
 import re
 import unittest
 
@@ -182,6 +183,137 @@ def queues_without_tls_policy(t: dict) -> list[str]:
             covered.update(target(q) for q in as_list(props["Queues"]))
     return sorted(q for q in resources(t, "AWS::SQS::Queue") if q not in covered)
 
+def notification_intake_problems(t: dict) -> list[str]:
+    """POST /notifications must run notify-intake (which keys notifications per sender, checks the
+    scope, size and throttle): a direct integration would let any caller take another's ids. The
+    provider is reached over https only."""
+    out = []
+    routes = [r for r in resources(t, "AWS::ApiGatewayV2::Route").values() if r["Properties"]["RouteKey"] == "POST /notifications"]
+    if len(routes) != 1:
+        out.append(f"{len(routes)} routes for POST /notifications, expected 1")
+    for route in routes:
+        integration_id = str(route["Properties"]["Target"].value).removeprefix("integrations/${").removesuffix("}")
+        p = t["Resources"][integration_id]["Properties"]
+        if p.get("IntegrationSubtype") or p.get("IntegrationType") != "AWS_PROXY":
+            out.append(f"{integration_id}: POST /notifications is not a Lambda proxy integration")
+        elif t["Resources"][target(p["IntegrationUri"])].get("Metadata", {}).get("BuildProperties", {}).get("Binary") != "notify-intake":
+            out.append(f"{integration_id}: POST /notifications does not run notify-intake")
+    if not t["Parameters"]["ProviderUrl"].get("AllowedPattern", "").startswith("^https://"):
+        out.append("ProviderUrl: AllowedPattern admits other schemes than https")
+    return out
+
+
+# Prefixes of the stack's bucket no export may read: other owners' exports and the pipeline's data.
+RESERVED_PREFIXES = ["exports/", "data/", "result/", "global/", "/data/"]
+# The worker's own temporary objects: the only part of exports/ it may read back.
+STAGING_PREFIX = "exports/.staging/"
+JOB_FUNCTIONS = ["JobApiFunction", "JobWorkerFunction"]
+ALLOWLIST_VARIABLES = ["FERRY_EXPORT_BUCKET", "FERRY_EXPORT_DATASETS", "FERRY_EXPORT_SOURCE_TABLES", "FERRY_NOTIFY_TABLE"]
+
+
+def substitute_defaults(t: dict, text: str) -> str:
+    """`text` with each `${Parameter}` replaced by that parameter's default."""
+    return re.sub(r"\$\{(\w+)\}", lambda m: str(t["Parameters"].get(m.group(1), {}).get("Default", m.group(0))), text)
+
+
+def own_bucket_keys(t: dict, statement: dict) -> list[str]:
+    """Key patterns a statement names in the stack's bucket, parameters at their defaults."""
+    out = []
+    for r in as_list(statement["Resource"]):
+        text = target(r)
+        if ":s3:::${NamePrefix}-${Stage}-" in text and "/" in text.split(":s3:::", 1)[1]:
+            out.append(substitute_defaults(t, text.split(":s3:::", 1)[1].split("/", 1)[1]))
+    return out
+
+
+def worker_source_problems(t: dict) -> list[str]:
+    """Reads job-worker's role allows beyond its dataset prefixes and its own staging objects."""
+    out = []
+    for s in statements(t["Resources"]["JobWorkerRole"]):
+        if s.get("Effect") != "Allow":
+            continue
+        actions = set(as_list(s["Action"]))
+        if "s3:GetObject" in actions:
+            for key in own_bucket_keys(t, s):
+                reserved = [p for p in RESERVED_PREFIXES if overlaps(key, p)]
+                if reserved and not key.startswith(STAGING_PREFIX):
+                    out.append(f"s3:GetObject on {key} reaches {reserved}")
+        if "s3:ListBucket" in actions:
+            prefixes = s.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
+            if prefixes is None:
+                out.append(f"s3:ListBucket on {[target(r) for r in as_list(s['Resource'])]} without an s3:prefix condition")
+            own_bucket = any(":s3:::${NamePrefix}-${Stage}-" in target(r) for r in as_list(s["Resource"]))
+            for p in as_list(prefixes or []) if own_bucket else []:
+                pattern = substitute_defaults(t, target(p))
+                if any(overlaps(pattern, r) for r in RESERVED_PREFIXES):
+                    out.append(f"s3:ListBucket with s3:prefix {pattern} reaches a reserved prefix")
+    own_tables = {"JobsTable", "NotifyTable"}
+    denied = {
+        target(r).split("/")[0].replace("${", "").replace(".Arn}", "").replace(".Arn", "")
+        for s in statements(t["Resources"]["JobWorkerRole"])
+        if s.get("Effect") == "Deny" and "dynamodb:Scan" in as_list(s["Action"])
+        for r in as_list(s["Resource"])
+    }
+    if not own_tables <= denied:
+        out.append(f"the stack's own tables {sorted(own_tables - denied)} are not denied as sources")
+    return out
+
+
+def allowlist_problems(t: dict) -> list[str]:
+    """Job functions that cannot enforce the source allowlist for want of a setting."""
+    out = []
+    for f in JOB_FUNCTIONS:
+        variables = t["Resources"][f]["Properties"].get("Environment", {}).get("Variables", {})
+        out.extend(f"{f}: no {v}" for v in ALLOWLIST_VARIABLES if v not in variables)
+    return out
+
+
+BUDGET = cf.ROOT / "crates" / "ferry-core" / "src" / "budget.rs"
+# Each vote function, the setting that caps what it holds, and its peak per byte (ferry_core::budget).
+VOTE_CAPS = {
+    "NormalizerFunction": ("FERRY_MAX_INPUT_BYTES", "NORMALIZE_PEAK_FACTOR"),
+    "MergerFunction": ("FERRY_MAX_MERGE_BYTES", "MERGE_PEAK_FACTOR"),
+}
+
+
+# What job-api calls (crates/job-invoker/src/api.rs through ferry_aws::jobs and ::exports): nothing
+# else may be granted. Cancelling leaves the file to the lifecycle rule, so no s3:DeleteObject.
+JOB_API_ACTIONS = {
+    "logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
+    "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
+    "lambda:InvokeFunction", "s3:GetObject",
+}
+
+
+def granted_actions(role: dict) -> set[str]:
+    return {a for s in statements(role) if s.get("Effect") == "Allow" for a in as_list(s["Action"])}
+
+
+def budget_constant(name: str) -> float:
+    """A constant of budget.rs written as a product of numbers and MIB (`4.5`, `64 * MIB`)."""
+    m = re.search(rf"pub const {name}: \w+ = ([^;]+);", BUDGET.read_text())
+    if m is None:
+        raise ValueError(f"{BUDGET}: no constant {name}")
+    value = 1.0
+    for part in m.group(1).split("*"):
+        value *= 2**20 if part.strip() == "MIB" else float(part)
+    return value
+
+
+def vote_memory_problems(t: dict) -> list[str]:
+    """Vote functions whose memory cannot hold their capped input: they would refuse to start."""
+    out = []
+    for f, (setting, factor) in VOTE_CAPS.items():
+        props = t["Resources"][f]["Properties"]
+        cap = props["Environment"]["Variables"][setting]
+        if isinstance(cap, cf._Tagged):
+            cap = t["Parameters"][target(cap)]["Default"]
+        need_mb = math.ceil((budget_constant("RESERVE_BYTES") + int(cap) * budget_constant(factor)) / 2**20)
+        if props["MemorySize"] < need_mb:
+            out.append(f"{f}: MemorySize {props['MemorySize']} MB is under the {need_mb} MB that {setting} = {cap} needs")
+    return out
+
+
 class Template(unittest.TestCase):
     def mutated(self) -> dict:
         return copy.deepcopy(TEMPLATE)
@@ -223,6 +355,33 @@ class Template(unittest.TestCase):
         t["Resources"]["QueuesTlsOnlyPolicy"]["Properties"]["Queues"].pop()
         self.assertEqual(queues_without_tls_policy(t), ["FailedEventsQueue"])
 
+    def test_notifications_enter_through_the_intake_function(self) -> None:
+        self.assertEqual(notification_intake_problems(TEMPLATE), [])
+        t = self.mutated()
+        p = t["Resources"]["NotifyIntakeIntegration"]["Properties"]
+        p["IntegrationSubtype"] = "SQS-SendMessage"
+        t["Parameters"]["ProviderUrl"]["AllowedPattern"] = "^https?://.+"
+        self.assertEqual(
+            notification_intake_problems(t),
+            [
+                "NotifyIntakeIntegration: POST /notifications is not a Lambda proxy integration",
+                "ProviderUrl: AllowedPattern admits other schemes than https",
+            ],
+        )
+
+    def test_vote_functions_have_the_memory_their_caps_need(self) -> None:
+        self.assertEqual(vote_memory_problems(TEMPLATE), [])
+        t = self.mutated()
+        t["Resources"]["NormalizerFunction"]["Properties"]["MemorySize"] = 1024
+        t["Resources"]["MergerFunction"]["Properties"]["Environment"]["Variables"]["FERRY_MAX_MERGE_BYTES"] = str(4 << 30)
+        self.assertEqual(
+            vote_memory_problems(t),
+            [
+                "NormalizerFunction: MemorySize 1024 MB is under the 2496 MB that FERRY_MAX_INPUT_BYTES = 536870912 needs",
+                "MergerFunction: MemorySize 6976 MB is under the 18496 MB that FERRY_MAX_MERGE_BYTES = 4294967296 needs",
+            ],
+        )
+
     def test_every_function_has_expiring_logs_and_an_errors_alarm(self) -> None:
         self.assertEqual(observability_problems(TEMPLATE), [])
         t = self.mutated()
@@ -232,6 +391,49 @@ class Template(unittest.TestCase):
             observability_problems(t),
             ["MergerFunction: log group MergerLogGroup has no retention", "JobWorkerFunction: no Errors alarm"],
         )
+
+
+    def test_job_worker_reads_only_allowlisted_sources_and_its_own_staging(self) -> None:
+        self.assertEqual(worker_source_problems(TEMPLATE), [])
+        self.assertEqual(allowlist_problems(TEMPLATE), [])
+        t = self.mutated()
+        worker = statements(t["Resources"]["JobWorkerRole"])
+        staging = next(s for s in worker if s.get("Effect") == "Allow" and any(STAGING_PREFIX in target(r) for r in as_list(s["Resource"])))
+        staging["Resource"] = cf._Tagged("!Sub", "arn:${AWS::Partition}:s3:::${NamePrefix}-${Stage}-${AWS::AccountId}-${AWS::Region}/exports/*")
+        listing = next(s for s in worker if s.get("Action") == "s3:ListBucket")
+        del listing["Condition"]
+        deny = next(s for s in worker if s.get("Effect") == "Deny")
+        deny["Resource"] = deny["Resource"][:2]
+        t["Parameters"]["ExportDatasetPrefix"]["Default"] = "data/"
+        del t["Resources"]["JobApiFunction"]["Properties"]["Environment"]["Variables"]["FERRY_NOTIFY_TABLE"]
+        problems = worker_source_problems(t)
+        self.assertEqual(len(problems), 4, problems)
+        self.assertTrue(any("exports/*" in p for p in problems), problems)
+        self.assertTrue(any("without an s3:prefix condition" in p for p in problems), problems)
+        self.assertTrue(any("NotifyTable" in p for p in problems), problems)
+        self.assertTrue(any("s3:GetObject on data/*" in p for p in problems), problems)
+        self.assertEqual(allowlist_problems(t), ["JobApiFunction: no FERRY_NOTIFY_TABLE"])
+
+    def test_job_api_role_grants_only_what_the_api_calls(self) -> None:
+        self.assertEqual(granted_actions(TEMPLATE["Resources"]["JobApiRole"]), JOB_API_ACTIONS)
+        t = self.mutated()
+        grant = next(s for s in statements(t["Resources"]["JobApiRole"]) if s.get("Action") == "s3:GetObject")
+        grant["Action"] = ["s3:GetObject", "s3:DeleteObject"]
+        self.assertEqual(granted_actions(t["Resources"]["JobApiRole"]) - JOB_API_ACTIONS, {"s3:DeleteObject"})
+
+    def test_dataset_prefix_parameters_refuse_reserved_prefixes(self) -> None:
+        own = re.compile(TEMPLATE["Parameters"]["ExportDatasetPrefix"]["AllowedPattern"])
+        other = re.compile(TEMPLATE["Parameters"]["ExportDatasetBucketPrefix"]["AllowedPattern"])
+        self.assertTrue(own.fullmatch(TEMPLATE["Parameters"]["ExportDatasetPrefix"]["Default"]))
+        for ok in ["datasets/", "shop/orders/", "exports-archive/", "data-lake/"]:
+            self.assertTrue(own.fullmatch(ok), ok)
+        for bad in ["", "/", "exports/", "data/", "result/", "global/", "exports/x/", "datasets", "/datasets/", "../exports/",
+                    "datasets/../exports/", "./exports/", "datasets/*/", "*/"]:
+            self.assertIsNone(own.fullmatch(bad), bad)
+        for ok in ["", "shared/", "a/b/"]:
+            self.assertTrue(other.fullmatch(ok), ok)
+        for bad in ["/", "a", "../x/", "a/../b/", "*/"]:
+            self.assertIsNone(other.fullmatch(bad), bad)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use ferry_aws::jobs::{JobTable, WorkerPayload};
+use ferry_core::sources::{DatasetLocation, TablePattern};
 use ferry_demo::jobs::{LocalLambda, api_and_worker, call, count_xlsx_rows, seed_orders};
 use ferry_tests::{sdk_config, unique};
 use job_invoker::worker::{self, WorkerReport};
@@ -26,10 +27,18 @@ struct Env {
 }
 
 /// A fresh jobs table and export bucket, the API, and a local Lambda endpoint running the worker
-/// with a deadline `run_for` after each start.
+/// with a deadline `run_for` after each start. Exports may read the tables the tests seed
+/// (`orders-*`, `wide-*`) and `datasets/` of the export bucket.
 async fn env_with(run_for: Duration, tweak: impl FnOnce(&mut JobSettings)) -> Env {
+    logs();
     let conf = sdk_config();
-    let mut settings = JobSettings { table: unique("jobs"), bucket: unique("exports"), ..JobSettings::default() };
+    let mut settings = JobSettings {
+        table: unique("jobs"),
+        bucket: unique("exports"),
+        notify_table: Some(unique("notify-deliveries")),
+        source_tables: ["orders*", "wide-*"].iter().map(|p| TablePattern::parse(p).expect("a pattern")).collect(),
+        ..JobSettings::default()
+    };
     tweak(&mut settings);
     let settings = Arc::new(settings);
     let dynamo = ferry_aws::clients::dynamodb(&conf);
@@ -178,7 +187,8 @@ async fn a_dead_worker_reads_lost_after_its_lease_and_can_be_submitted_again() {
     let v = e.status(&id).await;
     assert_eq!(v["status"], "running", "{v}");
     let v = e.wait_until(&id, "lost", |v| v["status"] == "lost").await;
-    assert!(v["error"].as_str().unwrap().contains("stopped reporting progress"), "{v}");
+    assert_eq!(v["error"]["code"], "worker_unavailable", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("stopped reporting progress"), "{v}");
     let (code, again) = e.post(&body, OWNER).await;
     assert_eq!(code, 202, "a lost job's lock is free: {again}");
     let new_id = again["job"]["id"].as_str().unwrap().to_owned();
@@ -358,8 +368,9 @@ async fn bad_requests_are_400_and_name_the_problem() {
     for (body, field) in cases {
         let (code, v) = e.post(body, OWNER).await;
         assert_eq!(code, 400, "{body:.80}: {v}");
-        assert_eq!(v["error"]["field"], field, "{v}");
+        assert_eq!((&v["error"]["code"], &v["error"]["field"]), (&json!("bad_request"), &json!(field)), "{v}");
         assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+        assert!(v["error"]["request_id"].as_str().is_some_and(|id| !id.is_empty()), "a request id to quote: {v}");
     }
     for (path, field) in [("/jobs?limit=0", "limit"), ("/jobs?limit=1000", "limit"), ("/jobs?cursor=zz", "cursor")] {
         let (code, v) = e.get(path, OWNER).await;
@@ -383,7 +394,8 @@ async fn a_failed_invoke_fails_the_job_and_frees_the_lock() {
     let id = v["job"]["id"].as_str().unwrap().to_owned();
     let v = e.status(&id).await;
     assert_eq!(v["status"], "failed");
-    assert!(v["error"].as_str().unwrap().contains("could not be started"), "{v}");
+    assert_eq!(v["error"]["code"], "worker_unavailable", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("could not be started"), "{v}");
     e.lambda.invocations.refuse.store(false, Ordering::SeqCst);
     e.lambda.invocations.hold.store(true, Ordering::SeqCst);
     let (code, v) = e.post(&body, OWNER).await;
@@ -465,8 +477,12 @@ async fn an_xlsx_over_several_sheets_opens_with_every_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_s3_csv_dataset_exports_selected_and_filtered_rows_in_key_order() {
-    let e = env_with(Duration::from_secs(900), |s| s.page_size = 2).await;
     let data = unique("lake");
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.page_size = 2;
+        s.dataset_locations = Some(vec![DatasetLocation::new(&data, "orders/").unwrap()]);
+    })
+    .await;
     e.s3.create_bucket().bucket(&data).send().await.unwrap();
     let files = [
         ("orders/2026-11-02.csv", "id,status,amount\n4,paid,40\n5,open,50\n6,paid,60.5\n"),
@@ -512,8 +528,12 @@ fn parquet(ids: &[i64], statuses: &[&str], amounts: &[f64]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_s3_parquet_dataset_exports_selected_and_filtered_rows_in_key_order() {
-    let e = env_with(Duration::from_secs(900), |s| s.page_size = 2).await;
     let data = unique("lake");
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.page_size = 2;
+        s.dataset_locations = Some(vec![DatasetLocation::new(&data, "orders/").unwrap()]);
+    })
+    .await;
     e.s3.create_bucket().bucket(&data).send().await.unwrap();
     let files = [
         ("orders/part-0001.parquet", parquet(&[4, 5, 6, 7], &["paid", "open", "paid", "paid"], &[40.0, 50.0, 60.5, 29.99])),
@@ -635,6 +655,455 @@ async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
     let progress = Progress { phase: "reading".into(), done: 1, total: None };
     let beat = Beat { id: &id, attempt: 0, progress: &progress, now: job_invoker::settings::now_ms(), lease_ms: 30_000 };
     assert!(table.heartbeat(beat).await.unwrap().is_ok(), "the worker holding the claim runs on");
+}
+
+// ---- Sources an export may read, and what a caller sees of a failure ---------------------------
+
+/// Everything the tests' tracing events write, from every task: log lines are how a failure's cause
+/// is found under the request id a caller quotes.
+fn logs() -> String {
+    static SINK: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    let sink = SINK.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = LogWriter(buf.clone());
+        let _ = lambda_runtime::tracing::subscriber::fmt()
+            .with_max_level(lambda_runtime::tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        buf
+    });
+    String::from_utf8_lossy(&sink.lock().expect("log lock")).into_owned()
+}
+
+#[derive(Debug, Clone)]
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Asserts that a caller-visible error names nothing internal: no ARN, no account id, no endpoint,
+/// no SDK error name, none of `secrets` (other owners' keys, the stack's table names).
+#[track_caller]
+fn assert_safe(what: &str, error: &Value, secrets: &[&str]) {
+    assert!(error.is_object(), "{what}: no error object: {error}");
+    let text = error.to_string();
+    assert!(!ferry_core::public::leaks_internals(&text), "{what}: leaks internals: {text}");
+    assert!(!text.contains("arn:") && !text.contains("123456789012") && !text.contains("127.0.0.1"), "{what}: {text}");
+    for s in secrets {
+        assert!(!text.contains(s), "{what}: names {s:?}: {text}");
+    }
+    let code = error["code"].as_str().unwrap_or_default();
+    assert!(ferry_core::public::ErrorCode::parse(code).is_some(), "{what}: {code:?} is not a known code: {text}");
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {text}");
+}
+
+fn s3_export(bucket: &str, prefix: &str) -> String {
+    json!({
+        "kind": "export",
+        "params": {"source": {"type": "s3", "bucket": bucket, "prefix": prefix, "format": "csv"}, "format": "csv"}
+    })
+    .to_string()
+}
+
+fn query_export(table: &str) -> String {
+    json!({
+        "kind": "export",
+        "params": {"source": {"type": "dynamodb_query", "table": table, "key": "pk", "value": "JOB#x"}, "format": "csv", "columns": ["pk"]}
+    })
+    .to_string()
+}
+
+impl Env {
+    async fn put(&self, key: &str, body: &[u8]) {
+        self.s3.put_object().bucket(&self.settings.bucket).key(key).body(body.to_vec().into()).send().await.expect("PutObject");
+    }
+
+    /// Items of the jobs table that belong to `owner` (jobs and locks).
+    async fn items_of(&self, owner: &str) -> usize {
+        let out = self.dynamo.scan().table_name(&self.settings.table).send().await.expect("scanning the jobs table");
+        out.items()
+            .iter()
+            .filter(|i| {
+                i.get("owner").and_then(|o| o.as_s().ok()).is_some_and(|o| o == owner)
+                    || i.get("pk").and_then(|p| p.as_s().ok()).is_some_and(|p| p.starts_with(&format!("LOCK#{owner}#")))
+            })
+            .count()
+    }
+
+    /// Runs `payload` through a worker built over `env` (as Lambda would deliver it) and returns
+    /// the job's view afterwards.
+    async fn run_worker(&self, worker: &job_invoker::Worker, payload: Value) -> Value {
+        let mut ctx = Context::default();
+        ctx.deadline = (job_invoker::settings::now_ms() + 600_000) as u64;
+        ctx.request_id = ferry_demo::jobs::next_request_id();
+        let id = payload["job_id"].as_str().expect("a job id").to_owned();
+        let _ = worker::handle(worker, LambdaEvent::new(payload, ctx)).await;
+        self.status(&id).await
+    }
+}
+
+const VICTIM: &str = "victim-0002";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_sources_are_refused_at_submit_and_never_become_jobs() {
+    // Patterns wide enough to take in the stack's own tables: only the never-a-source rule stands
+    // between a caller and them.
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.source_tables = ["*", "jobs-*", "notify-*"].iter().map(|p| TablePattern::parse(p).unwrap()).collect();
+    })
+    .await;
+    let own = e.settings.bucket.clone();
+
+    // The victim's finished export, of rows nobody else holds.
+    let table = e.orders(0).await;
+    for i in 0..20 {
+        let item = HashMap::from([
+            ("order_id".to_owned(), AttributeValue::S(format!("v-{i:04}"))),
+            ("seller_id".to_owned(), AttributeValue::S("VICTIM-SELLER".into())),
+            ("amount".to_owned(), AttributeValue::N(format!("{}", 1000 + i))),
+            ("status".to_owned(), AttributeValue::S(format!("VICTIM-SECRET-{i:04}"))),
+        ]);
+        e.dynamo.put_item().table_name(&table).set_item(Some(item)).send().await.unwrap();
+    }
+    let (code, v) = e.post(&export(&table, "csv", 1), Some(VICTIM)).await;
+    assert_eq!(code, 202, "{v}");
+    let victim_id = v["job"]["id"].as_str().unwrap().to_owned();
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 20, .. })]), "{reports:?}");
+    let victim_key = ferry_core::jobs::export_key(VICTIM, &victim_id, ferry_core::jobs::Format::Csv);
+    let victim_rows = e.object(&victim_key).await.expect("the victim's export");
+    assert!(String::from_utf8_lossy(&victim_rows).contains("VICTIM-SECRET-0007"));
+    // The same rows where the vote pipeline keeps its data, and the attacker's own dataset.
+    for key in ["data/1/kr/2026/up.csv", "/data/legacy.csv", "result/1/kr/r.csv", "global/1/g.csv"] {
+        e.put(key, &victim_rows).await;
+    }
+    e.put("datasets/attacker/mine.csv", b"id,note\n1,mine\n2,also mine\n").await;
+    let invoked = e.lambda.invocations.count();
+
+    let mut cases: Vec<(String, &str)> = [
+        "exports/",
+        "exports",
+        "exports/victim-0002/",
+        "/exports/",
+        "./exports/",
+        "datasets/../exports/",
+        "datasets//../exports",
+        "datasets/./../exports/victim-0002",
+        "%65xports/",
+        "%65%78%70%6F%72%74%73%2F",
+        "datasets/%2E%2E/exports/",
+        "datasets%2F..%2Fexports/",
+        "%252E%252E/exports/",
+        "../exports/",
+        "datasets/../../exports/",
+        "",
+        "/",
+        "e",
+        "data/",
+        "/data/",
+        "result/",
+        "datasets/../result/",
+        "global/",
+        "%67lobal/",
+        "datasets",
+        "datasets-private/",
+    ]
+    .iter()
+    .map(|p| (s3_export(&own, p), "params.source.prefix"))
+    .collect();
+    cases.push((s3_export("not-allowlisted-bucket", "datasets/"), "params.source.bucket"));
+    cases.push((s3_export("not-allowlisted-bucket", "exports/"), "params.source.bucket"));
+    let deliveries = e.settings.notify_table.clone().unwrap();
+    for t in [e.settings.table.as_str(), deliveries.as_str()] {
+        cases.push((export(t, "csv", 1), "params.source.table"));
+        cases.push((query_export(t), "params.source.table"));
+    }
+    for (body, field) in &cases {
+        let (code, v) = e.post(body, OWNER).await;
+        assert_eq!(code, 400, "{body}: {v}");
+        assert_eq!((&v["error"]["code"], &v["error"]["field"]), (&json!("bad_request"), &json!(field)), "{body}: {v}");
+        assert_safe(body, &v["error"], &[VICTIM, &victim_key, &victim_id, "VICTIM-SECRET"]);
+        let request_id = v["error"]["request_id"].as_str().expect("a request id to quote");
+        let logged = logs();
+        let line = logged.lines().find(|l| l.contains(request_id) && l.contains("request refused"));
+        assert!(line.is_some_and(|l| l.contains("seller-0001")), "the attempt is logged with the caller and the request id {request_id}");
+    }
+    assert_eq!(e.items_of("seller-0001").await, 0, "no job or lock was written for a refused source");
+    assert_eq!(e.get("/jobs", OWNER).await.1["jobs"], json!([]));
+    assert_eq!(e.lambda.invocations.count(), invoked, "no worker was invoked");
+
+    // What the attacker may read they get, in the normal form of the prefix they gave, and not a
+    // byte of the victim's rows.
+    let (code, v) = e.post(&s3_export(&own, "/datasets//attacker/./"), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 2, .. })]), "{reports:?}");
+    let stored = JobTable::new(e.dynamo.clone(), e.settings.table.clone()).get(&id, job_invoker::settings::now_ms()).await.unwrap();
+    let source = stored.expect("the job").params.source;
+    assert!(matches!(&source, ferry_core::jobs::Source::S3 { prefix, .. } if prefix == "datasets/attacker/"), "{source:?}");
+    let listed = e.s3.list_objects_v2().bucket(&own).prefix("exports/seller-0001/").send().await.unwrap();
+    assert_eq!(listed.contents().len(), 1, "{listed:?}");
+    let mine = e.object(listed.contents()[0].key().unwrap()).await.unwrap();
+    assert_eq!(mine, b"id,note\n1,mine\n2,also mine\n");
+    for row in String::from_utf8_lossy(&victim_rows).lines().skip(1) {
+        assert!(!mine.windows(row.len()).any(|w| w == row.as_bytes()), "the attacker's export holds a victim row: {row}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_worker_checks_the_allowlist_again_before_reading() {
+    let e = env().await;
+    let own = e.settings.bucket.clone();
+    e.put("exports/victim-0002/0000.csv", b"id,secret\n1,VICTIM-SECRET\n").await;
+    e.put("datasets/attacker/mine.csv", b"id,note\n1,mine\n").await;
+    let conf = sdk_config();
+    let (_, make) = api_and_worker(&conf, e.settings.clone(), e.lambda.client(&conf));
+    let w = make(e.lambda.client(&conf));
+    let table = JobTable::new(e.dynamo.clone(), e.settings.table.clone());
+    // Jobs that did not come through the API (a tampered item, or one accepted under older settings).
+    let hostile = [
+        ferry_core::jobs::Source::S3 { bucket: own.clone(), prefix: "exports/".into(), format: ferry_core::jobs::DatasetFormat::Csv },
+        ferry_core::jobs::Source::S3 {
+            bucket: own.clone(),
+            prefix: "datasets/../exports/".into(),
+            format: ferry_core::jobs::DatasetFormat::Csv,
+        },
+        // Allowed once normalised, but the API stores only the normal form: this one is not its.
+        ferry_core::jobs::Source::S3 {
+            bucket: own.clone(),
+            prefix: "datasets//attacker/".into(),
+            format: ferry_core::jobs::DatasetFormat::Csv,
+        },
+        ferry_core::jobs::Source::DynamodbScan { table: e.settings.table.clone(), segments: 1 },
+    ];
+    for source in hostile {
+        let columns = matches!(source, ferry_core::jobs::Source::DynamodbScan { .. }).then(|| vec!["pk".to_owned()]);
+        let params: ferry_core::jobs::ExportParams =
+            serde_json::from_value(json!({"source": source, "format": "csv", "columns": columns})).expect("params");
+        let id = uuid_like();
+        let now = job_invoker::settings::now_ms();
+        let new = ferry_aws::jobs::NewJob {
+            id: &id,
+            owner: "seller-0001",
+            kind: ferry_core::jobs::JobKind::Export,
+            params: &params,
+            now,
+            start_lease_ms: 60_000,
+            retention_ms: 3_600_000,
+        };
+        table.submit(new).await.unwrap();
+        let v = e.run_worker(&w, json!({"job_id": id, "attempt": 0})).await;
+        assert_eq!((v["status"].as_str(), v["error"]["code"].as_str()), (Some("failed"), Some("source_unavailable")), "{source:?}: {v}");
+        assert_safe(&format!("{source:?}"), &v["error"], &["exports/", VICTIM, &e.settings.table]);
+        assert!(e.object(&ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Csv)).await.is_none());
+    }
+    assert_eq!(e.open_uploads().await, 0, "nothing was even begun");
+    let listed = e.s3.list_objects_v2().bucket(&own).prefix("exports/seller-0001/").send().await.unwrap();
+    assert_eq!(listed.contents().len(), 0, "{listed:?}");
+}
+
+/// A job id of the API's shape.
+fn uuid_like() -> String {
+    let n = unique("x").bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    format!("{:08x}-0000-4000-8000-{:012x}", n >> 32, n & 0xffff_ffff_ffff)
+}
+
+/// The view of the owner's job made from `body`, after its worker ran.
+async fn failed_job(e: &Env, body: &str) -> Value {
+    let (code, v) = e.post(body, OWNER).await;
+    assert_eq!(code, 202, "{body}: {v}");
+    let id = v["job"]["id"].as_str().expect("a job id").to_owned();
+    e.lambda.invocations.settle().await;
+    let v = e.status(&id).await;
+    assert_eq!(v["status"], "failed", "{body}: {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_sources_fail_the_same_way_and_name_nothing_internal() {
+    let lake = unique("lake");
+    let gone = unique("no-such-bucket");
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.max_object_bytes = 64;
+        s.dataset_locations = Some(vec![
+            DatasetLocation::new(&s.bucket, "datasets/").unwrap(),
+            DatasetLocation::new(&lake, "shared/").unwrap(),
+            DatasetLocation::new(&gone, "datasets/").unwrap(),
+        ]);
+    })
+    .await;
+    let own = e.settings.bucket.clone();
+    e.s3.create_bucket().bucket(&lake).send().await.unwrap();
+    let missing_table = unique("orders-missing");
+    let cases = [
+        ("a table that does not exist", export(&missing_table, "csv", 2)),
+        ("a query of a table that does not exist", query_export(&missing_table)),
+        ("a bucket that does not exist", s3_export(&gone, "datasets/x/")),
+        ("a prefix with no objects", s3_export(&own, "datasets/nothing-here/")),
+        ("a prefix with no objects in another bucket", s3_export(&lake, "shared/nothing/")),
+    ];
+    let mut seen = Vec::new();
+    for (what, body) in &cases {
+        let v = failed_job(&e, body).await;
+        let error = &v["error"];
+        assert_eq!(error["code"], "source_unavailable", "{what}: {v}");
+        assert_safe(what, error, &[&gone, &e.settings.table, "ResourceNotFound", "NoSuchBucket"]);
+        // The caller quotes the worker's request id; the log holds the cause under it.
+        let request_id = error["request_id"].as_str().expect("a request id");
+        let logged = logs();
+        assert!(
+            logged.lines().any(|l| l.contains(request_id) && l.contains("export failed")),
+            "{what}: the cause is logged under {request_id}"
+        );
+        seen.push(error["message"].clone());
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "one message for every missing source: {seen:?}");
+
+    // Data that is there but wrong names the object only by its key under the caller's prefix.
+    e.put("datasets/bad/part-1.csv", b"id,amount\n1,2\n").await;
+    e.put("datasets/big/part-1.csv", &[b'x'; 100]).await;
+    let body = json!({
+        "kind": "export",
+        "params": {"source": {"type": "s3", "bucket": own, "prefix": "datasets/bad/", "format": "csv"}, "format": "csv", "columns": ["nope"]}
+    });
+    let v = failed_job(&e, &body.to_string()).await;
+    assert_eq!(v["error"]["code"], "bad_source_data", "{v}");
+    assert_eq!(v["error"]["message"], "object \"part-1.csv\" under the prefix: column \"nope\" does not exist", "{v}");
+    assert_safe("bad data", &v["error"], &["datasets/", &own]);
+    let v = failed_job(&e, &s3_export(&own, "datasets/big/")).await;
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    assert_safe("too large", &v["error"], &["datasets/", &own]);
+}
+
+const DENIED: &str = "User: arn:aws:sts::123456789012:assumed-role/ferry-dev-job-worker/x is not authorized to perform: \
+                      read on resource: arn:aws:dynamodb:us-east-1:123456789012:table/ferry-dev-jobs";
+
+fn denied_dynamo() -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
+    use aws_sdk_dynamodb::operation::scan::ScanError;
+    use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, create_mock_http_client, mock};
+    fn meta() -> ErrorMetadata {
+        ErrorMetadata::builder().code("AccessDeniedException").message(DENIED).build()
+    }
+    let describe = mock!(aws_sdk_dynamodb::Client::describe_table).then_error(|| DescribeTableError::generic(meta()));
+    let scan = mock!(aws_sdk_dynamodb::Client::scan).then_error(|| ScanError::generic(meta()));
+    let interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny).with_rule(&describe).with_rule(&scan);
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+fn denied_s3() -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
+    use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, create_mock_http_client, mock};
+    let list = mock!(aws_sdk_s3::Client::list_objects_v2)
+        .then_error(|| ListObjectsV2Error::generic(ErrorMetadata::builder().code("AccessDenied").message(DENIED).build()));
+    let interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny).with_rule(&list);
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_denied_source_reads_exactly_like_a_missing_one() {
+    let e = env().await;
+    let own = e.settings.bucket.clone();
+    let missing_table = unique("orders-missing");
+    let missing_view = failed_job(&e, &export(&missing_table, "csv", 1)).await;
+    let missing_prefix = failed_job(&e, &s3_export(&own, "datasets/nothing/")).await;
+    e.lambda.invocations.hold.store(true, Ordering::SeqCst);
+    let conf = sdk_config();
+    for (what, body, dynamo, s3) in [
+        ("a denied table", export(&unique("orders-denied"), "csv", 1), denied_dynamo(), e.s3.clone()),
+        ("a denied bucket", s3_export(&own, "datasets/denied/"), e.dynamo.clone(), denied_s3()),
+    ] {
+        let (code, v) = e.post(&body, OWNER).await;
+        assert_eq!(code, 202, "{v}");
+        let payload = e.lambda.invocations.received.lock().unwrap().last().cloned().unwrap();
+        let env = job_invoker::export::ExportEnv {
+            table: JobTable::new(e.dynamo.clone(), e.settings.table.clone()),
+            store: ferry_aws::Store::new(e.s3.clone(), own.clone()),
+            s3,
+            dynamo,
+            settings: e.settings.clone(),
+        };
+        let w = job_invoker::Worker { env, lambda: e.lambda.client(&conf) };
+        let v = e.run_worker(&w, payload).await;
+        assert_eq!(v["status"], "failed", "{what}: {v}");
+        assert_safe(what, &v["error"], &["ferry-dev-jobs", "AccessDenied", "not authorized"]);
+        let expected = if what.contains("table") { &missing_view } else { &missing_prefix };
+        let strip = |v: &Value| json!({"code": v["error"]["code"], "message": v["error"]["message"]});
+        assert_eq!(strip(&v), strip(expected), "{what}: denied and missing must not be told apart");
+        let request_id = v["error"]["request_id"].as_str().unwrap();
+        assert!(logs().lines().any(|l| l.contains(request_id) && l.contains("AccessDenied")), "{what}: the log has the cause");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_cannot_be_invoked_and_a_missing_jobs_table_answer_without_internals() {
+    logs();
+    let conf = sdk_config();
+    // moto's Lambda answers a missing function with its ARN (and the account id) in the message.
+    let missing_worker = unique("no-such-worker");
+    let settings = JobSettings {
+        table: unique("jobs"),
+        bucket: unique("exports"),
+        worker_function: missing_worker.clone(),
+        source_tables: vec![TablePattern::parse("orders*").unwrap()],
+        ..JobSettings::default()
+    };
+    JobTable::new(ferry_aws::clients::dynamodb(&conf), settings.table.clone()).create().await.unwrap();
+    let (api, _) = api_and_worker(&conf, Arc::new(settings.clone()), ferry_aws::clients::lambda(&conf));
+    let (code, v) = call(&api, "POST", "/jobs", Some(&export("orders", "csv", 1)), OWNER).await.unwrap();
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["error"]["code"], "worker_unavailable", "{v}");
+    assert_safe("503", &v["error"], &[&missing_worker, "Function not found"]);
+    assert!(!v.to_string().contains("arn:") && !v.to_string().contains(&missing_worker), "{v}");
+    let request_id = v["error"]["request_id"].as_str().unwrap().to_owned();
+    assert!(logs().lines().any(|l| l.contains(&request_id) && l.contains(&missing_worker)), "the log names the function");
+    let id = v["job"]["id"].as_str().unwrap();
+    let (_, view) = call(&api, "GET", &format!("/jobs/{id}"), None, OWNER).await.unwrap();
+    assert_eq!((view["status"].as_str(), view["error"]["code"].as_str()), (Some("failed"), Some("worker_unavailable")), "{view}");
+    assert_eq!(view["error"]["request_id"].as_str(), Some(request_id.as_str()), "the job quotes the submit's request id");
+    assert_safe("job error", &view["error"], &[&missing_worker]);
+
+    // No jobs table at all: every route answers `unavailable`, never the SDK's words.
+    let broken = JobSettings { table: unique("no-such-jobs"), ..settings };
+    let (api, _) = api_and_worker(&conf, Arc::new(broken.clone()), ferry_aws::clients::lambda(&conf));
+    for (method, path, body) in [
+        ("POST", "/jobs".to_owned(), Some(export("orders", "csv", 1))),
+        ("GET", "/jobs".to_owned(), None),
+        ("GET", format!("/jobs/{}", uuid_like()), None),
+        ("DELETE", format!("/jobs/{}", uuid_like()), None),
+    ] {
+        let (code, v) = call(&api, method, &path, body.as_deref(), OWNER).await.unwrap();
+        assert_eq!((code, v["error"]["code"].as_str()), (503, Some("unavailable")), "{method} {path}: {v}");
+        assert_safe(&format!("{method} {path}"), &v["error"], &[&broken.table]);
+    }
 }
 
 // ---- `ferry jobs`: the real binary against the API over HTTP ----------------------------------
@@ -857,4 +1326,182 @@ async fn the_ferry_jobs_cli_submits_watches_lists_cancels_and_downloads() {
     assert_eq!(listed(run.ok()), mine);
     assert_eq!(e.lambda.invocations.count(), received, "no worker was invoked by the bad requests");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- Exact values -------------------------------------------------------------------------------
+// Numbers beyond i64 and f64 and binary keys, end to end through every format, and text cells a
+// spreadsheet would run as formulas.
+
+/// One number per item: beyond f64 and i64, beyond i64 (u64::MAX), past f64's exact integers, and
+/// ordinary ones.
+const EXACT_NUMBERS: [&str; 8] = [
+    "123456789012345678901234567890",
+    "9007199254740993",
+    "-9223372036854775808",
+    "18446744073709551615",
+    "9007199254740992",
+    "-5",
+    "0.1",
+    "42",
+];
+
+/// The `i`th binary key: bytes that are not UTF-8.
+fn binary_key(i: usize) -> Vec<u8> {
+    vec![0xff, 0xfe, i as u8, 0x00]
+}
+
+/// Standard base64 with padding, written here so the test does not trust the code under test.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    bytes
+        .chunks(3)
+        .flat_map(|c| {
+            let n = c.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            (0..4).map(move |i| if i <= c.len() { ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char } else { '=' })
+        })
+        .collect()
+}
+
+/// A table keyed by the binary attribute `id`, holding `items` (`id` set to [`binary_key`] of each's
+/// position). Returns its name.
+async fn binary_keyed_table(dynamo: &aws_sdk_dynamodb::Client, items: Vec<HashMap<String, AttributeValue>>) -> String {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let table = unique("orders-binary");
+    dynamo
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder().attribute_name("id").attribute_type(ScalarAttributeType::B).build().expect("a key attribute"),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("id").key_type(KeyType::Hash).build().expect("a key schema"))
+        .send()
+        .await
+        .expect("creating the table");
+    for (i, mut item) in items.into_iter().enumerate() {
+        item.insert("id".into(), AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(binary_key(i))));
+        dynamo.put_item().table_name(&table).set_item(Some(item)).send().await.expect("writing an item");
+    }
+    table
+}
+
+/// Every item of `table` in scan order, as (base64 of `id`, the item).
+async fn scanned(dynamo: &aws_sdk_dynamodb::Client, table: &str) -> Vec<(String, HashMap<String, AttributeValue>)> {
+    let mut items = Vec::new();
+    let mut pages = dynamo.scan().table_name(table).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for item in page.expect("scan").items() {
+            items.push((base64(item["id"].as_b().expect("a binary id").as_ref()), item.clone()));
+        }
+    }
+    items
+}
+
+/// Submits an export, waits for it to succeed, and returns its id and bytes.
+async fn exported(e: &Env, params: Value) -> (String, Vec<u8>) {
+    let format: ferry_core::jobs::Format = serde_json::from_value(params["format"].clone()).expect("a format");
+    let (code, v) = e.post(&json!({"kind": "export", "params": params}).to_string(), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().expect("a job id").to_owned();
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(reports.last(), Some(Ok(WorkerReport::Succeeded { .. }))), "{reports:?}");
+    let key = ferry_core::jobs::export_key("seller-0001", &id, format);
+    (id, e.object(&key).await.expect("the export"))
+}
+
+fn first_sheet(bytes: &[u8]) -> (calamine::Range<calamine::Data>, calamine::Range<String>) {
+    use calamine::Reader;
+    let mut book = calamine::Xlsx::new(std::io::Cursor::new(bytes.to_vec())).expect("the workbook opens");
+    let name = book.sheet_names()[0].clone();
+    (book.worksheet_range(&name).expect("cells"), book.worksheet_formula(&name).expect("formulas"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn numbers_keep_every_digit_and_binary_keys_resume_across_pages() {
+    use calamine::Data;
+    // Two rows a page, and every run hands over after its first page: each next page starts from a
+    // binary start key stored in a checkpoint.
+    let e = env_with(Duration::from_secs(2), |s| {
+        s.page_size = 2;
+        s.continue_margin = Duration::from_secs(2);
+        s.max_continuations = 100;
+    })
+    .await;
+    let items = EXACT_NUMBERS.iter().map(|n| HashMap::from([("n".to_owned(), AttributeValue::N((*n).into()))])).collect();
+    let table = binary_keyed_table(&e.dynamo, items).await;
+    let source: Vec<(String, String)> =
+        scanned(&e.dynamo, &table).await.into_iter().map(|(id, item)| (id, item["n"].as_n().expect("a number").clone())).collect();
+    let mut numbers: Vec<&str> = source.iter().map(|(_, n)| n.as_str()).collect();
+    numbers.sort_unstable();
+    let mut expected_numbers = EXACT_NUMBERS.to_vec();
+    expected_numbers.sort_unstable();
+    assert_eq!(numbers, expected_numbers, "the source holds the numbers as written");
+    let params = |format: &str| json!({"source": {"type": "dynamodb_scan", "table": table}, "format": format, "columns": ["id", "n"]});
+
+    let (_, csv) = exported(&e, params("csv")).await;
+    let continued = e.lambda.invocations.received.lock().unwrap().len();
+    assert!(continued >= 4, "the export ran page by page over {continued} invocations");
+    let mut r = csv::Reader::from_reader(csv.as_slice());
+    let rows: Vec<(String, String)> =
+        r.records().map(|rec| rec.expect("a record")).map(|rec| (rec[0].to_owned(), rec[1].to_owned())).collect();
+    assert_eq!(rows, source, "CSV: every id as base64, every number digit for digit");
+
+    let (_, jsonl) = exported(&e, params("jsonl")).await;
+    let lines: Vec<&str> = std::str::from_utf8(&jsonl).expect("UTF-8").lines().collect();
+    let expected: Vec<String> = source.iter().map(|(id, n)| format!(r#"{{"id":"{id}","n":{n}}}"#)).collect();
+    assert_eq!(lines, expected, "JSON lines: numbers as number tokens with every digit");
+    assert!(lines.iter().all(|l| serde_json::from_str::<Value>(l).is_ok()), "each line is JSON");
+
+    let (_, xlsx) = exported(&e, params("xlsx")).await;
+    let (cells, formulas) = first_sheet(&xlsx);
+    let cell = |n: &str| match n {
+        // No f64 shows these digits: text, exactly.
+        "123456789012345678901234567890" | "9007199254740993" | "-9223372036854775808" | "18446744073709551615" => Data::String(n.into()),
+        exact => Data::Float(exact.parse().expect("a number")),
+    };
+    let rows: Vec<(Data, Data)> = cells.rows().skip(1).map(|r| (r[0].clone(), r[1].clone())).collect();
+    let expected: Vec<(Data, Data)> = source.iter().map(|(id, n)| (Data::String(id.clone()), cell(n))).collect();
+    assert_eq!(rows, expected, "xlsx: number cells where an f64 is exact, text elsewhere");
+    assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()));
+    assert_eq!(e.open_uploads().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn formula_like_text_is_neutralised_in_csv_and_is_never_a_formula_in_xlsx() {
+    use calamine::Data;
+    let e = env().await;
+    let long = "x".repeat(40_000);
+    let texts =
+        ["=1+1", "+SUM(A1)", "-cmd", "@x", "\t=1", "\r=1", "=HYPERLINK(\"http://x\",\"y\")", "plain", "a\u{1}b\u{8}c", long.as_str()];
+    let items = texts
+        .iter()
+        .map(|t| HashMap::from([("t".to_owned(), AttributeValue::S((*t).into())), ("n".to_owned(), AttributeValue::N("-5".into()))]))
+        .collect();
+    let table = binary_keyed_table(&e.dynamo, items).await;
+    let source: Vec<String> =
+        scanned(&e.dynamo, &table).await.into_iter().map(|(_, item)| item["t"].as_s().expect("text").clone()).collect();
+    let escaped = |t: &str| if t.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{t}") } else { t.to_owned() };
+    let params = |format: &str| json!({"source": {"type": "dynamodb_scan", "table": table}, "format": format, "columns": ["t", "n"]});
+    let csv_rows = |body: &[u8]| -> Vec<(String, String)> {
+        csv::Reader::from_reader(body).records().map(|r| r.expect("a record")).map(|r| (r[0].to_owned(), r[1].to_owned())).collect()
+    };
+
+    let (_, csv) = exported(&e, params("csv")).await;
+    let expected: Vec<(String, String)> = source.iter().map(|t| (escaped(t), "-5".to_owned())).collect();
+    assert_eq!(csv_rows(&csv), expected, "text escaped, the number -5 not");
+
+    let mut plain = params("csv");
+    plain["formula_escape"] = json!(false);
+    let (_, csv) = exported(&e, plain).await;
+    let expected: Vec<(String, String)> = source.iter().map(|t| (t.clone(), "-5".to_owned())).collect();
+    assert_eq!(csv_rows(&csv), expected, "formula_escape false: text as it is");
+
+    let (id, xlsx) = exported(&e, params("xlsx")).await;
+    let (cells, formulas) = first_sheet(&xlsx);
+    let rows: Vec<(Data, Data)> = cells.rows().skip(1).map(|r| (r[0].clone(), r[1].clone())).collect();
+    let expected: Vec<(Data, Data)> = source.iter().map(|t| (Data::String(t.chars().take(32_767).collect()), Data::Float(-5.0))).collect();
+    assert_eq!(rows, expected, "string cells holding the text, cut at Excel's limit; -5 a number");
+    assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()), "no formulas: {formulas:?}");
+    let job = JobTable::new(e.dynamo.clone(), e.settings.table.clone()).get(&id, job_invoker::settings::now_ms()).await.unwrap().unwrap();
+    assert_eq!(job.result.map(|r| r.truncated_cells), Some(1), "the cut cell is noted in the result");
 }

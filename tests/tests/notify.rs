@@ -1,22 +1,35 @@
-//! Notifications against moto and a local provider: the real consumer handler on SQS events as
-//! Lambda sends them, delivery records in DynamoDB, the DLQ and both redrives. moto does not
-//! implement `StartMessageMoveTask` / `ListMessageMoveTasks`; those calls run against
-//! aws-smithy-mocks.
+//! Notifications against moto and a local provider: the intake route, the real consumer handler
+//! on SQS events as Lambda sends them, delivery records in DynamoDB, the DLQ and both redrives,
+//! the provider client against hostile servers. moto does not implement `StartMessageMoveTask` /
+//! `ListMessageMoveTasks`; those calls run against aws-smithy-mocks.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
-use ferry_aws::notify::{self as aws, Claim, DeliveryTable, QueuePair, QueueSettings, Received, RedriveOptions, SqsClient, Written};
-use ferry_core::notify::{Channel, ErrorKind, RedriveFilter, Status, attr};
-use ferry_demo::notify::{Failure, LocalProvider, PumpSettings, notification, peek_and_release, pump, sqs_event};
+use ferry_aws::notify::{
+    self as aws, Claim, DeliveryTable, LetterScope, LetterSlot, QueuePair, QueueSettings, Received, RedriveOptions, SqsClient, Written,
+};
+use ferry_core::notify::{Channel, ErrorKind, FixedWindow, Notification, RedriveFilter, Sender, Status, attr};
+use ferry_demo::notify::{Failure, LocalProvider, PumpSettings, notification, notify_request, peek_and_release, pump, sqs_event};
 use ferry_tests::{event_fixture, sdk_config, unique};
 use lambda_runtime::{Context, LambdaEvent};
 use notify::consumer::{Consumer, RecordOutcome};
-use notify::{ConsumerSettings, Provider, ProviderSettings, Redriver};
+use notify::provider::Reply;
+use notify::{ConsumerSettings, Intake, IntakeSettings, Provider, ProviderAuth, ProviderSettings, Redriver};
+
+/// The sender of the fixtures' messages.
+const FIXTURE_SENDER: &str = "5f0c-shop-backend";
+
+fn sender(s: &str) -> Sender {
+    Sender::parse(s).expect("a valid sender")
+}
 
 struct Env {
     sqs: SqsClient,
+    dynamodb: aws::DynamoClient,
     table: DeliveryTable,
     queues: QueuePair,
     provider: LocalProvider,
@@ -26,7 +39,8 @@ struct Env {
 async fn env(queue: QueueSettings) -> Env {
     let conf = sdk_config();
     let sqs = ferry_aws::clients::sqs(&conf);
-    let table = DeliveryTable::new(ferry_aws::clients::dynamodb(&conf), unique("notifications"));
+    let dynamodb = ferry_aws::clients::dynamodb(&conf);
+    let table = DeliveryTable::new(dynamodb.clone(), unique("notifications"));
     table.create_if_missing().await.expect("creating the table on moto");
     let queues = aws::create_queue_pair(&sqs, &unique("notify"), queue).await.expect("creating queues on moto");
     let provider = LocalProvider::start(Duration::from_millis(800)).await.expect("local provider");
@@ -36,7 +50,7 @@ async fn env(queue: QueueSettings) -> Env {
         provider: Provider::new(&ProviderSettings { base_url: provider.url.clone(), timeout: Duration::from_millis(300) }).expect("client"),
         settings: ConsumerSettings { concurrency: 8, lease: Duration::from_secs(30), ..ConsumerSettings::new(&queues.dlq_url) },
     };
-    Env { sqs, table, queues, provider, consumer }
+    Env { sqs, dynamodb, table, queues, provider, consumer }
 }
 
 fn fast_queue() -> QueueSettings {
@@ -70,7 +84,8 @@ fn id_of(body: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn partial_batch_response_names_exactly_the_transient_failures() {
     let e = env(fast_queue()).await;
-    // The fixture's five records: valid e-mail, broken JSON, unknown channel, push, alimtalk with sms fallback.
+    // The fixture's six records: valid e-mail, broken JSON, unknown channel, push, alimtalk with sms
+    // fallback, and a valid e-mail without a sender (it did not come through the intake).
     e.provider.fail_next("n-batch-4", &[Failure::Unavailable]);
     e.provider.reject("n-batch-5", Channel::Alimtalk);
     let event = event_fixture("sqs-notification-batch.json");
@@ -83,34 +98,50 @@ async fn partial_batch_response_names_exactly_the_transient_failures() {
             RecordOutcome::Sent { .. } => "sent",
             RecordOutcome::AlreadyDone { .. } => "already_done",
             RecordOutcome::DeadLettered { kind, .. } => kind.as_str(),
+            RecordOutcome::AlreadyDeadLettered { .. } => "already_dead_lettered",
             RecordOutcome::Retry { .. } => "retry",
         })
         .collect();
-    assert_eq!(outcomes, ["sent", "malformed_json", "invalid_message", "retry", "sent"], "{reports:#?}");
+    assert_eq!(outcomes, ["sent", "malformed_json", "invalid_message", "retry", "sent", "invalid_message"], "{reports:#?}");
     assert_eq!(e.provider.accepted("n-batch-5"), ["sms"], "the permanent alimtalk refusal falls back to sms");
 
-    // The handler itself, on the same event again: only the push record is still failing... once more.
+    assert_eq!(e.provider.accepted("n-batch-6"), Vec::<String>::new(), "nothing without a sender reaches the provider");
+
+    // The handler itself, on the same event again (SQS redelivering every record): only the push
+    // record is still failing... once more.
     e.provider.fail_next("n-batch-4", &[Failure::Throttled]);
     let response =
         notify::consumer::handle(&e.consumer, LambdaEvent::new(serde_json::from_value(event).unwrap(), Context::default())).await.unwrap();
     let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
     assert_eq!(failed, [ids[3].as_str()]);
-    // Valid ones were acknowledged as done without sending again; the DLQ got each bad one per delivery.
+    // Valid ones were acknowledged as done without sending again; each bad one is in the DLQ once,
+    // though it was delivered twice.
     assert_eq!(e.provider.accepted("n-batch-1"), ["email"]);
     assert_eq!(e.provider.repeats(), 0);
-    let kinds: Vec<String> = e.dlq().await.iter().map(|m| m.attributes[attr::ERROR_KIND].clone()).collect();
-    assert_eq!(kinds.iter().filter(|k| *k == "malformed_json").count(), 2, "{kinds:?}");
+    let dlq = e.dlq().await;
+    let kinds: Vec<String> = dlq.iter().map(|m| m.attributes[attr::ERROR_KIND].clone()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "malformed_json").count(), 1, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| *k == "invalid_message").count(), 2, "{kinds:?}");
-    let letter = e.dlq().await.into_iter().find(|m| m.attributes[attr::ERROR_KIND] == "invalid_message").unwrap();
+    assert_eq!(dlq.len(), 3, "{kinds:?}");
+    let letter = dlq.iter().find(|m| m.attributes.get(attr::NOTIFICATION_ID).map(String::as_str) == Some("n-batch-3")).unwrap();
     assert!(letter.attributes[attr::ERROR].contains("field `channel`"), "{:?}", letter.attributes);
-    assert_eq!(letter.attributes[attr::NOTIFICATION_ID], "n-batch-3");
+    assert_eq!(letter.attributes[attr::ERROR_KIND], "invalid_message");
     assert_eq!(letter.attributes[attr::FIRST_SENT_AT], "1795361400000");
+    assert_eq!(letter.attributes[attr::SENDER], FIXTURE_SENDER, "the sender travels with the dead letter");
+    let unsent = dlq.iter().find(|m| m.attributes.get(attr::NOTIFICATION_ID).map(String::as_str) == Some("n-batch-6")).unwrap();
+    assert!(unsent.attributes[attr::ERROR].contains(attr::SENDER), "{:?}", unsent.attributes);
+    assert!(!unsent.attributes.contains_key(attr::SENDER));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thousands_of_messages_nothing_lost_none_sent_twice() {
-    let e = env(fast_queue()).await;
+    // A 1 s visibility timeout: under load, messages come back while their batch still runs, as
+    // at-least-once delivery allows. Eight receives keep SQS's own move (which no consumer can
+    // deduplicate) for messages that really keep failing.
+    let queue = QueueSettings { max_receive_count: 8, visibility_timeout: Duration::from_secs(1) };
+    let e = env(queue).await;
     let run = unique("bulk");
+    let shop = sender("bulk-sender");
     let total = 3000;
     let mut bodies = Vec::new();
     let mut valid = HashSet::new();
@@ -152,12 +183,12 @@ async fn thousands_of_messages_nothing_lost_none_sent_twice() {
     // copy, as a redrive's would.
     let mut queues = vec![e.queues.clone()];
     for _ in 0..9 {
-        queues.push(aws::create_queue_pair(&e.sqs, &unique("notify"), fast_queue()).await.expect("creating queues on moto"));
+        queues.push(aws::create_queue_pair(&e.sqs, &unique("notify"), queue).await.expect("creating queues on moto"));
     }
     let chunk = bodies.len().div_ceil(queues.len());
     let mut reported_failures = 0;
     for (q, part) in queues.iter().zip(bodies.chunks(chunk)) {
-        aws::send_all(&e.sqs, &q.source_url, part).await.unwrap();
+        aws::send_all_as(&e.sqs, &q.source_url, &shop, part).await.unwrap();
         let stats = pump(&e.consumer, &e.sqs, &q.source_url, PumpSettings::default()).await.expect("pumping the queue");
         reported_failures += stats.reported_failures;
     }
@@ -171,13 +202,13 @@ async fn thousands_of_messages_nothing_lost_none_sent_twice() {
     assert_eq!(e.provider.repeats(), 0, "no request repeated an accepted idempotency key");
     assert_eq!(counts.len(), valid.len(), "nothing but the valid ones was sent");
 
-    // Every malformed message is in the DLQ (none lost, nothing else there), and the queue is empty.
+    // Every malformed message is in the DLQ exactly once (none lost, none twice, nothing else
+    // there), though under load with a 1 s visibility timeout some come back before their delete
+    // lands; and the queue is empty.
     let dlq = e.dlq().await;
     let dead: HashSet<String> = dlq.iter().map(|m| m.body.clone()).collect();
     assert_eq!(dead, malformed);
-    // A dead letter can be sent twice when its source message comes back before its delete lands
-    // (SQS is at-least-once; moto under load with a 1 s visibility timeout does this): the set is exact.
-    assert!(dlq.len() >= malformed.len());
+    assert_eq!(dlq.len(), malformed.len(), "one dead letter per failed notification");
     for q in &queues {
         assert!(peek_and_release(&e.sqs, &q.source_url).await.unwrap().is_empty(), "{} drained", q.source_url);
         if q.dlq_url != e.queues.dlq_url {
@@ -186,7 +217,7 @@ async fn thousands_of_messages_nothing_lost_none_sent_twice() {
         }
     }
     for id in valid.iter().step_by(97) {
-        let rec = e.table.get(id).await.unwrap().expect("a delivery record");
+        let rec = e.table.get(&shop, id).await.unwrap().expect("a delivery record");
         assert_eq!((rec.status, rec.channel), (Status::Sent, Some(Channel::Email)), "{id}");
     }
 }
@@ -195,17 +226,20 @@ async fn thousands_of_messages_nothing_lost_none_sent_twice() {
 async fn status_never_goes_backwards_and_done_is_never_resent() {
     let e = env(fast_queue()).await;
     let id = unique("n");
-    let Claim::Claimed { .. } = e.table.claim(&id, Duration::from_secs(30)).await.unwrap() else { panic!("first claim") };
-    assert_eq!(e.table.advance(&id, Status::Delivered, Channel::Sms, Some("pm-1")).await.unwrap(), Written::Applied);
+    let shop = sender("status-sender");
+    let Claim::Claimed { .. } = e.table.claim(&shop, &id, Duration::from_secs(30)).await.unwrap() else { panic!("first claim") };
+    assert_eq!(e.table.advance(&shop, &id, Status::Delivered, Channel::Sms, Some("pm-1")).await.unwrap(), Written::Applied);
     // A late `sent` (a slow duplicate) never overwrites `delivered`.
-    assert_eq!(e.table.advance(&id, Status::Sent, Channel::Sms, Some("pm-2")).await.unwrap(), Written::Skipped);
-    let rec = e.table.get(&id).await.unwrap().unwrap();
-    assert_eq!((rec.status, rec.provider_message_id.as_deref()), (Status::Delivered, Some("pm-1")));
-    assert_eq!(e.table.claim(&id, Duration::from_secs(30)).await.unwrap(), Claim::Done(Status::Delivered));
+    assert_eq!(e.table.advance(&shop, &id, Status::Sent, Channel::Sms, Some("pm-2")).await.unwrap(), Written::Skipped);
+    let rec = e.table.get(&shop, &id).await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.provider_message_id.as_deref(), &rec.sender), (Status::Delivered, Some("pm-1"), &shop));
+    assert_eq!(e.table.claim(&shop, &id, Duration::from_secs(30)).await.unwrap(), Claim::Done(Status::Delivered));
+    // Another sender's notification of the same id is another record.
+    assert!(matches!(e.table.claim(&sender("other-sender"), &id, Duration::from_secs(30)).await.unwrap(), Claim::Claimed { .. }));
 
     // The consumer acknowledges a redelivery of it without calling the provider.
     let body = notification(&id, Channel::Sms, "01012345678", "welcome", None);
-    aws::send_all(&e.sqs, &e.queues.source_url, &[body]).await.unwrap();
+    aws::send_all_as(&e.sqs, &e.queues.source_url, &shop, &[body]).await.unwrap();
     let batch = aws::receive(&e.sqs, &e.queues.source_url, 10, Duration::from_secs(5), Duration::from_secs(1)).await.unwrap();
     let event = serde_json::from_value(sqs_event("arn:aws:sqs:us-east-1:123456789012:q", &batch)).unwrap();
     let reports = notify::consumer::process(&e.consumer, &event).await;
@@ -221,29 +255,30 @@ async fn status_never_goes_backwards_and_done_is_never_resent() {
             message_id: "m-1".into(),
             receipt_handle: "r-1".into(),
             body: plain(&other),
-            attributes: BTreeMap::new(),
+            attributes: BTreeMap::from([(attr::SENDER.to_owned(), shop.to_string())]),
             system: BTreeMap::new(),
         }],
     ))
     .unwrap();
     notify::consumer::process(&e.consumer, &event).await;
-    assert_eq!(e.table.get(&other).await.unwrap().unwrap().status, Status::Delivered);
+    assert_eq!(e.table.get(&shop, &other).await.unwrap().unwrap().status, Status::Delivered);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lapsed_claim_is_taken_over_and_a_live_one_is_not() {
     let e = env(fast_queue()).await;
     let id = unique("n");
+    let shop = sender("lapse-sender");
     // A consumer claims, then dies between sending and recording.
-    let Claim::Claimed { .. } = e.table.claim(&id, Duration::from_millis(1500)).await.unwrap() else { panic!("claim") };
-    assert!(matches!(e.table.claim(&id, Duration::from_secs(30)).await.unwrap(), Claim::InFlight { .. }));
+    let Claim::Claimed { .. } = e.table.claim(&shop, &id, Duration::from_millis(1500)).await.unwrap() else { panic!("claim") };
+    assert!(matches!(e.table.claim(&shop, &id, Duration::from_secs(30)).await.unwrap(), Claim::InFlight { .. }));
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let Claim::Claimed { token, .. } = e.table.claim(&id, Duration::from_secs(30)).await.unwrap() else { panic!("takeover") };
+    let Claim::Claimed { token, .. } = e.table.claim(&shop, &id, Duration::from_secs(30)).await.unwrap() else { panic!("takeover") };
     // A permanent failure can be claimed again (a redrive after the cause is fixed).
-    assert_eq!(e.table.mark_failed(&id, &token, "sms: 400").await.unwrap(), Written::Applied);
-    assert_eq!(e.table.mark_failed(&id, &token, "again").await.unwrap(), Written::Skipped);
-    assert!(matches!(e.table.claim(&id, Duration::from_secs(30)).await.unwrap(), Claim::Claimed { .. }));
-    let rec = e.table.get(&id).await.unwrap().unwrap();
+    assert_eq!(e.table.mark_failed(&shop, &id, &token, "sms: 400").await.unwrap(), Written::Applied);
+    assert_eq!(e.table.mark_failed(&shop, &id, &token, "again").await.unwrap(), Written::Skipped);
+    assert!(matches!(e.table.claim(&shop, &id, Duration::from_secs(30)).await.unwrap(), Claim::Claimed { .. }));
+    let rec = e.table.get(&shop, &id).await.unwrap().unwrap();
     assert_eq!((rec.status, rec.attempts), (Status::Sending, 3));
 }
 
@@ -262,7 +297,7 @@ async fn seed_dlq(e: &Env, prefix: &str) -> BTreeMap<String, (ErrorKind, Channel
         };
         let body = notification(&id, channel, &recipient, "welcome", None);
         // What SQS's redrive policy moves carries no attributes; what the consumer sends does.
-        let attrs = if kind == ErrorKind::RetriesExhausted {
+        let mut attrs = if kind == ErrorKind::RetriesExhausted {
             BTreeMap::new()
         } else {
             BTreeMap::from([
@@ -270,6 +305,7 @@ async fn seed_dlq(e: &Env, prefix: &str) -> BTreeMap<String, (ErrorKind, Channel
                 (attr::CHANNEL.to_owned(), channel.as_str().to_owned()),
             ])
         };
+        attrs.insert(attr::SENDER.to_owned(), FIXTURE_SENDER.to_owned());
         aws::send_dead_letter(&e.sqs, &e.queues.dlq_url, &body, &attrs).await.expect("seeding the DLQ");
         seeded.insert(id, (kind, channel));
     }
@@ -312,6 +348,7 @@ async fn selective_redrive_moves_only_what_matches() {
     // The failure attributes stay behind; the first-queued time travels with the message.
     let back = e.source().await;
     assert!(back.iter().all(|m| !m.attributes.contains_key(attr::ERROR_KIND) && m.attributes.contains_key(attr::FIRST_SENT_AT)));
+    assert!(back.iter().all(|m| m.attributes.get(attr::SENDER).map(String::as_str) == Some(FIXTURE_SENDER)), "the sender comes back too");
 
     // Age: nothing in the DLQ is an hour old.
     let old = RedriveFilter { min_age_secs: Some(3600), ..RedriveFilter::default() };
@@ -378,8 +415,10 @@ async fn an_interrupted_redrive_run_again_loses_nothing() {
     let ids: Vec<String> = (0..300).map(|i| format!("{run}-{i}")).collect();
     for chunk in ids.chunks(10) {
         let bodies: Vec<String> = chunk.iter().map(|id| plain(id)).collect();
+        // Moved by SQS's redrive policy: only the intake's sender attribute.
+        let attrs = BTreeMap::from([(attr::SENDER.to_owned(), FIXTURE_SENDER.to_owned())]);
         for b in &bodies {
-            aws::send_dead_letter(&e.sqs, &e.queues.dlq_url, b, &BTreeMap::new()).await.unwrap();
+            aws::send_dead_letter(&e.sqs, &e.queues.dlq_url, b, &attrs).await.unwrap();
         }
     }
     let options = RedriveOptions { rate: Some(150.0), visibility_timeout: Duration::from_secs(2), ..RedriveOptions::default() };
@@ -436,6 +475,38 @@ fn redriver(e: &Env) -> Redriver {
     Redriver { sqs: e.sqs.clone(), queues: e.queues.clone(), admin: Default::default(), time_budget: Duration::from_secs(20) }
 }
 
+/// The admin fixture with its `cognito:groups` claim set to `groups` (`None`: no authorizer).
+fn with_groups(groups: Option<&str>, method: &str, body: Option<&str>) -> lambda_http::Request {
+    let mut v = event_fixture("apigw-redrive.json");
+    v["requestContext"]["http"]["method"] = method.into();
+    v["routeKey"] = format!("{method} /admin/redrive").into();
+    match groups {
+        Some(g) => v["requestContext"]["authorizer"]["jwt"]["claims"]["cognito:groups"] = g.into(),
+        None => {
+            v["requestContext"].as_object_mut().expect("a request context").remove("authorizer");
+        }
+    }
+    match body {
+        Some(b) => v["body"] = b.into(),
+        None => {
+            v.as_object_mut().expect("an event object").remove("body");
+        }
+    }
+    lambda_http::request::from_str(&v.to_string()).expect("an HTTP API v2 request")
+}
+
+/// A 403 says "forbidden" and nothing else: no claim, group or scope to forge.
+#[track_caller]
+fn assert_forbidden_says_nothing(res: &lambda_http::Response<lambda_http::Body>) {
+    assert_eq!(res.status(), 403);
+    let body = body_json(res);
+    assert_eq!((body["error"]["code"].as_str(), body["error"]["message"].as_str()), (Some("forbidden"), Some("forbidden")), "{body}");
+    let text = body.to_string();
+    for leak in ["cognito", "groups", "ferry-admin", "claim", "scope", "ferry/notify"] {
+        assert!(!text.contains(leak), "the 403 names {leak:?}: {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_admins_may_redrive() {
     let e = env(fast_queue()).await;
@@ -444,16 +515,23 @@ async fn only_admins_may_redrive() {
     let everything = r#"{"mode":"selective"}"#;
     for req in [request("apigw-redrive-non-admin.json", "POST", Some(everything)), request("apigw-redrive-non-admin.json", "GET", None)] {
         let res = notify::redrive::handle(&state, req).await.unwrap();
-        assert_eq!(res.status(), 403);
-        assert!(body_json(&res)["error"].as_str().unwrap().contains("cognito:groups"));
+        assert_forbidden_says_nothing(&res);
+        assert_eq!(body_json(&res)["error"]["request_id"], "c6af9ac6-7b61-11e6-9a41-93e8deadbeef");
     }
-    // No authorizer at all (a misconfigured route) is refused too.
-    let mut v = event_fixture("apigw-redrive.json");
-    v["requestContext"].as_object_mut().unwrap().remove("authorizer");
-    let res = notify::redrive::handle(&state, lambda_http::request::from_str(&v.to_string()).unwrap()).await.unwrap();
-    assert_eq!(res.status(), 403);
+    // Near misses of the group, and no authorizer at all (a misconfigured route), are refused.
+    for groups in
+        [Some("x ferry-admin"), Some("user ferry-admin"), Some("ferry-admins"), Some("x,ferry-admin"), Some("[x,ferry-admin]"), None]
+    {
+        let res = notify::redrive::handle(&state, with_groups(groups, "POST", Some(everything))).await.unwrap();
+        assert_forbidden_says_nothing(&res);
+    }
     assert!(e.source().await.is_empty(), "nothing moved for non-admins");
     assert_eq!(e.dlq().await.len(), seeded.len());
+    // The forms API Gateway produces for a member pass: a JSON array, a flattened list, a scalar.
+    for groups in [r#"["support","ferry-admin"]"#, "[support ferry-admin]", "ferry-admin"] {
+        let res = notify::redrive::handle(&state, with_groups(Some(groups), "POST", Some(r#"{"dry_run":true}"#))).await.unwrap();
+        assert_eq!(res.status(), 200, "{groups}: {}", body_json(&res));
+    }
 
     // The admin's fixture asks for a dry run of two kinds.
     let res = notify::redrive::handle(
@@ -470,9 +548,12 @@ async fn only_admins_may_redrive() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
-    assert!(body_json(&res)["error"].as_str().unwrap().contains("filter.channels[1]"));
+    let error = &body_json(&res)["error"];
+    assert_eq!((error["code"].as_str(), error["field"].as_str()), (Some("bad_request"), Some("filter.channels[1]")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("fax"), "{error}");
     let res = notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filtre":{}}"#))).await.unwrap();
     assert_eq!(res.status(), 400);
+    assert_eq!(body_json(&res)["error"]["code"], "bad_request");
     // The admin redrives the SMS ones for real.
     let res =
         notify::redrive::handle(&state, request("apigw-redrive.json", "POST", Some(r#"{"filter":{"channels":["sms"]}}"#))).await.unwrap();
@@ -606,15 +687,16 @@ async fn redrive_status_lists_move_tasks() {
 async fn fallback_is_remembered_across_a_transient_failure() {
     let e = env(fast_queue()).await;
     let id = unique("fb");
+    let shop = sender("fallback-sender");
     e.provider.reject(&id, Channel::Alimtalk);
     // The SMS fallback is down the first time: the retry goes straight to SMS.
     e.provider.set_channel_down(Channel::Sms, true);
     let body = notification(&id, Channel::Alimtalk, "01012345678", "welcome", Some(Channel::Sms));
-    aws::send_all(&e.sqs, &e.queues.source_url, &[body]).await.unwrap();
+    aws::send_all_as(&e.sqs, &e.queues.source_url, &shop, &[body]).await.unwrap();
     let batch = aws::receive(&e.sqs, &e.queues.source_url, 10, Duration::from_secs(1), Duration::from_secs(1)).await.unwrap();
     let event = serde_json::from_value(sqs_event("arn:aws:sqs:us-east-1:123456789012:q", &batch)).unwrap();
     assert!(notify::consumer::process(&e.consumer, &event).await[0].outcome.is_retry());
-    assert!(e.table.get(&id).await.unwrap().unwrap().primary_rejected);
+    assert!(e.table.get(&shop, &id).await.unwrap().unwrap().primary_rejected);
     e.provider.set_channel_down(Channel::Sms, false);
     let before = e.provider.requests();
     e.drain().await;
@@ -625,9 +707,14 @@ async fn fallback_is_remembered_across_a_transient_failure() {
     let id2 = unique("fb");
     e.provider.reject(&id2, Channel::Alimtalk);
     e.provider.reject(&id2, Channel::Sms);
-    aws::send_all(&e.sqs, &e.queues.source_url, &[notification(&id2, Channel::Alimtalk, "01012345678", "welcome", Some(Channel::Sms))])
-        .await
-        .unwrap();
+    aws::send_all_as(
+        &e.sqs,
+        &e.queues.source_url,
+        &shop,
+        &[notification(&id2, Channel::Alimtalk, "01012345678", "welcome", Some(Channel::Sms))],
+    )
+    .await
+    .unwrap();
     let stats = e.drain().await;
     assert_eq!(stats.reported_failures, 0);
     let dlq = e.dlq().await;
@@ -638,5 +725,367 @@ async fn fallback_is_remembered_across_a_transient_failure() {
         dlq[0].attributes[attr::ERROR].contains("alimtalk: provider answered 422")
             && dlq[0].attributes[attr::ERROR].contains("sms: provider answered 422")
     );
-    assert_eq!(e.table.get(&id2).await.unwrap().unwrap().status, Status::Failed);
+    assert_eq!(e.table.get(&shop, &id2).await.unwrap().unwrap().status, Status::Failed);
+}
+
+// ---- The intake: sender-scoped ids, scope, limits, throttle ------------------------------------
+
+fn intake(e: &Env, scope: Option<&str>, rate: Option<FixedWindow>) -> Intake {
+    let settings = IntakeSettings {
+        scope: scope.map(str::to_owned),
+        max_body_bytes: 2048,
+        rate,
+        ..IntakeSettings::new(&e.queues.source_url, e.table.name())
+    };
+    Intake::new(e.sqs.clone(), e.dynamodb.clone(), settings)
+}
+
+async fn submit(intake: &Intake, claims: Option<&[(&str, &str)]>, body: &str) -> lambda_http::Response<lambda_http::Body> {
+    notify::intake::handle(intake, notify_request(claims, body)).await.unwrap_or_else(|e| match e {})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_senders_may_use_one_notification_id_and_a_repeat_is_sent_once() {
+    let e = env(fast_queue()).await;
+    let intake = intake(&e, Some("ferry/notify"), Some(FixedWindow { limit: 100, window_secs: 3600 }));
+    // The attack the old global key allowed: another caller sends the id to its own number first.
+    let id = unique("order-123-shipped");
+    let sms = |phone: &str| notification(&id, Channel::Sms, phone, "order.shipped", None);
+    let attacker: &[(&str, &str)] = &[("sub", "attacker"), ("scope", "ferry/notify")];
+    let shop: &[(&str, &str)] = &[("client_id", "shop-backend"), ("scope", "openid ferry/notify")];
+    for (claims, phone) in [(attacker, "01099990000"), (shop, "01011112222"), (shop, "01011112222"), (attacker, "01099990000")] {
+        let res = submit(&intake, Some(claims), &sms(phone)).await;
+        assert_eq!(res.status(), 202, "{}", body_json(&res));
+        assert_eq!(body_json(&res)["notification_id"], id.as_str());
+    }
+    let queued = e.source().await;
+    assert_eq!(queued.len(), 4);
+    let senders: BTreeSet<&str> = queued.iter().map(|m| m.attributes[attr::SENDER].as_str()).collect();
+    assert_eq!(senders, BTreeSet::from(["attacker", "shop-backend"]));
+
+    e.drain().await;
+    // Both delivered, each to its own recipient; each sender's repeat was not sent again.
+    let mut recipients = e.provider.accepted_recipients(&id);
+    recipients.sort();
+    assert_eq!(recipients, ["01011112222", "01099990000"]);
+    assert_eq!(e.provider.repeats(), 0);
+    // Each delivery records its sender.
+    for (who, phone_tail) in [("attacker", "0000"), ("shop-backend", "2222")] {
+        let rec = e.table.get(&sender(who), &id).await.unwrap().expect("a delivery record");
+        assert_eq!((rec.status, rec.sender.as_str(), rec.attempts), (Status::Sent, who, 1), "{phone_tail}");
+    }
+    assert!(e.dlq().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_intake_refuses_what_it_must_and_queues_nothing_then() {
+    let e = env(fast_queue()).await;
+    let intake = intake(&e, Some("ferry/notify"), Some(FixedWindow { limit: 1, window_secs: 3600 }));
+    let user = unique("user");
+    let ok_claims: &[(&str, &str)] = &[("sub", &user), ("scope", "openid ferry/notify")];
+    let valid = notification(&unique("n"), Channel::Sms, "01012345678", "order.shipped", None);
+
+    let oversized = valid.replace("\"Kim\"", &format!("\"{}\"", "K".repeat(2100)));
+    let bad_recipient = notification(&unique("n"), Channel::Sms, "call me", "order.shipped", None);
+    type Case<'a> = (&'a str, Option<&'a [(&'a str, &'a str)]>, &'a str, u16, &'a str, Option<&'a str>);
+    let cases: [Case; 7] = [
+        ("no scope claim", Some(&[("sub", "u-1")]), &valid, 403, "forbidden", None),
+        (
+            "a scope that only contains it",
+            Some(&[("sub", "u-1"), ("scope", "ferry/notify2 ferry/notifyx")]),
+            &valid,
+            403,
+            "forbidden",
+            None,
+        ),
+        ("the scope in a comma list", Some(&[("sub", "u-1"), ("scope", "openid,ferry/notify")]), &valid, 403, "forbidden", None),
+        ("no authorizer", None, &valid, 401, "unauthorized", None),
+        ("a body over the limit", Some(ok_claims), &oversized, 413, "payload_too_large", None),
+        ("a bad field", Some(ok_claims), &bad_recipient, 400, "bad_request", Some("recipient")),
+        ("broken JSON", Some(ok_claims), "{\"notification_id\":", 400, "bad_request", None),
+    ];
+    for (what, claims, body, status, code, field) in cases {
+        let res = submit(&intake, claims, body).await;
+        let json = body_json(&res);
+        assert_eq!(res.status(), status, "{what}: {json}");
+        assert_eq!(json["error"]["code"], code, "{what}: {json}");
+        assert_eq!(json["error"]["field"].as_str(), field, "{what}: {json}");
+        assert_eq!(json["error"]["request_id"], "d1b2f3a4-7b61-11e6-9a41-93e8deadbeef", "{what}");
+        if status == 403 {
+            assert_forbidden_says_nothing(&res);
+        }
+        assert!(e.source().await.is_empty(), "{what}: nothing queued");
+    }
+    // The limit is one request per hour: the first is queued, the second refused with Retry-After.
+    assert_eq!(submit(&intake, Some(ok_claims), &valid).await.status(), 202);
+    assert_eq!(e.source().await.len(), 1);
+    let res = submit(&intake, Some(ok_claims), &valid).await;
+    assert_eq!(res.status(), 429, "{}", body_json(&res));
+    assert_eq!(body_json(&res)["error"]["code"], "too_many_requests");
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    assert_eq!(e.source().await.len(), 1, "the throttled request queued nothing");
+    // The throttle is per caller: another sender still gets through.
+    let other: &[(&str, &str)] = &[("sub", "someone-else"), ("scope", "ferry/notify")];
+    assert_eq!(submit(&intake, Some(other), &valid).await.status(), 202);
+    // Without a configured scope, any verified caller may submit (the route's own scope check aside).
+    let open = self::intake(&e, None, None);
+    assert_eq!(submit(&open, Some(&[("sub", "no-scope-user")]), &valid).await.status(), 202);
+    assert_eq!(e.source().await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_intake_fixture_for_client_credentials_names_the_client() {
+    let e = env(fast_queue()).await;
+    let intake = intake(&e, Some("ferry/notify"), None);
+    let v = event_fixture("apigw-notify-client-credentials.json");
+    let res = notify::intake::handle(&intake, lambda_http::request::from_str(&v.to_string()).unwrap()).await.unwrap_or_else(|e| match e {});
+    assert_eq!(res.status(), 202, "{}", body_json(&res));
+    let queued = e.source().await;
+    assert_eq!(queued[0].attributes[attr::SENDER], "3n4b5urk1ft4fl3mg5e0example");
+}
+
+// ---- Dead letters: once per message, once per notification ----------------------------------------
+
+fn received(message_id: &str, body: &str, attrs: &[(&str, &str)]) -> Received {
+    Received {
+        message_id: message_id.into(),
+        receipt_handle: format!("r-{message_id}"),
+        body: body.into(),
+        attributes: attrs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        system: BTreeMap::from([
+            ("ApproximateReceiveCount".to_owned(), "1".to_owned()),
+            ("SentTimestamp".to_owned(), "1795361400000".to_owned()),
+        ]),
+    }
+}
+
+async fn process(e: &Env, messages: &[Received]) -> Vec<RecordOutcome> {
+    let event = serde_json::from_value(sqs_event("arn:aws:sqs:us-east-1:123456789012:q", messages)).expect("an SQS event");
+    notify::consumer::process(&e.consumer, &event).await.into_iter().map(|r| r.outcome).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_is_dead_lettered_once_however_often_it_comes_back() {
+    let e = env(fast_queue()).await;
+    let shop = FIXTURE_SENDER;
+    // A malformed message delivered three times (its delete never landed): one dead letter.
+    let broken = received(&unique("m"), "{\"notification_id\":\"x\",", &[(attr::SENDER, shop)]);
+    for round in 0..3 {
+        let outcome = &process(&e, std::slice::from_ref(&broken)).await[0];
+        let expect_first = round == 0;
+        assert_eq!(matches!(outcome, RecordOutcome::DeadLettered { .. }), expect_first, "round {round}: {outcome:?}");
+        assert_eq!(matches!(outcome, RecordOutcome::AlreadyDeadLettered { .. }), !expect_first, "round {round}: {outcome:?}");
+    }
+    assert_eq!(e.dlq().await.len(), 1);
+
+    // A notification the provider refuses, queued twice (two messages) and each redelivered: one
+    // dead letter for the notification.
+    let id = unique("rej");
+    e.provider.reject(&id, Channel::Sms);
+    let body = notification(&id, Channel::Sms, "01012345678", "welcome", None);
+    let (first, second) = (received(&unique("m"), &body, &[(attr::SENDER, shop)]), received(&unique("m"), &body, &[(attr::SENDER, shop)]));
+    let outcomes = process(&e, &[first.clone(), second.clone(), first.clone()]).await;
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, RecordOutcome::DeadLettered { .. })).count(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, RecordOutcome::AlreadyDeadLettered { .. })).count(), 2, "{outcomes:?}");
+    let letters: Vec<Received> = e.dlq().await.into_iter().filter(|m| m.body == body).collect();
+    assert_eq!(letters.len(), 1);
+    // Another sender's notification of the same id is its own failure, with its own dead letter.
+    let theirs = received(&unique("m"), &body, &[(attr::SENDER, "another-shop")]);
+    assert!(matches!(process(&e, &[theirs]).await[0], RecordOutcome::DeadLettered { .. }));
+
+    // Redriven (it carries the first-sent time a dead letter keeps) and refused again: it left the
+    // DLQ, so it goes back once more; a redelivery of that copy does not.
+    let first_sent = letters[0].attributes[attr::FIRST_SENT_AT].clone();
+    let redriven = received(&unique("m"), &body, &[(attr::SENDER, shop), (attr::FIRST_SENT_AT, &first_sent)]);
+    assert!(matches!(process(&e, std::slice::from_ref(&redriven)).await[0], RecordOutcome::DeadLettered { .. }));
+    assert!(matches!(process(&e, std::slice::from_ref(&redriven)).await[0], RecordOutcome::AlreadyDeadLettered { .. }));
+    assert_eq!(e.dlq().await.iter().filter(|m| m.body == body).count(), 3, "the first letter, the other sender's, the redriven one");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_marker_blocks_a_second_sender_until_it_lapses() {
+    let e = env(fast_queue()).await;
+    let scope = LetterScope::Message { message_id: "m-marker" };
+    let lease = Duration::from_millis(1500);
+    assert_eq!(e.table.begin_dead_letter(scope, "m-marker", false, "malformed_json", lease).await.unwrap(), LetterSlot::Take);
+    // A copy arriving while the first attempt is between its mark and its send waits.
+    assert!(matches!(
+        e.table.begin_dead_letter(scope, "m-marker", false, "malformed_json", lease).await.unwrap(),
+        LetterSlot::InFlight { .. }
+    ));
+    // The first attempt died before confirming: after the lease the copy takes over.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(e.table.begin_dead_letter(scope, "m-marker", false, "malformed_json", lease).await.unwrap(), LetterSlot::Take);
+    assert_eq!(e.table.confirm_dead_letter(scope, "m-marker").await.unwrap(), Written::Applied);
+    assert_eq!(
+        e.table.begin_dead_letter(scope, "m-marker", false, "malformed_json", lease).await.unwrap(),
+        LetterSlot::Done { message_id: "m-marker".into() }
+    );
+    // A refused send gives the marker back at once.
+    let other = LetterScope::Message { message_id: "m-released" };
+    assert_eq!(e.table.begin_dead_letter(other, "m-released", false, "malformed_json", lease).await.unwrap(), LetterSlot::Take);
+    assert_eq!(e.table.release_dead_letter(other, "m-released").await.unwrap(), Written::Applied);
+    assert_eq!(e.table.begin_dead_letter(other, "m-released", false, "malformed_json", lease).await.unwrap(), LetterSlot::Take);
+}
+
+// ---- The provider client against hostile servers ------------------------------------------------
+
+/// A server on loopback that answers every connection with `respond`, given the socket.
+async fn raw_server<F, Fut>(respond: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("its address"));
+    let respond = Arc::new(respond);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let respond = respond.clone();
+            tokio::spawn(async move { respond(socket).await });
+        }
+    });
+    url
+}
+
+/// Reads the request head (and whatever body came with it) so the client is not reset early.
+async fn read_request(socket: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await;
+}
+
+fn client(url: &str, timeout_ms: u64) -> Provider {
+    Provider::new(&ProviderSettings { base_url: url.to_owned(), timeout: Duration::from_millis(timeout_ms) }).expect("a provider client")
+}
+
+fn sms(id: &str) -> Notification {
+    Notification::parse(&notification(id, Channel::Sms, "01012345678", "welcome", None)).expect("a valid notification")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_provider_client_follows_no_redirect_reads_a_bounded_body_and_gives_up_on_a_drip() {
+    use tokio::io::AsyncWriteExt;
+    let shop = sender("hostile-test");
+    // A redirect elsewhere is not followed: the other server never sees the message.
+    let elsewhere = LocalProvider::start(Duration::from_millis(100)).await.unwrap();
+    let target = format!("{}/v1/messages", elsewhere.url);
+    let redirecting = raw_server(move |mut socket| {
+        let target = target.clone();
+        async move {
+            read_request(&mut socket).await;
+            let head = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = socket.write_all(head.as_bytes()).await;
+        }
+    })
+    .await;
+    let reply = client(&redirecting, 2000).send(&shop, &sms("n-redirect"), Channel::Sms).await;
+    assert!(matches!(&reply, Reply::Transient(r) if r.contains("307") && r.contains("redirect")), "{reply:?}");
+    assert_eq!(elsewhere.requests(), 0, "the redirect was not followed");
+
+    // A huge body (a refusal that never ends): the client reads at most MAX_REPLY_BYTES and stops.
+    let written = Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    let huge = raw_server(move |mut socket| {
+        let counter = counter.clone();
+        async move {
+            read_request(&mut socket).await;
+            let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n").await;
+            let chunk = vec![b'x'; 64 * 1024];
+            // Up to 1 GiB, or until the client hangs up.
+            for _ in 0..16 * 1024 {
+                if socket.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let reply = client(&huge, 5000).send(&shop, &sms("n-huge"), Channel::Sms).await;
+    assert!(matches!(&reply, Reply::Permanent(r) if r.contains("400") && r.len() < 400), "{:?}", reply);
+    assert!(started.elapsed() < Duration::from_secs(4), "bounded: {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(written.load(Ordering::Relaxed) < 64 * 1024 * 1024, "the client stopped reading: {} bytes", written.load(Ordering::Relaxed));
+    // A 2xx with a huge body is still accepted: the status line is the answer.
+    let huge_ok = raw_server(|mut socket| async move {
+        read_request(&mut socket).await;
+        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n").await;
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..1024 {
+            if socket.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let reply = client(&huge_ok, 5000).send(&shop, &sms("n-huge-ok"), Channel::Sms).await;
+    assert_eq!(reply, Reply::Accepted { status: Status::Sent, provider_message_id: None });
+
+    // A server that drips its answer a byte at a time: the client's timeout ends it, transiently.
+    let drip = raw_server(|mut socket| async move {
+        read_request(&mut socket).await;
+        for b in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'z')) {
+            if socket.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let reply = client(&drip, 500).send(&shop, &sms("n-drip"), Channel::Sms).await;
+    assert!(matches!(&reply, Reply::Transient(_)), "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "bounded by the timeout: {:?}", started.elapsed());
+
+    // Failures never carry the URL (its query may hold a token) or the full recipient.
+    let closed = format!("http://127.0.0.1:{}/api?token=s3cret", ferry_tests::free_port());
+    let reply = client(&closed, 500).send(&shop, &sms("n-closed"), Channel::Sms).await;
+    assert!(matches!(&reply, Reply::Transient(r) if !r.contains("s3cret") && !r.contains("127.0.0.1")), "{reply:?}");
+    let echo = raw_server(|mut socket| async move {
+        read_request(&mut socket).await;
+        let body = "recipient 01012345678 is blocked";
+        let head = format!("HTTP/1.1 422 Unprocessable Entity\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let _ = socket.write_all(head.as_bytes()).await;
+    })
+    .await;
+    let reply = client(&echo, 2000).send(&shop, &sms("n-echo"), Channel::Sms).await;
+    assert!(matches!(&reply, Reply::Permanent(r) if r.contains("*******5678") && !r.contains("01012345678")), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_provider_auth_header_comes_from_ssm_parameter_store() {
+    let e = env(fast_queue()).await;
+    let ssm = ferry_aws::secrets::ssm(&sdk_config());
+    let name = format!("/ferry/test/{}", unique("provider-key"));
+    ferry_aws::secrets::put_secure_parameter(&ssm, &name, "k-secret-123").await.unwrap();
+    let secret = ferry_aws::secrets::read_parameter(&ssm, &name).await.unwrap();
+    assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+    let missing = ferry_aws::secrets::read_parameter(&ssm, &format!("{name}-missing")).await.unwrap_err();
+    assert!(missing.to_string().contains(&format!("{name}-missing")), "{missing}");
+
+    e.provider.require_auth("X-Api-Key", "k-secret-123");
+    let settings = ProviderSettings { base_url: e.provider.url.clone(), timeout: Duration::from_secs(2) };
+    let with_key = Provider::with_auth(&settings, Some(ProviderAuth::new("X-Api-Key", secret.expose()).unwrap())).unwrap();
+    assert!(!format!("{with_key:?}").contains("k-secret-123"));
+    let shop = sender("auth-test");
+    assert!(matches!(with_key.send(&shop, &sms("n-auth"), Channel::Sms).await, Reply::Accepted { .. }));
+    let without = Provider::new(&settings).unwrap();
+    assert!(matches!(without.send(&shop, &sms("n-noauth"), Channel::Sms).await, Reply::Permanent(r) if r.contains("401")));
+}
+
+#[test]
+fn the_consumer_refuses_to_start_with_a_plain_http_provider() {
+    let out = std::process::Command::new(ferry_tests::binary("notify-consumer"))
+        .env_clear()
+        .env("FERRY_NOTIFY_DLQ_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/notify-dlq")
+        .env("FERRY_PROVIDER_URL", "http://provider.example.com")
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .output()
+        .expect("running notify-consumer");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("FERRY_PROVIDER_URL") && text.contains("https://"), "{text}");
 }

@@ -50,6 +50,12 @@ impl Env {
         ferry_tests::list_keys(&self.s3, &self.bucket, prefix).await
     }
 
+    /// The ETag of `key` as a listing gives it (unquoted).
+    async fn keys_etag(&self, key: &str) -> String {
+        let heads = self.store().list(key).await.expect("list");
+        heads.into_iter().find(|h| h.key == key).expect("listed").etag
+    }
+
     async fn normalize_event(&self, keys: &[&str]) -> Result<serde_json::Value, String> {
         let event = LambdaEvent::new(s3_put_event(&self.bucket, keys), Context::default());
         regional_normalizer::handle(&self.normalizer, event)
@@ -147,11 +153,73 @@ async fn out_of_order_and_duplicate_events_never_go_backwards() {
     }
     let (_, etag2, _) = e.get("result/7/prod/result-tw.csv").await.unwrap();
     assert_eq!(etag, etag2, "an up-to-date result is not rewritten");
-    // The newest upload deleted: the result stays at what it was built from, never older.
+    // The newest upload deleted: the next event rebuilds from the newest that remains.
     e.s3.delete_object().bucket(&e.bucket).key("data/7/tw-prod-202611221600.csv").send().await.unwrap();
     let r = e.normalize_event(&["data/7/tw-prod-202611221500.csv"]).await.unwrap();
-    assert_eq!(r["records"][0]["outcome"], "superseded", "{r}");
-    assert_eq!(e.get("result/7/prod/result-tw.csv").await.unwrap().0, expected_locale(new, Method::Share));
+    assert_eq!(
+        (&r["records"][0]["outcome"], &r["records"][0]["source"]),
+        (&"written".into(), &"data/7/tw-prod-202611221500.csv".into()),
+        "{r}"
+    );
+    assert_eq!(e.get("result/7/prod/result-tw.csv").await.unwrap().0, expected_locale(old, Method::Share));
+}
+
+/// The minute `secs` from now, as an uploader with that clock would stamp it.
+fn stamp_in(secs: i64) -> ferry_core::key::Stamp {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    ferry_core::key::Stamp::from_unix_seconds(now + secs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_future_stamped_upload_never_freezes_the_locale() {
+    let e = env().await;
+    let future = "data/7/jp-prod-999912312359.csv";
+    e.put(future, "kseq,score\nfuture,1\n").await;
+    let r = e.normalize_event(&[future]).await.unwrap();
+    assert_eq!(r["records"][0]["outcome"], "stamped_ahead", "{r}");
+    assert_eq!(r["records"][0]["skipped"], serde_json::json!([future]), "{r}");
+    assert!(e.keys("result/").await.is_empty());
+    // A result an older version built from it, as the newest upload it then took it for.
+    let frozen = HashMap::from([
+        (votes::META_SOURCE_KEY.to_owned(), future.to_owned()),
+        (votes::META_SOURCE_ETAG.to_owned(), e.keys_etag(future).await),
+        (votes::META_SOURCE_STAMP.to_owned(), "999912312359".to_owned()),
+        (votes::META_METHOD.to_owned(), "share".to_owned()),
+    ]);
+    e.s3.put_object()
+        .bucket(&e.bucket)
+        .key("result/7/prod/result-jp.csv")
+        .set_metadata(Some(frozen))
+        .body(ByteStream::from_static(b"kseq,score,raw\nfuture,1.0,1.0\n"))
+        .send()
+        .await
+        .unwrap();
+
+    // A current upload, then its event: the result follows it.
+    let current = format!("data/7/jp-prod-{}.csv", stamp_in(0));
+    e.put(&current, JP).await;
+    let r = e.normalize_event(&[&current]).await.unwrap();
+    assert_eq!((&r["records"][0]["outcome"], &r["records"][0]["source"]), (&"written".into(), &current.clone().into()), "{r}");
+    let (body, etag, _) = e.get("result/7/prod/result-jp.csv").await.unwrap();
+    assert_eq!(body, expected_locale(JP, Method::Share));
+    // A late event of the future upload changes nothing.
+    let r = e.normalize_event(&[future]).await.unwrap();
+    assert_eq!(r["records"][0]["outcome"], "up_to_date", "{r}");
+    // An uploader whose clock runs two hours ahead is skipped too; half an hour is within the skew.
+    let skewed = format!("data/7/jp-prod-{}.csv", stamp_in(2 * 3600));
+    e.put(&skewed, "kseq,score\nskewed,1\n").await;
+    let r = e.normalize_event(&[&skewed]).await.unwrap();
+    assert_eq!((&r["records"][0]["outcome"], &r["records"][0]["source"]), (&"up_to_date".into(), &current.clone().into()), "{r}");
+    assert_eq!(e.get("result/7/prod/result-jp.csv").await.unwrap().1, etag);
+    // The future upload deleted (as lifecycle would): the result still follows the current one.
+    e.s3.delete_object().bucket(&e.bucket).key(future).send().await.unwrap();
+    e.s3.delete_object().bucket(&e.bucket).key(&skewed).send().await.unwrap();
+    let r = e.normalize_event(&[&current]).await.unwrap();
+    assert_eq!((&r["records"][0]["outcome"], &r["records"][0]["source"]), (&"up_to_date".into(), &current.clone().into()), "{r}");
+    let ahead = format!("data/7/jp-prod-{}.csv", stamp_in(30 * 60));
+    e.put(&ahead, "kseq,score\nahead,1\n").await;
+    let r = e.normalize_event(&[&ahead]).await.unwrap();
+    assert_eq!((&r["records"][0]["outcome"], &r["records"][0]["source"]), (&"written".into(), &ahead.clone().into()), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,6 +290,117 @@ async fn bad_input_leaves_the_previous_result_untouched() {
         assert_eq!((&after, &etag2), (&before, &etag), "a bad upload changed the result");
         e.s3.delete_object().bucket(&e.bucket).key(&key).send().await.unwrap();
     }
+}
+
+const NEWLINES_KEY: &str = "data/7/jp-prod-202611221530.csv";
+/// Names the bucket for [`normalizer_in_a_child_process`], and says it is the child.
+const CHILD_BUCKET: &str = "FERRY_TEST_CHILD_BUCKET";
+const CHILD_ENDPOINT: &str = "FERRY_TEST_CHILD_ENDPOINT";
+
+/// A header and 50 M newlines: refused as bad input, having cost about the body once. Before, the
+/// key table was sized by counting newlines (a table for 50 M keys), and the body was copied twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_of_newlines_is_bad_input_in_bounded_memory() {
+    let e = env().await;
+    let mut body = b"kseq,score\n".to_vec();
+    body.resize(body.len() + 50_000_000, b'\n');
+    let size = body.len() as u64;
+    e.put(NEWLINES_KEY, body).await;
+    // Peak memory is a property of a process: the normalizer runs alone in a child.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["normalizer_in_a_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_BUCKET, &e.bucket)
+        .env(CHILD_ENDPOINT, ferry_tests::moto_endpoint())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // libtest prints the report after the test's name, on the same line.
+    let line = stdout
+        .lines()
+        .find_map(|l| Some(l.split_once("child report: ")?.1))
+        .unwrap_or_else(|| panic!("no report from the child: {stdout}"));
+    let report: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(report["error_type"], "BadInput", "{report}");
+    let message = report["message"].as_str().unwrap();
+    assert!(message.contains(&format!("{NEWLINES_KEY}: line 2: the line is blank")), "{message}");
+    let grew = (report["peak_kb"].as_u64().unwrap() - report["before_kb"].as_u64().unwrap()) * 1024;
+    assert!(grew < size + size / 2, "the normalizer grew by {grew} bytes on a {size}-byte upload");
+    assert!(e.keys("result/").await.is_empty());
+}
+
+/// Does nothing unless started by [`a_body_of_newlines_is_bad_input_in_bounded_memory`].
+#[tokio::test(flavor = "multi_thread")]
+async fn normalizer_in_a_child_process() {
+    let (Ok(bucket), Ok(endpoint)) = (std::env::var(CHILD_BUCKET), std::env::var(CHILD_ENDPOINT)) else { return };
+    let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "ferry-tests");
+    let conf = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(creds))
+        .build();
+    let normalizer = Normalizer { s3: ferry_aws::clients::s3(&conf), settings: VoteSettings::default() };
+    let status_kb = |field: &str| -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find_map(|l| l.strip_prefix(field)).unwrap();
+        line.trim_start_matches(':').trim().trim_end_matches("kB").trim().parse().unwrap()
+    };
+    let before_kb = status_kb("VmRSS");
+    let event = LambdaEvent::new(s3_put_event(&bucket, &[NEWLINES_KEY]), Context::default());
+    let result = regional_normalizer::handle(&normalizer, event).await;
+    let peak_kb = status_kb("VmHWM");
+    let d = result.err().map(lambda_runtime::Diagnostic::from);
+    let report = serde_json::json!({
+        "error_type": d.as_ref().map(|d| d.error_type.clone()),
+        "message": d.as_ref().map(|d| d.error_message.clone()),
+        "before_kb": before_kb,
+        "peak_kb": peak_kb,
+    });
+    println!("child report: {report}");
+}
+
+fn settings(vars: &[(&str, &str)]) -> VoteSettings {
+    let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    VoteSettings::from_vars(|name| vars.get(name).cloned()).expect("valid settings")
+}
+
+/// A cap set larger than the function's memory holds refuses to start, naming both; a cap left
+/// unset is lowered to what the memory holds.
+#[test]
+fn a_cap_over_the_memory_refuses_to_start() {
+    let memory = ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024");
+    let s = settings(&[memory, ("FERRY_MAX_INPUT_BYTES", "419430400"), ("FERRY_MAX_MERGE_BYTES", "419430400")]);
+    for e in [s.check_normalizer_memory().unwrap_err(), s.check_merger_memory().unwrap_err()] {
+        let e = e.to_string();
+        assert!(e.contains(" = 419430400 bytes does not fit in the function's 1024 MB"), "{e}");
+    }
+    let unset = settings(&[memory]);
+    assert!(unset.check_normalizer_memory().is_ok() && unset.check_merger_memory().is_ok());
+    let fits = ferry_core::budget::NORMALIZE.max_input(1024);
+    assert!(unset.max_input_bytes == fits && fits < 400 << 20, "{unset:?}");
+    // The template's memory holds the default caps.
+    let deployed = settings(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2496"), ("FERRY_MAX_INPUT_BYTES", "536870912")]);
+    assert!(deployed.check_normalizer_memory().is_ok(), "{deployed:?}");
+    // Off Lambda there is no memory to check against.
+    let local = settings(&[("FERRY_MAX_INPUT_BYTES", "999999999999"), ("FERRY_MAX_CLOCK_SKEW", "90m")]);
+    assert!(local.check_normalizer_memory().is_ok());
+    assert_eq!((local.max_merge_bytes, local.max_clock_skew_secs), (VoteSettings::default().max_merge_bytes, 5400));
+    let bad = VoteSettings::from_vars(|name| (name == "FERRY_MAX_CLOCK_SKEW").then(|| "1 day".to_owned())).unwrap_err();
+    assert!(bad.starts_with("FERRY_MAX_CLOCK_SKEW: "), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_over_the_merge_cap_is_refused_unread() {
+    let settings = VoteSettings { max_merge_bytes: 50, ..VoteSettings::default() };
+    let e = env_with(settings).await;
+    e.put("result/6/prod/result-jp.csv", "kseq,score,raw\na,0.5,1.0\nb,0.5,1.0\n").await;
+    e.merge_event(&["result/6/prod/result-jp.csv"]).await.unwrap();
+    let (before, etag, _) = e.get("global/6/prod/result-global.csv").await.unwrap();
+    e.put("result/6/prod/result-kr.csv", "kseq,score,raw\nc,1.0,1.0\n").await;
+    let err = e.merge_event(&["result/6/prod/result-kr.csv"]).await.unwrap_err();
+    assert!(err.contains("global/6/prod/result-global.csv: its inputs total 60 bytes, over FERRY_MAX_MERGE_BYTES = 50 bytes"), "{err}");
+    let (after, etag2, _) = e.get("global/6/prod/result-global.csv").await.unwrap();
+    assert_eq!((after, etag2), (before, etag), "a refused merge changed the global result");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,7 +506,7 @@ async fn paginated_listing_finds_the_newest_upload() {
     let mut puts = Vec::new();
     for i in 0..1100u32 {
         let (d, h, m) = (1 + i / 1440, (i / 60) % 24, i % 60);
-        let key = format!("data/3/jp-prod-202611{d:02}{h:02}{m:02}.csv");
+        let key = format!("data/3/jp-prod-202510{d:02}{h:02}{m:02}.csv");
         let s3 = e.s3.clone();
         let b = e.bucket.clone();
         puts.push(async move { s3.put_object().bucket(b).key(key).body(ByteStream::from_static(b"kseq,score\na,1\n")).send().await });
@@ -340,9 +519,9 @@ async fn paginated_listing_finds_the_newest_upload() {
     for r in futures::future::join_all(puts).await {
         r.unwrap();
     }
-    e.put("data/3/jp-prod-202612010000.csv", "kseq,score\nnewest,1\n").await;
-    let out = votes::normalize_upload(&e.store(), &VoteSettings::default(), "data/3/jp-prod-202611010000.csv").await.unwrap();
-    assert!(matches!(&out, NormalizeOutcome::Written { source, .. } if source == "data/3/jp-prod-202612010000.csv"), "{out:?}");
+    e.put("data/3/jp-prod-202511010000.csv", "kseq,score\nnewest,1\n").await;
+    let out = votes::normalize_upload(&e.store(), &VoteSettings::default(), "data/3/jp-prod-202510010000.csv").await.unwrap();
+    assert!(matches!(&out, NormalizeOutcome::Written { source, .. } if source == "data/3/jp-prod-202511010000.csv"), "{out:?}");
 }
 
 /// The S3 semantics the merger's race safety rests on: a write conditional on an ETag that has

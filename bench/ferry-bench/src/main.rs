@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod consumer;
 mod floor;
 mod gen_votes;
+mod peak;
 mod phases;
 #[cfg(feature = "xlsx")]
 mod xlsx;
@@ -30,6 +31,10 @@ enum Command {
     ReadTally { files: Vec<PathBuf> },
     /// `ferry votes merge --method share` phase by phase, each timed (LOCALE=FILE...).
     MergePhases { inputs: Vec<String> },
+    /// The regional normalizer's work on one upload, and its peak RSS per byte of input.
+    NormalizePeak(peak::NormalizeArgs),
+    /// The global merger's work on locale results (LOCALE=FILE...), and its peak RSS per byte of input.
+    MergePeak { inputs: Vec<String> },
     /// Writes seeded staged export rows (10 columns) as JSON lines.
     #[cfg(feature = "xlsx")]
     GenRows(xlsx::GenRowsArgs),
@@ -50,6 +55,8 @@ fn main() -> anyhow::Result<()> {
         Command::ParseSum { files } => floor::parse_sum(&files),
         Command::ReadTally { files } => floor::read_tally(&files),
         Command::MergePhases { inputs } => phases::run(&inputs),
+        Command::NormalizePeak(a) => peak::normalize(&a),
+        Command::MergePeak { inputs } => peak::merge(&inputs),
         #[cfg(feature = "xlsx")]
         Command::GenRows(a) => xlsx::gen_rows(&a),
         #[cfg(feature = "xlsx")]

@@ -146,7 +146,20 @@ pub async fn presign_get(store: &Store, key: &str, filename: &str, lifetime: Dur
 pub struct SourceError {
     pub table: String,
     pub op: &'static str,
+    pub kind: SourceErrorKind,
     pub message: String,
+}
+
+/// What a failed source read means for the job's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The table does not exist or may not be read. One kind for both, so that a caller cannot use
+    /// the answer to learn which tables exist.
+    Unavailable,
+    /// DynamoDB refused the request as invalid for this table (a key that is not its partition key).
+    Invalid,
+    /// Anything else: throttling, a network failure, a bad resume point.
+    Other,
 }
 
 /// Which part of a table a page comes from.
@@ -166,8 +179,17 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-fn source_error(table: &str, op: &'static str, e: impl std::error::Error + 'static) -> SourceError {
-    SourceError { table: table.to_owned(), op, message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string() }
+fn source_error<E, R>(table: &str, op: &'static str, e: aws_sdk_dynamodb::error::SdkError<E, R>) -> SourceError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let kind = match e.as_service_error().and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code) {
+        Some("ResourceNotFoundException" | "AccessDeniedException" | "TableNotFoundException") => SourceErrorKind::Unavailable,
+        Some("ValidationException") => SourceErrorKind::Invalid,
+        _ => SourceErrorKind::Other,
+    };
+    SourceError { table: table.to_owned(), op, kind, message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string() }
 }
 
 fn key_value(v: &serde_json::Value) -> AttributeValue {
@@ -188,18 +210,26 @@ pub async fn read_page(
     columns: &[String],
 ) -> Result<Page, SourceError> {
     let start = match start {
-        Some(s) => Some(decode_key(s).map_err(|message| SourceError { table: table.to_owned(), op: "resume", message })?),
+        Some(s) => Some(decode_key(s).map_err(|message| SourceError {
+            table: table.to_owned(),
+            op: "resume",
+            kind: SourceErrorKind::Other,
+            message,
+        })?),
         None => None,
     };
     let names: HashMap<String, String> = columns.iter().enumerate().map(|(i, c)| (format!("#c{i}"), c.clone())).collect();
     let projection = (0..columns.len()).map(|i| format!("#c{i}")).collect::<Vec<_>>().join(", ");
     let (items, last) = match read {
         TableRead::Scan { segment, total } => {
+            // One segment is the whole table: a plain scan, the same to DynamoDB (and moto cannot
+            // segment a table whose key is binary).
+            let segmented = total > 1;
             let out = client
                 .scan()
                 .table_name(table)
-                .segment(segment as i32)
-                .total_segments(total as i32)
+                .set_segment(segmented.then_some(segment as i32))
+                .set_total_segments(segmented.then_some(total as i32))
                 .limit(limit as i32)
                 .consistent_read(true)
                 .projection_expression(projection)
@@ -260,35 +290,81 @@ pub async fn estimate_rows(client: &DynamoClient, table: &str, read: TableRead<'
     }
 }
 
-/// An attribute as a cell: strings, numbers, booleans and nulls as themselves; sets, lists and maps
-/// as their JSON text.
+/// An attribute as a cell: strings, booleans and nulls as themselves; a number with every digit
+/// DynamoDB returned (up to 38, more than `i64` or `f64` hold: [`ferry_core::cells::number_cell`]);
+/// binary as base64; sets, lists and maps as their JSON text, with the same exact numbers and
+/// base64, and map keys sorted so that the text is the same on every run.
 pub fn to_json(v: &AttributeValue) -> serde_json::Value {
     use serde_json::Value;
     match v {
         AttributeValue::S(s) => Value::String(s.clone()),
-        AttributeValue::N(n) => n
-            .parse::<i64>()
-            .map(Value::from)
-            .ok()
-            .or_else(|| n.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number))
-            .unwrap_or_else(|| Value::String(n.clone())),
+        AttributeValue::N(n) => ferry_core::cells::number_cell(n),
+        AttributeValue::B(b) => Value::String(aws_smithy_types::base64::encode(b.as_ref())),
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::Null(_) => Value::Null,
-        other => Value::String(nested(other).to_string()),
+        other => {
+            let mut text = Vec::new();
+            write_nested(&mut text, other);
+            Value::String(String::from_utf8(text).unwrap_or_default())
+        }
     }
 }
 
-fn nested(v: &AttributeValue) -> serde_json::Value {
-    use serde_json::Value;
+/// `v` as JSON, written by hand so that a number keeps its digits (serde_json's `Value` would
+/// round it to an `f64`).
+fn write_nested(out: &mut Vec<u8>, v: &AttributeValue) {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+    fn number(out: &mut Vec<u8>, n: &str) {
+        match ferry_core::cells::json_number(n) {
+            Some(token) => out.extend_from_slice(token.as_bytes()),
+            None => string(out, n),
+        }
+    }
+    fn binary(out: &mut Vec<u8>, b: &aws_sdk_dynamodb::primitives::Blob) {
+        string(out, &aws_smithy_types::base64::encode(b.as_ref()));
+    }
+    fn list<T>(out: &mut Vec<u8>, items: &[T], each: fn(&mut Vec<u8>, &T)) {
+        out.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            each(out, item);
+        }
+        out.push(b']');
+    }
     match v {
-        AttributeValue::L(l) => Value::Array(l.iter().map(nested).collect()),
-        AttributeValue::M(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), nested(v))).collect()),
-        AttributeValue::Ss(s) => Value::from(s.clone()),
-        AttributeValue::Ns(s) => Value::from(s.clone()),
-        other => to_json(other),
+        AttributeValue::S(s) => string(out, s),
+        AttributeValue::N(n) => number(out, n),
+        AttributeValue::B(b) => binary(out, b),
+        AttributeValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        AttributeValue::L(l) => list(out, l, write_nested),
+        AttributeValue::M(m) => {
+            let mut entries: Vec<(&String, &AttributeValue)> = m.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(out, k);
+                out.push(b':');
+                write_nested(out, v);
+            }
+            out.push(b'}');
+        }
+        AttributeValue::Ss(s) => list(out, s, |out, s| string(out, s)),
+        AttributeValue::Ns(s) => list(out, s, |out, n| number(out, n)),
+        AttributeValue::Bs(s) => list(out, s, binary),
+        // `Null`, and a type newer than this SDK.
+        _ => out.extend_from_slice(b"null"),
     }
 }
 
+/// A start key as text for a checkpoint, each attribute in DynamoDB's typed form: `{"N": "12.5"}`,
+/// `{"S": "a"}`, `{"B": "<base64>"}` (key attributes have no other type).
 fn encode_key(key: &HashMap<String, AttributeValue>) -> String {
     let map: serde_json::Map<String, serde_json::Value> = key
         .iter()
@@ -296,7 +372,9 @@ fn encode_key(key: &HashMap<String, AttributeValue>) -> String {
             let typed = match v {
                 AttributeValue::N(n) => serde_json::json!({ "N": n }),
                 AttributeValue::S(s) => serde_json::json!({ "S": s }),
-                other => serde_json::json!({ "S": format!("{other:?}") }),
+                AttributeValue::B(b) => serde_json::json!({ "B": aws_smithy_types::base64::encode(b.as_ref()) }),
+                // Not a key type: [`decode_key`] refuses it, so the resume fails naming the attribute.
+                other => serde_json::json!({ "unsupported": format!("{other:?}") }),
             };
             (k.clone(), typed)
         })
@@ -310,6 +388,10 @@ fn decode_key(s: &str) -> Result<HashMap<String, AttributeValue>, String> {
         .map(|(k, typed)| match typed.into_iter().next() {
             Some((t, v)) if t == "N" => Ok((k, AttributeValue::N(v))),
             Some((t, v)) if t == "S" => Ok((k, AttributeValue::S(v))),
+            Some((t, v)) if t == "B" => match aws_smithy_types::base64::decode(&v) {
+                Ok(bytes) => Ok((k, AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(bytes)))),
+                Err(e) => Err(format!("bad start key attribute {k}: {e}")),
+            },
             _ => Err(format!("bad start key attribute {k}")),
         })
         .collect()
@@ -321,20 +403,50 @@ mod tests {
 
     #[test]
     fn start_keys_round_trip() {
+        use aws_sdk_dynamodb::primitives::Blob;
         let key = HashMap::from([("pk".to_owned(), AttributeValue::S("a#1".into())), ("n".to_owned(), AttributeValue::N("12.5".into()))]);
         assert_eq!(decode_key(&encode_key(&key)).unwrap(), key);
-        assert!(decode_key("{\"pk\":{\"B\":\"x\"}}").is_err());
+        // Binary keys, with bytes that are not UTF-8, and numbers beyond f64.
+        let key = HashMap::from([
+            ("pk".to_owned(), AttributeValue::B(Blob::new(vec![0, 0xff, 0xfe, b'+', 0x80]))),
+            ("sk".to_owned(), AttributeValue::N("123456789012345678901234567890".into())),
+        ]);
+        let text = encode_key(&key);
+        assert!(text.contains(r#"{"B":"AP/+K4A="}"#), "{text}");
+        assert_eq!(decode_key(&text).unwrap(), key);
+        assert!(decode_key(r#"{"pk":{"B":"not base64!"}}"#).unwrap_err().contains("pk"));
+        assert!(decode_key(r#"{"pk":{"BOOL":"true"}}"#).is_err());
+        let not_a_key = HashMap::from([("pk".to_owned(), AttributeValue::Bool(true))]);
+        assert!(decode_key(&encode_key(&not_a_key)).is_err());
     }
 
     #[test]
     fn attributes_as_cells() {
+        use aws_sdk_dynamodb::primitives::Blob;
         use serde_json::json;
         let check = |v: AttributeValue, expect: serde_json::Value| assert_eq!(to_json(&v), expect, "{v:?}");
+        let n = |s: &str| AttributeValue::N(s.into());
         check(AttributeValue::S("x".into()), json!("x"));
-        check(AttributeValue::N("42".into()), json!(42));
-        check(AttributeValue::N("1.5".into()), json!(1.5));
+        check(n("42"), json!(42));
+        check(n("1.5"), json!(1.5));
+        check(n("-9223372036854775808"), json!(i64::MIN));
+        check(n("18446744073709551615"), json!(u64::MAX));
+        check(n("9007199254740993"), json!(9_007_199_254_740_993i64));
+        check(n("123456789012345678901234567890"), json!({ "$number": "123456789012345678901234567890" }));
+        check(n("-1.5E-130"), json!({ "$number": "-1.5E-130" }));
+        check(AttributeValue::B(Blob::new(vec![0, 0xff, b'a'])), json!("AP9h"));
         check(AttributeValue::Bool(true), json!(true));
         check(AttributeValue::Null(true), json!(null));
-        check(AttributeValue::L(vec![AttributeValue::N("1".into())]), json!("[1]"));
+        check(AttributeValue::L(vec![n("1")]), json!("[1]"));
+        check(
+            AttributeValue::M(HashMap::from([
+                ("z".to_owned(), n("123456789012345678901234567890")),
+                ("a".to_owned(), AttributeValue::L(vec![AttributeValue::B(Blob::new(vec![1])), AttributeValue::Null(true)])),
+                ("m".to_owned(), AttributeValue::Ns(vec!["0.1".into(), "9007199254740993".into()])),
+            ])),
+            json!(r#"{"a":["AQ==",null],"m":[0.1,9007199254740993],"z":123456789012345678901234567890}"#),
+        );
+        check(AttributeValue::Ss(vec!["a\"b".into()]), json!(r#"["a\"b"]"#));
+        check(AttributeValue::Bs(vec![Blob::new(vec![0xff])]), json!(r#"["/w=="]"#));
     }
 }

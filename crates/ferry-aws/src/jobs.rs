@@ -3,8 +3,9 @@
 //! Items (`pk` is the only key):
 //! - job `JOB#{id}`: owner, kind, params (canonical JSON), params_hash, status, attempt, claimed,
 //!   claim_token (new with each claim, so a resent claim knows itself), progress (phase, done,
-//!   total), lease_expires_at, result, error, checkpoint, created/updated times, retain_until, and
-//!   `expires_at`, the TTL attribute (seconds).
+//!   total), lease_expires_at, result, error (a map: `code`, `message`, `request_id`; what the
+//!   caller sees, never a cause), checkpoint, created/updated times, retain_until, and `expires_at`,
+//!   the TTL attribute (seconds).
 //! - lock `LOCK#{owner}#{kind}#{params_hash}`: the job holding it and its lease. Free when absent or
 //!   when its lease has passed.
 //!
@@ -21,6 +22,7 @@ use aws_sdk_dynamodb::types::{
     ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
 };
 use ferry_core::jobs::{ExportParams, ExportResult, JobKind, JobRecord, ListCursor, Progress, Status, Transition};
+use ferry_core::public::{ErrorCode, PublicError};
 
 /// The SDK's DynamoDB client, named here so callers hold one without depending on the SDK.
 pub use aws_sdk_dynamodb::Client as DynamoClient;
@@ -530,7 +532,14 @@ impl JobTable {
 
     /// Marks the job failed (from queued or running) and releases the lock. `attempt` restricts it to
     /// the worker running that attempt; `None` is the API failing a job whose worker never started.
-    pub async fn fail(&self, id: &str, attempt: Option<u32>, error: &str, now: i64) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+    /// `error` is what the job's owner will see.
+    pub async fn fail(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        error: &PublicError,
+        now: i64,
+    ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let pk = job_pk(id);
         let (cond, values) = status_in(Transition::Fail.allowed_from());
         let mut req = self
@@ -547,7 +556,7 @@ impl JobTable {
             .expression_attribute_values(":to", s(Status::Failed.as_str()))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":phase", s("failed"))
-            .expression_attribute_values(":error", s(error.chars().take(2000).collect::<String>()))
+            .expression_attribute_values(":error", error_value(error))
             .return_values(ReturnValue::AllNew);
         req = match attempt {
             Some(a) => req
@@ -663,6 +672,33 @@ fn to_item(r: &JobRecord) -> HashMap<String, AttributeValue> {
     item
 }
 
+/// The longest stored error message.
+const MAX_ERROR_CHARS: usize = 2000;
+
+fn error_value(e: &PublicError) -> AttributeValue {
+    let mut m = HashMap::from([
+        ("code".to_owned(), s(e.code.as_str())),
+        ("message".to_owned(), s(e.message.chars().take(MAX_ERROR_CHARS).collect::<String>())),
+    ]);
+    if let Some(id) = &e.request_id {
+        m.insert("request_id".into(), s(id));
+    }
+    AttributeValue::M(m)
+}
+
+/// A stored error. Items written before errors had codes hold free text that may name anything,
+/// so they read as `internal` with its default message.
+fn error_of(v: &AttributeValue) -> PublicError {
+    let Ok(m) = v.as_m() else { return PublicError::code(ErrorCode::Internal) };
+    let code = text(m, "code").and_then(|c| ErrorCode::parse(&c));
+    let mut e = match (code, text(m, "message")) {
+        (Some(code), Some(message)) => PublicError::new(code, message),
+        _ => PublicError::code(ErrorCode::Internal),
+    };
+    e.request_id = text(m, "request_id");
+    e
+}
+
 fn from_item(item: &HashMap<String, AttributeValue>) -> Result<JobRecord, String> {
     let need = |name: &str| text(item, name).ok_or_else(|| format!("attribute {name} is missing or not a string"));
     let need_n = |name: &str| num(item, name).ok_or_else(|| format!("attribute {name} is missing or not a number"));
@@ -688,7 +724,7 @@ fn from_item(item: &HashMap<String, AttributeValue>) -> Result<JobRecord, String
         },
         lease_expires_at: need_n("lease_expires_at")?,
         result,
-        error: text(item, "error"),
+        error: item.get("error").map(error_of),
         created_at: need_n("created_at")?,
         updated_at: need_n("updated_at")?,
         retain_until: need_n("retain_until")?,
@@ -726,5 +762,25 @@ pub async fn invoke_worker(client: &aws_sdk_lambda::Client, function: &str, payl
     match out.status_code() {
         202 => Ok(()),
         code => Err(err(format!("Lambda answered {code}, not 202"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_errors_round_trip_and_old_text_reads_as_internal() {
+        let e = PublicError::new(ErrorCode::BadSourceData, "a.csv: line 3: not a number").with_request_id("r-1");
+        assert_eq!(error_of(&error_value(&e)), e);
+        let bare = PublicError::code(ErrorCode::SourceUnavailable);
+        assert_eq!(error_of(&error_value(&bare)), bare);
+        let long = PublicError::new(ErrorCode::Internal, "x".repeat(5000));
+        assert_eq!(error_of(&error_value(&long)).message.len(), MAX_ERROR_CHARS);
+        // An item from before error codes: its text may carry an SDK error, so it is not shown.
+        let old = s("dynamodb table t: Scan failed: AccessDeniedException: User: arn:aws:sts::123456789012:assumed-role/x");
+        assert_eq!(error_of(&old), PublicError::code(ErrorCode::Internal));
+        let unknown = AttributeValue::M(HashMap::from([("code".into(), s("AccessDenied")), ("message".into(), s("arn:..."))]));
+        assert_eq!(error_of(&unknown), PublicError::code(ErrorCode::Internal));
     }
 }

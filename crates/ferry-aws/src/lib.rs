@@ -9,12 +9,14 @@
 //! - [`exports`]: export plumbing: DynamoDB pages as rows, multipart uploads across runs, download links.
 //! - [`notify`]: notification delivery records (DynamoDB, conditional claims) and the dead-letter
 //!   queue (SQS): dead-lettering with reasons, native and selective redrive.
+//! - [`secrets`]: secrets read once at start-up from SSM Parameter Store.
 
 pub mod clients;
 pub mod exports;
 pub mod jobs;
 pub mod notify;
 pub mod s3;
+pub mod secrets;
 pub mod votes;
 
 pub use clients::load as load_config;

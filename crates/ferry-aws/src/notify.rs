@@ -1,9 +1,13 @@
 //! Notifications on AWS: the delivery table in DynamoDB, the dead-letter queue in SQS, and both
 //! ways of redriving it.
 //!
-//! - [`DeliveryTable`]: one item per notification id. [`DeliveryTable::claim`] is the conditional
-//!   write that makes sending idempotent; [`DeliveryTable::advance`] never lets a status go back
-//!   (the condition is on [`Status::rank`]).
+//! - [`DeliveryTable`]: one item per (sender, notification id). [`DeliveryTable::claim`] is the
+//!   conditional write that makes sending idempotent; [`DeliveryTable::advance`] never lets a status
+//!   go back (the condition is on [`Status::rank`]). [`DeliveryTable::begin_dead_letter`] makes
+//!   dead-lettering happen once per message (and per notification).
+//! - [`Throttle`]: the intake's per-caller fixed-window counter, in the same table.
+//! - [`keys`]: how those three kinds of item share the table's one key.
+//! - [`send_notification`]: a submitted notification onto the queue with its sender.
 //! - [`send_dead_letter`]: a message to the DLQ with attributes saying why ([`ferry_core::notify::attr`]).
 //! - [`start_move_task`] / [`list_move_tasks`]: SQS's own redrive (`StartMessageMoveTask`).
 //! - [`selective_redrive`]: moves only the dead letters a [`RedriveFilter`] selects; sends to the
@@ -20,7 +24,7 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
-use ferry_core::notify::{Channel, DeadLetter, RedriveFilter, Status, attr};
+use ferry_core::notify::{Channel, DeadLetter, FixedWindow, RedriveFilter, Sender, Status, attr};
 
 pub use aws_sdk_dynamodb::Client as DynamoClient;
 pub use aws_sdk_sqs::Client as SqsClient;
@@ -30,9 +34,9 @@ pub use aws_sdk_sqs::Client as SqsClient;
 pub enum NotifyAwsError {
     #[error("SQS {op} on {queue}: {message}")]
     Sqs { queue: String, op: &'static str, message: String },
-    #[error("DynamoDB {op} on table {table} for notification {id}: {message}")]
+    #[error("DynamoDB {op} on table {table}, item {id}: {message}")]
     Dynamo { table: String, id: String, op: &'static str, message: String },
-    #[error("table {table}, notification {id}: unreadable item: {message}")]
+    #[error("table {table}, item {id}: unreadable: {message}")]
     BadItem { table: String, id: String, message: String },
 }
 
@@ -63,7 +67,39 @@ pub fn now_ms() -> i64 {
 // ---------------------------------------------------------------------------------------------
 // Delivery records
 
+/// The deliveries table's partition key values. The table holds three kinds of item under one key
+/// attribute (`notification_id`, kept from when ids were global so the deployed table stays);
+/// each kind has its own prefix, so a role can be limited to its kind with `dynamodb:LeadingKeys`.
+/// A notification id never holds `#`, so `{sender}#{id}` reads back unambiguously from the right.
+pub mod keys {
+    use ferry_core::notify::Sender;
+
+    /// A delivery record: `delivery#{sender}#{notification_id}`.
+    pub const DELIVERY: &str = "delivery#";
+    /// A throttle counter of the intake: `throttle#{sender}#{window}`.
+    pub const THROTTLE: &str = "throttle#";
+    /// A dead-letter marker: `deadletter#n#{sender}#{notification_id}` or `deadletter#m#{message_id}`.
+    pub const DEAD_LETTER: &str = "deadletter#";
+
+    pub fn delivery(sender: &Sender, notification_id: &str) -> String {
+        format!("{DELIVERY}{sender}#{notification_id}")
+    }
+
+    pub fn throttle(sender: &Sender, window: u64) -> String {
+        format!("{THROTTLE}{sender}#{window}")
+    }
+
+    pub fn dead_letter(scope: &super::LetterScope<'_>) -> String {
+        match scope {
+            super::LetterScope::Notification { sender, notification_id } => format!("{DEAD_LETTER}n#{sender}#{notification_id}"),
+            super::LetterScope::Message { message_id } => format!("{DEAD_LETTER}m#{message_id}"),
+        }
+    }
+}
+
 const K_ID: &str = "notification_id";
+const K_SENDER: &str = "sender";
+const K_NOTIFICATION: &str = "notification";
 const K_STATUS: &str = "delivery_status";
 const K_RANK: &str = "status_rank";
 const K_TOKEN: &str = "claim_token";
@@ -78,10 +114,21 @@ const K_UPDATED: &str = "updated_at_ms";
 /// as long again in the DLQ), so a record never expires while a duplicate of it may still arrive.
 const K_EXPIRES: &str = "expires_at";
 const RETENTION_SECS: i64 = 90 * 86_400;
+// Dead-letter markers.
+const K_DL_STATE: &str = "dead_letter_state";
+const K_DL_MESSAGE: &str = "dead_letter_message_id";
+const K_DL_KIND: &str = "dead_letter_kind";
+const DL_PENDING: &str = "pending";
+const DL_DONE: &str = "done";
+/// As long as the DLQ keeps a message: while its copy may be there, a repeat is not sent again.
+const MARKER_RETENTION_SECS: i64 = 14 * 86_400;
+// Throttle counters.
+const K_COUNT: &str = "request_count";
 
 /// A notification's delivery record as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryRecord {
+    pub sender: Sender,
     pub notification_id: String,
     pub status: Status,
     /// How many times a consumer claimed it.
@@ -115,7 +162,27 @@ pub enum Written {
     Skipped,
 }
 
-/// The delivery table: partition key `notification_id` (string).
+/// Which dead letter a marker stands for: a notification that parsed (one dead letter per
+/// sender and id), or else the SQS message itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterScope<'a> {
+    Notification { sender: &'a Sender, notification_id: &'a str },
+    Message { message_id: &'a str },
+}
+
+/// The outcome of [`DeliveryTable::begin_dead_letter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LetterSlot {
+    /// Send it to the DLQ, then [`DeliveryTable::confirm_dead_letter`] (or, if the send failed,
+    /// [`DeliveryTable::release_dead_letter`]).
+    Take,
+    /// Already in the DLQ (sent from the SQS message `message_id`): acknowledge without a copy.
+    Done { message_id: String },
+    /// Another attempt is sending it now: retry later.
+    InFlight { lease_until_ms: i64 },
+}
+
+/// The delivery table: partition key `notification_id` (string), holding the items of [`keys`].
 #[derive(Debug, Clone)]
 pub struct DeliveryTable {
     client: DynamoClient,
@@ -179,19 +246,27 @@ impl DeliveryTable {
         }
     }
 
-    /// Takes the right to send `id` for `lease`. Succeeds when there is no record, when the last
-    /// attempt failed permanently (a redrive), or when a previous claim lapsed (its consumer died).
-    pub async fn claim(&self, id: &str, lease: Duration) -> Result<Claim, NotifyAwsError> {
+    /// Takes the right to send `sender`'s notification `id` for `lease`. Succeeds when there is no
+    /// record, when the last attempt failed permanently (a redrive), or when a previous claim lapsed
+    /// (its consumer died).
+    pub async fn claim(&self, sender: &Sender, id: &str, lease: Duration) -> Result<Claim, NotifyAwsError> {
         let now = now_ms();
         let token = format!("{now:x}-{:x}", rand_u64());
+        let key = keys::delivery(sender, id);
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(K_ID, s(id))
-            .update_expression("SET #st = :sending, #rank = :one, #tok = :tok, #lease = :lease, #upd = :now, #exp = :exp ADD #att :one")
+            .key(K_ID, s(&key))
+            .update_expression(
+                "SET #st = :sending, #rank = :one, #tok = :tok, #lease = :lease, #upd = :now, #exp = :exp, #snd = :snd, #nid = :nid ADD #att :one",
+            )
             .condition_expression("attribute_not_exists(#id) OR (#rank = :one AND (#st = :failed OR #lease < :now))")
             .expression_attribute_names("#id", K_ID)
+            .expression_attribute_names("#snd", K_SENDER)
+            .expression_attribute_names("#nid", K_NOTIFICATION)
+            .expression_attribute_values(":snd", s(sender.as_str()))
+            .expression_attribute_values(":nid", s(id))
             .expression_attribute_names("#st", K_STATUS)
             .expression_attribute_names("#rank", K_RANK)
             .expression_attribute_names("#tok", K_TOKEN)
@@ -215,7 +290,7 @@ impl DeliveryTable {
                 Ok(Claim::Claimed { token, primary_rejected })
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-                let Some(current) = self.get(id).await? else {
+                let Some(current) = self.get(sender, id).await? else {
                     // Deleted between the write and the read: let the retry claim it afresh.
                     return Ok(Claim::InFlight { lease_until_ms: now });
                 };
@@ -225,7 +300,7 @@ impl DeliveryTable {
                     Ok(Claim::InFlight { lease_until_ms: current.lease_until_ms.unwrap_or(now) })
                 }
             }
-            Err(e) => Err(self.err(id, "UpdateItem (claim)")(e)),
+            Err(e) => Err(self.err(&key, "UpdateItem (claim)")(e)),
         }
     }
 
@@ -233,16 +308,18 @@ impl DeliveryTable {
     /// late `sent` leaves `delivered` as it is.
     pub async fn advance(
         &self,
+        sender: &Sender,
         id: &str,
         status: Status,
         channel: Channel,
         provider_message_id: Option<&str>,
     ) -> Result<Written, NotifyAwsError> {
+        let key = keys::delivery(sender, id);
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(K_ID, s(id))
+            .key(K_ID, s(&key))
             .condition_expression("attribute_not_exists(#id) OR #rank < :rank")
             .expression_attribute_names("#id", K_ID)
             .expression_attribute_names("#st", K_STATUS)
@@ -265,17 +342,18 @@ impl DeliveryTable {
         match req.send().await {
             Ok(_) => Ok(Written::Applied),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Written::Skipped),
-            Err(e) => Err(self.err(id, "UpdateItem (advance)")(e)),
+            Err(e) => Err(self.err(&key, "UpdateItem (advance)")(e)),
         }
     }
 
     /// Gives a claim back after a transient failure, so the retry need not wait for the lease.
-    pub async fn release(&self, id: &str, token: &str, primary_rejected: bool) -> Result<Written, NotifyAwsError> {
+    pub async fn release(&self, sender: &Sender, id: &str, token: &str, primary_rejected: bool) -> Result<Written, NotifyAwsError> {
+        let key = keys::delivery(sender, id);
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(K_ID, s(id))
+            .key(K_ID, s(&key))
             .update_expression("SET #lease = :zero, #pr = :pr, #upd = :now")
             .condition_expression("#tok = :tok AND #st = :sending")
             .expression_attribute_names("#lease", K_LEASE)
@@ -293,17 +371,18 @@ impl DeliveryTable {
         match res {
             Ok(_) => Ok(Written::Applied),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Written::Skipped),
-            Err(e) => Err(self.err(id, "UpdateItem (release)")(e)),
+            Err(e) => Err(self.err(&key, "UpdateItem (release)")(e)),
         }
     }
 
     /// Records a permanent failure on every channel. A later redrive may claim it again.
-    pub async fn mark_failed(&self, id: &str, token: &str, error: &str) -> Result<Written, NotifyAwsError> {
+    pub async fn mark_failed(&self, sender: &Sender, id: &str, token: &str, error: &str) -> Result<Written, NotifyAwsError> {
+        let key = keys::delivery(sender, id);
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(K_ID, s(id))
+            .key(K_ID, s(&key))
             .update_expression("SET #st = :failed, #err = :err, #upd = :now REMOVE #tok, #lease, #pr")
             .condition_expression("#tok = :tok AND #st = :sending")
             .expression_attribute_names("#st", K_STATUS)
@@ -322,27 +401,20 @@ impl DeliveryTable {
         match res {
             Ok(_) => Ok(Written::Applied),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Written::Skipped),
-            Err(e) => Err(self.err(id, "UpdateItem (failed)")(e)),
+            Err(e) => Err(self.err(&key, "UpdateItem (failed)")(e)),
         }
     }
 
-    /// Reads a record (strongly consistent).
-    pub async fn get(&self, id: &str) -> Result<Option<DeliveryRecord>, NotifyAwsError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(K_ID, s(id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(self.err(id, "GetItem"))?;
-        let Some(item) = out.item() else { return Ok(None) };
-        let bad = |message: String| NotifyAwsError::BadItem { table: self.table.clone(), id: id.to_owned(), message };
+    /// Reads `sender`'s record of notification `id` (strongly consistent).
+    pub async fn get(&self, sender: &Sender, id: &str) -> Result<Option<DeliveryRecord>, NotifyAwsError> {
+        let key = keys::delivery(sender, id);
+        let Some(item) = self.get_item(&key).await? else { return Ok(None) };
+        let bad = |message: String| NotifyAwsError::BadItem { table: self.table.clone(), id: key.clone(), message };
         let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
         let num = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
         let status = text(K_STATUS).ok_or_else(|| bad(format!("no {K_STATUS}")))?.parse::<Status>().map_err(bad)?;
         Ok(Some(DeliveryRecord {
+            sender: sender.clone(),
             notification_id: id.to_owned(),
             status,
             attempts: num(K_ATTEMPTS).unwrap_or(0).max(0) as u32,
@@ -352,6 +424,189 @@ impl DeliveryTable {
             lease_until_ms: num(K_LEASE),
             primary_rejected: matches!(item.get(K_PRIMARY_REJECTED), Some(AttributeValue::Bool(true))),
         }))
+    }
+
+    async fn get_item(&self, key: &str) -> Result<Option<HashMap<String, AttributeValue>>, NotifyAwsError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(K_ID, s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(self.err(key, "GetItem"))?;
+        Ok(out.item)
+    }
+
+    /// Takes the right to dead-letter what `scope` names, from the SQS message `message_id`, for
+    /// `lease`. The marker makes dead-lettering idempotent: a redelivered copy of a message that is
+    /// already in the DLQ (and a second message of a notification that is) finds it `done` and is
+    /// acknowledged without another copy.
+    ///
+    /// Order: mark pending (this), send to the DLQ, confirm. A copy arriving while the first is
+    /// between the mark and the confirm waits (`InFlight`, retried later) instead of sending too.
+    /// The one duplicate window left here: an attempt that sent and then died (or could not
+    /// confirm) before confirming; once its lease lapses, a redelivered copy sends again. Dying
+    /// between the mark and the send only delays the copy by the lease. Outside the consumer's
+    /// reach: SQS's own redrive policy moving a message the consumer already dead-lettered (every
+    /// delete of it lost until `maxReceiveCount`) leaves a second copy.
+    ///
+    /// `redriven`: the message came back from the DLQ (it carries
+    /// [`attr::FIRST_SENT_AT`](ferry_core::notify::attr::FIRST_SENT_AT)); it left the DLQ, so
+    /// failing again it is dead-lettered again even though an earlier message was.
+    pub async fn begin_dead_letter(
+        &self,
+        scope: LetterScope<'_>,
+        message_id: &str,
+        redriven: bool,
+        kind: &str,
+        lease: Duration,
+    ) -> Result<LetterSlot, NotifyAwsError> {
+        let key = keys::dead_letter(&scope);
+        let now = now_ms();
+        let mut condition = "attribute_not_exists(#id) OR #exp < :now_s OR (#dls = :pending AND #lease < :now)".to_owned();
+        if redriven {
+            condition.push_str(" OR (#dls = :done AND #dlm <> :mid)");
+        }
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(K_ID, s(&key))
+            .update_expression("SET #dls = :pending, #dlm = :mid, #kind = :kind, #lease = :lease, #upd = :now, #exp = :exp")
+            .condition_expression(condition)
+            .expression_attribute_names("#id", K_ID)
+            .expression_attribute_names("#dls", K_DL_STATE)
+            .expression_attribute_names("#dlm", K_DL_MESSAGE)
+            .expression_attribute_names("#kind", K_DL_KIND)
+            .expression_attribute_names("#lease", K_LEASE)
+            .expression_attribute_names("#upd", K_UPDATED)
+            .expression_attribute_names("#exp", K_EXPIRES)
+            .expression_attribute_values(":pending", s(DL_PENDING))
+            .expression_attribute_values(":mid", s(message_id))
+            .expression_attribute_values(":kind", s(kind))
+            .expression_attribute_values(":lease", n(now + lease.as_millis() as i64))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":now_s", n(now / 1000))
+            .expression_attribute_values(":exp", n(now / 1000 + MARKER_RETENTION_SECS));
+        let res = if redriven { res.expression_attribute_values(":done", s(DL_DONE)) } else { res };
+        match res.send().await {
+            Ok(_) => Ok(LetterSlot::Take),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+                let Some(item) = self.get_item(&key).await? else {
+                    return Ok(LetterSlot::InFlight { lease_until_ms: now });
+                };
+                let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+                let lease_until_ms = item.get(K_LEASE).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(now);
+                match text(K_DL_STATE).as_deref() {
+                    Some(DL_DONE) => Ok(LetterSlot::Done { message_id: text(K_DL_MESSAGE).unwrap_or_default() }),
+                    _ => Ok(LetterSlot::InFlight { lease_until_ms }),
+                }
+            }
+            Err(e) => Err(self.err(&key, "UpdateItem (dead-letter marker)")(e)),
+        }
+    }
+
+    /// Records that the DLQ holds the copy [`DeliveryTable::begin_dead_letter`] allowed.
+    pub async fn confirm_dead_letter(&self, scope: LetterScope<'_>, message_id: &str) -> Result<Written, NotifyAwsError> {
+        self.settle_marker(scope, message_id, true).await
+    }
+
+    /// Gives a marker back after the DLQ refused the send, so the retry need not wait for the lease.
+    pub async fn release_dead_letter(&self, scope: LetterScope<'_>, message_id: &str) -> Result<Written, NotifyAwsError> {
+        self.settle_marker(scope, message_id, false).await
+    }
+
+    async fn settle_marker(&self, scope: LetterScope<'_>, message_id: &str, sent: bool) -> Result<Written, NotifyAwsError> {
+        let key = keys::dead_letter(&scope);
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(K_ID, s(&key))
+            .condition_expression("#dls = :pending AND #dlm = :mid")
+            .expression_attribute_names("#dls", K_DL_STATE)
+            .expression_attribute_names("#dlm", K_DL_MESSAGE)
+            .expression_attribute_names("#upd", K_UPDATED)
+            .expression_attribute_names("#lease", K_LEASE)
+            .expression_attribute_values(":pending", s(DL_PENDING))
+            .expression_attribute_values(":mid", s(message_id))
+            .expression_attribute_values(":now", n(now_ms()));
+        let (req, op) = if sent {
+            let req = req.update_expression("SET #dls = :done, #upd = :now REMOVE #lease").expression_attribute_values(":done", s(DL_DONE));
+            (req, "UpdateItem (dead-letter confirm)")
+        } else {
+            (
+                req.update_expression("SET #lease = :zero, #upd = :now").expression_attribute_values(":zero", n(0)),
+                "UpdateItem (dead-letter release)",
+            )
+        };
+        match req.send().await {
+            Ok(_) => Ok(Written::Applied),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Written::Skipped),
+            Err(e) => Err(self.err(&key, op)(e)),
+        }
+    }
+}
+
+/// Whether a request may pass [`Throttle::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted: the caller's `count`th request of this window.
+    Admitted { count: u64 },
+    /// The caller's window is full until `retry_after` has passed.
+    Limited { retry_after: Duration },
+}
+
+/// The intake's per-caller fixed-window throttle: one counter item per caller and window in the
+/// deliveries table ([`keys::THROTTLE`]), incremented by a conditional update, so concurrent
+/// intakes share one count. Items expire (TTL) shortly after their window.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    client: DynamoClient,
+    table: String,
+    pub rule: FixedWindow,
+}
+
+impl Throttle {
+    pub fn new(client: DynamoClient, table: impl Into<String>, rule: FixedWindow) -> Throttle {
+        Throttle { client, table: table.into(), rule }
+    }
+
+    /// Counts one request of `sender` unless the current window is full.
+    pub async fn admit(&self, sender: &Sender) -> Result<Admission, NotifyAwsError> {
+        let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let (window, retry_after) = self.rule.window(now_s);
+        let key = keys::throttle(sender, window);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(K_ID, s(&key))
+            .update_expression("SET #exp = :exp ADD #count :one")
+            .condition_expression("attribute_not_exists(#id) OR #count < :limit")
+            .expression_attribute_names("#id", K_ID)
+            .expression_attribute_names("#exp", K_EXPIRES)
+            .expression_attribute_names("#count", K_COUNT)
+            .expression_attribute_values(":exp", n(now_s + retry_after + 3600))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(self.rule.limit))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                let count = out.attributes().and_then(|a| a.get(K_COUNT)).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+                Ok(Admission::Admitted { count: count.unwrap_or(1) })
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+                Ok(Admission::Limited { retry_after: Duration::from_secs(retry_after) })
+            }
+            Err(e) => {
+                Err(NotifyAwsError::Dynamo { table: self.table.clone(), id: key, op: "UpdateItem (throttle)", message: sdk_message(&e) })
+            }
+        }
     }
 }
 
@@ -436,14 +691,46 @@ pub async fn send(sqs: &SqsClient, queue_url: &str, body: &str) -> Result<(), No
     Ok(())
 }
 
-/// Sends many bodies, ten per request. Returns how many were sent.
+fn sender_attr(queue_url: &str, sender: &Sender) -> Result<HashMap<String, MessageAttributeValue>, NotifyAwsError> {
+    attr_values(queue_url, &BTreeMap::from([(attr::SENDER.to_owned(), sender.as_str().to_owned())]))
+}
+
+/// Queues a submitted notification `body` (validated by the caller) with its sender
+/// ([`attr::SENDER`]), which the consumer keys its claim on. Returns the SQS message id.
+pub async fn send_notification(sqs: &SqsClient, queue_url: &str, sender: &Sender, body: &str) -> Result<String, NotifyAwsError> {
+    let out = sqs
+        .send_message()
+        .queue_url(queue_url)
+        .message_body(body)
+        .set_message_attributes(Some(sender_attr(queue_url, sender)?))
+        .send()
+        .await
+        .map_err(sqs_err(queue_url, "SendMessage"))?;
+    Ok(out.message_id().unwrap_or_default().to_owned())
+}
+
+/// Sends many bodies as `sender`'s notifications, ten per request, as the intake would queue them
+/// (without its checks: for local runs and tests). Returns how many were sent.
+pub async fn send_all_as(sqs: &SqsClient, queue_url: &str, sender: &Sender, bodies: &[String]) -> Result<usize, NotifyAwsError> {
+    send_batches(sqs, queue_url, Some(sender), bodies).await
+}
+
+/// Sends many bodies without a sender, ten per request: what the consumer refuses. Returns how
+/// many were sent.
 pub async fn send_all(sqs: &SqsClient, queue_url: &str, bodies: &[String]) -> Result<usize, NotifyAwsError> {
+    send_batches(sqs, queue_url, None, bodies).await
+}
+
+async fn send_batches(sqs: &SqsClient, queue_url: &str, sender: Option<&Sender>, bodies: &[String]) -> Result<usize, NotifyAwsError> {
+    let attrs = sender.map(|s| sender_attr(queue_url, s)).transpose()?;
     let mut sent = 0;
     for chunk in bodies.chunks(10) {
         let entries = chunk
             .iter()
             .enumerate()
-            .map(|(i, b)| SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(b).build())
+            .map(|(i, b)| {
+                SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(b).set_message_attributes(attrs.clone()).build()
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| NotifyAwsError::Sqs { queue: queue_url.to_owned(), op: "SendMessageBatch", message: e.to_string() })?;
         let out = sqs
@@ -708,6 +995,7 @@ pub struct Matched {
     pub kind: String,
     pub channel: Option<String>,
     pub notification_id: Option<String>,
+    pub sender: Option<String>,
     pub age_secs: i64,
 }
 
@@ -795,6 +1083,7 @@ pub async fn selective_redrive(
                     kind: letter.kind.as_str().to_owned(),
                     channel: letter.channel.map(|c| c.as_str().to_owned()),
                     notification_id: letter.notification_id.clone(),
+                    sender: letter.sender.clone(),
                     age_secs: (now - letter.first_sent_at).max(0) / 1000,
                 });
                 if options.dry_run {

@@ -144,9 +144,10 @@ impl Store {
         }
     }
 
-    /// Reads a whole object unless it is larger than `cap` bytes.
+    /// Reads a whole object unless it is larger than `cap` bytes. The body goes straight into one
+    /// buffer of its size, so reading an object costs its size in memory once, not twice.
     pub async fn get_capped(&self, key: &str, cap: u64) -> Result<Fetched, S3Error> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+        let mut out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(o) => o,
             Err(e) if status(&e) == Some(404) => return Ok(Fetched::Missing),
             Err(e) => return Err(self.error(key, "GetObject", e)),
@@ -162,13 +163,21 @@ impl Store {
             last_modified: out.last_modified().map_or(0, |t| t.secs()),
             metadata: out.metadata().cloned().unwrap_or_default(),
         };
-        let body = out.body.collect().await.map_err(|e| S3Error {
+        let body_error = |e: aws_smithy_types::byte_stream::error::Error| S3Error {
             bucket: self.bucket.clone(),
             key: key.to_owned(),
             op: "GetObject (body)",
             message: e.to_string(),
-        })?;
-        Ok(Fetched::Object(Object { head, body: body.into_bytes().to_vec() }))
+        };
+        let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        while let Some(chunk) = out.body.try_next().await.map_err(body_error)? {
+            // A body longer than its Content-Length said is held to the cap all the same.
+            if (body.len() + chunk.len()) as u64 > cap {
+                return Ok(Fetched::TooLarge { size: (body.len() + chunk.len()) as u64 });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched::Object(Object { head, body }))
     }
 
     /// Writes an object whole, honouring its precondition.

@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ferry_core::budget::{self, BudgetError};
 use ferry_core::config::Defaults;
-use ferry_core::key::{self, ResultKey, Stamp, UploadKey};
+use ferry_core::key::{self, BuiltFrom, Current, ResultKey, StoredUpload, UploadKey};
 use ferry_core::merge::{self, LocaleScores, MergeError};
 use ferry_core::tally::{self, TallyError, TallyErrorKind};
 use ferry_core::{ConfigError, EventConfig, KeyError};
 
-use crate::s3::{Fetched, Head, NewObject, Precondition, Put, S3Error, Store};
+use crate::s3::{Fetched, Head, NewObject, Object, Precondition, Put, S3Error, Store};
 
 /// Metadata written on a locale result: which upload it came from.
 pub const META_SOURCE_KEY: &str = "ferry-source-key";
@@ -36,20 +37,41 @@ pub struct VoteSettings {
     pub defaults: Defaults,
     /// Uploads larger than this are refused unread.
     pub max_input_bytes: u64,
+    /// A stage whose locale results total more than this is refused unread by the merger.
+    pub max_merge_bytes: u64,
+    /// Uploads stamped more than this many seconds after S3 stored them are skipped.
+    pub max_clock_skew_secs: u64,
+    /// The function's memory in MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`); `None` off Lambda.
+    pub memory_mb: Option<u64>,
 }
 
 impl Default for VoteSettings {
     fn default() -> VoteSettings {
-        VoteSettings { defaults: Defaults::default(), max_input_bytes: 512 * 1024 * 1024 }
+        VoteSettings {
+            defaults: Defaults::default(),
+            max_input_bytes: 512 * budget::MIB,
+            max_merge_bytes: 1536 * budget::MIB,
+            max_clock_skew_secs: 3600,
+            memory_mb: None,
+        }
     }
 }
 
 impl VoteSettings {
-    /// Reads `FERRY_DEFAULT_METHOD`, `FERRY_DEFAULT_WEIGHT` and `FERRY_MAX_INPUT_BYTES`; unset ones keep
-    /// their defaults, malformed ones are an error naming the variable.
+    /// Reads `FERRY_DEFAULT_METHOD`, `FERRY_DEFAULT_WEIGHT`, `FERRY_MAX_INPUT_BYTES`,
+    /// `FERRY_MAX_MERGE_BYTES`, `FERRY_MAX_CLOCK_SKEW` and Lambda's `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`
+    /// from the environment (see [`VoteSettings::from_vars`]).
     pub fn from_env() -> Result<VoteSettings, String> {
+        VoteSettings::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `var`. Unset ones keep their defaults, except that a size cap left
+    /// unset is lowered to what the function's memory holds; a cap set explicitly is kept as set, for
+    /// [`VoteSettings::check_normalizer_memory`] to refuse. Malformed ones are an error naming the variable.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<VoteSettings, String> {
         let mut s = VoteSettings::default();
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let bytes = |name: &str, v: String| v.parse::<u64>().map_err(|_| format!("{name}: {v:?} is not a whole number of bytes"));
         if let Some(v) = var("FERRY_DEFAULT_METHOD") {
             s.defaults.method = v.parse().map_err(|e| format!("FERRY_DEFAULT_METHOD: {e}"))?;
         }
@@ -60,10 +82,34 @@ impl VoteSettings {
             }
             s.defaults.weight = w;
         }
-        if let Some(v) = var("FERRY_MAX_INPUT_BYTES") {
-            s.max_input_bytes = v.parse().map_err(|_| format!("FERRY_MAX_INPUT_BYTES: {v:?} is not a whole number of bytes"))?;
+        if let Some(v) = var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
+            let mb = v.parse().map_err(|_| format!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE: {v:?} is not a whole number of MB"))?;
+            s.memory_mb = Some(mb);
+        }
+        let fits = |work: budget::Work| s.memory_mb.map_or(u64::MAX, |mb| work.max_input(mb));
+        s.max_input_bytes = match var("FERRY_MAX_INPUT_BYTES") {
+            Some(v) => bytes("FERRY_MAX_INPUT_BYTES", v)?,
+            None => s.max_input_bytes.min(fits(budget::NORMALIZE)),
+        };
+        s.max_merge_bytes = match var("FERRY_MAX_MERGE_BYTES") {
+            Some(v) => bytes("FERRY_MAX_MERGE_BYTES", v)?,
+            None => s.max_merge_bytes.min(fits(budget::MERGE)),
+        };
+        if let Some(v) = var("FERRY_MAX_CLOCK_SKEW") {
+            s.max_clock_skew_secs = ferry_core::config::parse_duration_secs(&v).map_err(|e| format!("FERRY_MAX_CLOCK_SKEW: {e}"))?;
         }
         Ok(s)
+    }
+
+    /// Refuses a `FERRY_MAX_INPUT_BYTES` whose upload the normalizer's memory cannot hold: better
+    /// not to start than to be killed on the first large upload.
+    pub fn check_normalizer_memory(&self) -> Result<(), BudgetError> {
+        budget::NORMALIZE.check(self.max_input_bytes, self.memory_mb)
+    }
+
+    /// Refuses a `FERRY_MAX_MERGE_BYTES` whose locale results the merger's memory cannot hold.
+    pub fn check_merger_memory(&self) -> Result<(), BudgetError> {
+        budget::MERGE.check(self.max_merge_bytes, self.memory_mb)
     }
 }
 
@@ -82,6 +128,9 @@ pub enum VoteError {
     S3(#[from] S3Error),
     #[error("{key}: gave up after {attempts} conflicting concurrent writes")]
     Contention { key: String, attempts: u32 },
+    /// The inputs of one step together exceed what its memory is budgeted for.
+    #[error("{key}: its inputs total {size} bytes, over {setting} = {limit} bytes; nothing was read")]
+    TooLarge { key: String, size: u64, limit: u64, setting: &'static str },
 }
 
 impl VoteError {
@@ -94,6 +143,7 @@ impl VoteError {
             VoteError::Merge { .. } => "BadMerge",
             VoteError::S3(_) => "S3Error",
             VoteError::Contention { .. } => "Contention",
+            VoteError::TooLarge { .. } => "TooLarge",
         }
     }
 }
@@ -104,12 +154,12 @@ impl VoteError {
 pub enum NormalizeOutcome {
     /// The locale result was (re)written from `source`.
     Written { result: String, source: String, rows: usize },
-    /// The locale result already reflects `source`, the newest upload.
+    /// The locale result already reflects `source`, the current upload.
     UpToDate { result: String, source: String },
-    /// The locale result already reflects an upload newer than any listed now.
-    Superseded { result: String, source: String },
     /// No upload of the series exists any more (deleted after the event was sent).
     Missing { key: String },
+    /// Every upload of the series is stamped more than the allowed clock skew after S3 stored it.
+    StampedAhead { key: String, skipped: Vec<String> },
 }
 
 /// What [`merge_stage`] did.
@@ -144,91 +194,107 @@ pub async fn load_config(store: &Store, evno: u64, defaults: Defaults) -> Result
     }
 }
 
-/// The newest upload of the series `upload` belongs to, looking under `data/` and `/data/` alike.
-async fn newest_upload(store: &Store, upload: &UploadKey) -> Result<Option<(UploadKey, Head)>, VoteError> {
+/// Every upload of the series `upload` belongs to, looking under `data/` and `/data/` alike.
+async fn series_uploads(store: &Store, upload: &UploadKey) -> Result<Vec<StoredUpload>, VoteError> {
     let prefix = upload.series_prefix();
-    let mut best: Option<(UploadKey, Head)> = None;
+    let mut out = Vec::new();
     for p in [prefix.clone(), format!("/{prefix}")] {
         for head in store.list(&p).await? {
-            let Ok(k) = UploadKey::parse(&head.key) else { continue };
-            if k.locale != upload.locale || k.stage != upload.stage || k.evno != upload.evno {
-                continue;
-            }
-            let newer = match &best {
-                None => true,
-                Some((bk, bh)) => (k.stamp, head.last_modified, &head.key) > (bk.stamp, bh.last_modified, &bh.key),
-            };
-            if newer {
-                best = Some((k, head));
+            if let Some(u) = stored_upload(upload, head) {
+                out.push(u);
             }
         }
     }
-    Ok(best)
+    Ok(out)
 }
 
-fn stamp_of(head: &Head) -> Option<Stamp> {
-    head.metadata.get(META_SOURCE_STAMP).and_then(|s| Stamp::parse(s))
+/// `head` as an upload of the same series as `upload`, if it is one.
+fn stored_upload(upload: &UploadKey, head: Head) -> Option<StoredUpload> {
+    let k = UploadKey::parse(&head.key).ok()?;
+    let same_series = k.evno == upload.evno && k.locale == upload.locale && k.stage == upload.stage;
+    same_series.then_some(StoredUpload { object_key: head.key, upload: k, etag: head.etag, stored_at: head.last_modified })
 }
 
-/// Normalises the newest upload of the series that `object_key` (decoded) belongs to into its locale
-/// result. An event for an older upload, or a repeated one, never makes the result go backwards.
+/// What a locale result's metadata says it was built from.
+fn built_from(result: &Head) -> Option<BuiltFrom<'_>> {
+    Some(BuiltFrom {
+        object_key: result.metadata.get(META_SOURCE_KEY)?,
+        etag: result.metadata.get(META_SOURCE_ETAG)?,
+        method: result.metadata.get(META_METHOD).and_then(|m| m.parse().ok()),
+    })
+}
+
+/// Normalises the current upload of the series that `object_key` (decoded) belongs to into its
+/// locale result: the newest upload that exists and is not stamped ahead of when S3 stored it
+/// ([`key::current_upload`]). A late or repeated event never moves the result to an older upload
+/// while a newer one exists; deleting the newest moves it back to the newest that remains.
 pub async fn normalize_upload(store: &Store, settings: &VoteSettings, object_key: &str) -> Result<NormalizeOutcome, VoteError> {
     let upload = UploadKey::parse(object_key)?;
     let result_key = upload.result_key().to_string();
+    let skew = settings.max_clock_skew_secs;
     for attempt in 1..=MAX_ATTEMPTS {
-        let Some((newest, source)) = newest_upload(store, &upload).await? else {
-            tracing::warn!(key = object_key, "no upload of this series exists any more; skipping");
-            return Ok(NormalizeOutcome::Missing { key: object_key.to_owned() });
-        };
+        let mut uploads = series_uploads(store, &upload).await?;
         let current = store.head(&result_key).await?;
         let config = load_config(store, upload.evno, settings.defaults).await?;
-        if let Some(cur) = &current {
-            let cur_stamp = stamp_of(cur);
-            if cur_stamp.is_some_and(|s| s > newest.stamp) {
-                let src = cur.metadata.get(META_SOURCE_KEY).cloned().unwrap_or_default();
-                return Ok(NormalizeOutcome::Superseded { result: result_key, source: src });
-            }
-            let same_source = cur.metadata.get(META_SOURCE_ETAG) == Some(&source.etag)
-                && cur.metadata.get(META_SOURCE_KEY) == Some(&source.key)
-                && cur.metadata.get(META_METHOD).map(String::as_str) == Some(config.method.as_str());
-            if same_source {
-                return Ok(NormalizeOutcome::UpToDate { result: result_key, source: source.key });
-            }
+        let built = current.as_ref().and_then(built_from);
+        // The result's own source exists but was not listed: it arrived after the listing began.
+        // It counts, or the result would go back to an older upload.
+        if let Some(b) = built.filter(|b| !uploads.iter().any(|u| u.object_key == b.object_key))
+            && let Some(head) = store.head(b.object_key).await?
+        {
+            uploads.extend(stored_upload(&upload, head));
         }
-        let object = match store.get_capped(&source.key, settings.max_input_bytes).await? {
+        for u in uploads.iter().filter(|u| u.stamped_ahead(skew)) {
+            tracing::warn!(
+                key = u.object_key,
+                stamp = %u.upload.stamp,
+                stored_at = u.stored_at,
+                max_clock_skew_secs = skew,
+                "upload stamped ahead of when S3 stored it; skipped"
+            );
+        }
+        let source = match key::current_upload(&uploads, built, config.method, skew) {
+            Current::Nothing if uploads.is_empty() => {
+                tracing::warn!(key = object_key, "no upload of this series exists any more; skipping");
+                return Ok(NormalizeOutcome::Missing { key: object_key.to_owned() });
+            }
+            Current::Nothing => {
+                let skipped = uploads.into_iter().map(|u| u.object_key).collect();
+                return Ok(NormalizeOutcome::StampedAhead { key: object_key.to_owned(), skipped });
+            }
+            Current::UpToDate(u) => return Ok(NormalizeOutcome::UpToDate { result: result_key, source: u.object_key.clone() }),
+            Current::Build(u) => u.clone(),
+        };
+        let Object { head, body } = match store.get_capped(&source.object_key, settings.max_input_bytes).await? {
             Fetched::Object(o) => o,
             Fetched::Missing => {
-                tracing::warn!(key = source.key, "upload vanished between listing and reading; looking again");
+                tracing::warn!(key = source.object_key, "upload vanished between listing and reading; looking again");
                 continue;
             }
             Fetched::TooLarge { size } => {
-                return Err(TallyError::new(&source.key, None, TallyErrorKind::TooLarge { size, limit: settings.max_input_bytes }).into());
+                let kind = TallyErrorKind::TooLarge { size, limit: settings.max_input_bytes };
+                return Err(TallyError::new(&source.object_key, None, kind).into());
             }
         };
-        let tally = tally::read_tally(&source.key, &object.body)?;
-        let rows = ferry_core::normalize::normalize(config.method, &tally);
+        let tally = tally::read_tally_within(&source.object_key, &body, budget::usable_bytes(settings.memory_mb))?;
+        // Each input is let go once what follows is built from it: the peak is what is budgeted.
+        drop(body);
+        let csv = ferry_core::normalize::locale_result(config.method, &tally);
+        let rows = tally.len();
+        drop(tally);
         let metadata = HashMap::from([
-            (META_SOURCE_KEY.to_owned(), source.key.clone()),
-            (META_SOURCE_ETAG.to_owned(), object.head.etag.clone()),
-            (META_SOURCE_STAMP.to_owned(), newest.stamp.to_string()),
+            (META_SOURCE_KEY.to_owned(), source.object_key.clone()),
+            (META_SOURCE_ETAG.to_owned(), head.etag),
+            (META_SOURCE_STAMP.to_owned(), source.upload.stamp.to_string()),
             (META_METHOD.to_owned(), config.method.as_str().to_owned()),
-            (META_ROWS.to_owned(), rows.len().to_string()),
+            (META_ROWS.to_owned(), rows.to_string()),
         ]);
-        let put = store
-            .put(
-                &result_key,
-                NewObject {
-                    body: tally::write_locale_result(&rows),
-                    content_type: "text/csv",
-                    metadata,
-                    precondition: Some(Precondition::replacing(current)),
-                },
-            )
-            .await?;
-        match put {
+        let object = NewObject { body: csv, content_type: "text/csv", metadata, precondition: Some(Precondition::replacing(current)) };
+        match store.put(&result_key, object).await? {
             Put::Written { .. } => {
-                tracing::info!(result = result_key, source = source.key, rows = rows.len(), method = %config.method, "locale result written");
-                return Ok(NormalizeOutcome::Written { result: result_key, source: source.key, rows: rows.len() });
+                let source = source.object_key;
+                tracing::info!(result = result_key, source, rows, method = %config.method, "locale result written");
+                return Ok(NormalizeOutcome::Written { result: result_key, source, rows });
             }
             Put::Conflict => {
                 tracing::info!(result = result_key, attempt, "another normalizer wrote first; re-reading");
@@ -253,19 +319,26 @@ pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stag
             .filter_map(|h| ResultKey::parse(&h.key).ok().filter(|k| k.evno == evno && k.stage == stage).map(|k| (k, h)))
             .collect();
         listed.sort_by(|a, b| a.0.locale.cmp(&b.0.locale));
-        let reads = listed.iter().map(|(_, h)| store.get_capped(&h.key, settings.max_input_bytes));
-        let fetched = futures::future::join_all(reads).await;
+        // Every locale result is held at once, so their total is what the memory is budgeted for.
+        let limit = settings.max_merge_bytes;
+        let too_large = |size| VoteError::TooLarge { key: global_key.clone(), size, limit, setting: budget::MERGE.setting };
+        let total: u64 = listed.iter().map(|(_, h)| h.size).sum();
+        if total > limit {
+            return Err(too_large(total));
+        }
+        // One at a time, each body let go once parsed; each may take what the others left of the
+        // limit, in case one grew since the listing.
+        let mut read = 0;
         let mut inputs: Vec<(String, String, ferry_core::Tally)> = Vec::with_capacity(listed.len());
-        for ((k, h), f) in listed.iter().zip(fetched) {
-            match f? {
+        for (k, h) in &listed {
+            match store.get_capped(&h.key, limit - read).await? {
                 Fetched::Object(o) => {
+                    read += o.head.size;
                     let rows = tally::read_locale_result(&h.key, &o.body)?;
                     inputs.push((k.locale.clone(), o.head.etag, rows));
                 }
                 Fetched::Missing => tracing::warn!(key = h.key, "locale result vanished while merging; leaving it out"),
-                Fetched::TooLarge { size } => {
-                    return Err(TallyError::new(&h.key, None, TallyErrorKind::TooLarge { size, limit: settings.max_input_bytes }).into());
-                }
+                Fetched::TooLarge { size } => return Err(too_large(read + size)),
             }
         }
         if inputs.is_empty() {

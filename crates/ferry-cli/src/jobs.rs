@@ -11,6 +11,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+use ferry_core::public::PublicError;
+
 use crate::output::BadInput;
 
 #[derive(Debug, Args)]
@@ -90,11 +92,19 @@ impl Client {
     }
 }
 
+/// An error answer as `code (field): message [request id ...]`. Only the API's error object is
+/// shown; anything else in an error answer (a gateway's own text) is summarised, not echoed.
 fn describe_error(v: &Value) -> String {
-    match (v["error"]["field"].as_str(), v["error"]["message"].as_str()) {
-        (Some(f), Some(m)) => format!("{f}: {m}"),
-        _ => v.to_string(),
+    match (public_error(&v["error"]), v["message"].as_str()) {
+        (Some(e), _) => e.to_string(),
+        // API Gateway's own answers (`{"message": "Internal Server Error"}`).
+        (None, Some(m)) => m.to_owned(),
+        (None, None) => "no error details".to_owned(),
     }
+}
+
+fn public_error(v: &Value) -> Option<PublicError> {
+    serde_json::from_value(v.clone()).ok()
 }
 
 pub fn run(args: JobsArgs) -> anyhow::Result<()> {
@@ -155,7 +165,8 @@ async fn submit(client: &Client, file: &Path, wait: bool, output: Option<&Path>)
     let done = wait_for(client, &id).await?;
     println!("{}", serde_json::to_string_pretty(&done)?);
     if done["status"] != "succeeded" {
-        bail!("job {id} ended {}: {}", done["status"].as_str().unwrap_or("?"), done["error"].as_str().unwrap_or("no error recorded"));
+        let error = public_error(&done["error"]).map_or_else(|| "no error recorded".to_owned(), |e| e.to_string());
+        bail!("job {id} ended {}: {error}", done["status"].as_str().unwrap_or("?"));
     }
     if let Some(out) = output {
         fetch(client, &done, out).await?;

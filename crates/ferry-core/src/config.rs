@@ -66,6 +66,24 @@ impl EventConfig {
     }
 }
 
+/// Parses a duration setting such as `FERRY_MAX_CLOCK_SKEW`: whole seconds, or a whole number
+/// followed by `s`, `m` or `h` (`3600`, `90m`, `1h`).
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{text:?} is not a duration: expected whole seconds, or a number with s, m or h")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration: expected whole seconds, or a number with s, m or h"))?;
+    n.checked_mul(scale).ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +97,16 @@ mod tests {
         let d = Defaults { method: Method::Zscore, weight: 0.5 };
         let c = EventConfig::parse("config/1.json", b"{}", d).unwrap();
         assert_eq!((c.method, c.weight("na")), (Method::Zscore, 0.5));
+    }
+
+    #[test]
+    fn durations() {
+        for (text, secs) in [("3600", 3600), ("1h", 3600), ("90m", 5400), ("45s", 45), ("0", 0), (" 2h ", 7200)] {
+            assert_eq!(parse_duration_secs(text), Ok(secs), "{text}");
+        }
+        for bad in ["", "h", "1.5h", "-1h", "1d", "1 h", "99999999999999999999"] {
+            assert!(parse_duration_secs(bad).is_err(), "{bad}");
+        }
     }
 
     #[track_caller]

@@ -8,6 +8,7 @@
 //!   and their canonical form ([`ExportParams::canonical`], [`ExportParams::hash`]) that makes equal
 //!   requests take the same lock.
 //! - [`ListCursor`]: the opaque cursor of `GET /jobs`.
+//! - [`export_key`] and [`staging_key`]: where an export and the worker's temporary objects lie.
 //!
 //! Every time is milliseconds since the Unix epoch and is passed in: nothing here reads a clock.
 
@@ -15,6 +16,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::public::{ErrorCode, PublicError};
 
 /// The largest `POST /jobs` body accepted.
 pub const MAX_SUBMIT_BYTES: usize = 16 * 1024;
@@ -139,6 +142,10 @@ pub struct ExportResult {
     pub rows: u64,
     /// Worksheets of an xlsx (1 for other formats).
     pub sheets: u32,
+    /// Text cells of an xlsx cut to Excel's limit of 32,767 characters (0 for other formats, and
+    /// for results stored before this was counted).
+    #[serde(default)]
+    pub truncated_cells: u64,
 }
 
 /// A job's status record.
@@ -157,7 +164,8 @@ pub struct JobRecord {
     pub progress: Progress,
     pub lease_expires_at: i64,
     pub result: Option<ExportResult>,
-    pub error: Option<String>,
+    /// Why it failed, as the caller may see it.
+    pub error: Option<PublicError>,
     pub created_at: i64,
     pub updated_at: i64,
     /// When the record and its file stop being served (also the store's TTL attribute, in seconds).
@@ -168,6 +176,23 @@ impl JobRecord {
     /// The status as of `now`: an active job whose lease passed is `Lost`.
     pub fn status_at(&self, now: i64) -> Status {
         if self.status.is_active() && self.lease_expires_at < now { Status::Lost } else { self.status }
+    }
+
+    /// The error the caller sees as of `now`: the stored one of a failed job, or for a lost one the
+    /// lease that ran out (nothing else is known, and nothing else is said).
+    pub fn error_at(&self, now: i64) -> Option<PublicError> {
+        match self.status_at(now) {
+            Status::Failed => Some(self.error.clone().unwrap_or_else(|| PublicError::code(ErrorCode::Internal))),
+            Status::Lost => {
+                let when = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.lease_expires_at) * 1_000_000)
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_else(|| "an unknown time".into());
+                let message = format!("the worker stopped reporting progress; its lease ended at {when}");
+                Some(PublicError::new(ErrorCode::WorkerUnavailable, message))
+            }
+            _ => None,
+        }
     }
 
     /// Past its retention: treated as gone even if the store has not deleted it yet (TTL deletes late).
@@ -292,6 +317,19 @@ pub struct ExportParams {
     /// Only for an S3 dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Filter>,
+    /// CSV only: text cells a spreadsheet would run as a formula get a leading `'`
+    /// ([`crate::cells::formula_escaped`]). `false` is for machine consumers. Left out of the
+    /// canonical form when `true`, so leaving it out is the same request as spelling it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub formula_escape: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl ExportParams {
@@ -336,6 +374,12 @@ pub struct SubmitError {
 impl SubmitError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> SubmitError {
         SubmitError { field: field.into(), message: message.into() }
+    }
+
+    /// The caller's view: `bad_request` naming the field. The message is built from what the
+    /// caller sent, so it is theirs to see.
+    pub fn public(&self) -> PublicError {
+        PublicError::new(ErrorCode::BadRequest, self.message.clone()).with_field(self.field.clone())
     }
 }
 
@@ -390,11 +434,12 @@ fn validate(p: &ExportParams) -> Result<(), SubmitError> {
                 return Err(SubmitError::new("params.source.segments", format!("must be 1 to {MAX_SEGMENTS}, got {segments}")));
             }
         }
-        Source::S3 { bucket, .. } => {
-            let ok = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-            if !ok {
+        Source::S3 { bucket, prefix, .. } => {
+            if !crate::sources::is_bucket_name(bucket) {
                 return err("params.source.bucket", "is not a valid bucket name");
+            }
+            if let Err(e) = crate::sources::normalize_prefix(prefix) {
+                return Err(SubmitError::new("params.source.prefix", e.to_string()));
             }
         }
     }
@@ -430,15 +475,36 @@ fn validate(p: &ExportParams) -> Result<(), SubmitError> {
 }
 
 fn check_table(table: &str) -> Result<(), SubmitError> {
-    let ok = (3..=255).contains(&table.len()) && table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok { Ok(()) } else { Err(SubmitError::new("params.source.table", format!("{table:?} is not a valid table name"))) }
+    if crate::sources::is_table_name(table) {
+        Ok(())
+    } else {
+        Err(SubmitError::new("params.source.table", format!("{table:?} is not a valid table name")))
+    }
 }
+
+/// Where the worker keeps what it reads back between runs (staged xlsx rows, bytes not yet
+/// uploaded). The only part of `exports/` the worker may read: no owner segment starts with `.`.
+pub const STAGING_PREFIX: &str = "exports/.staging/";
 
 /// Where the export of job `id` is written: `exports/{owner}/{id}.{ext}`. The owner is
 /// percent-encoded, since a JWT `sub` may hold any character.
 pub fn export_key(owner: &str, id: &str, format: Format) -> String {
-    let owner: String = percent_encoding::utf8_percent_encode(owner, KEY_SEGMENT).collect();
-    format!("exports/{owner}/{id}.{}", format.extension())
+    format!("exports/{}/{id}.{}", owner_segment(owner), format.extension())
+}
+
+/// A temporary object of job `id` (`what`: `rows`, `carry`), under [`STAGING_PREFIX`].
+pub fn staging_key(owner: &str, id: &str, format: Format, what: &str) -> String {
+    format!("{STAGING_PREFIX}{}/{id}.{}.{what}", owner_segment(owner), format.extension())
+}
+
+/// The owner as one key segment. A leading `.` is encoded too, so that no owner's segment is
+/// `.staging` (or `.`, `..`).
+fn owner_segment(owner: &str) -> String {
+    let mut segment: String = percent_encoding::utf8_percent_encode(owner, KEY_SEGMENT).collect();
+    if segment.starts_with('.') {
+        segment.replace_range(..1, "%2E");
+    }
+    segment
 }
 
 const KEY_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'@');
@@ -574,6 +640,10 @@ mod tests {
             Err(("params.source.bucket", "not a valid bucket")),
         );
         check_submit(
+            r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"lake","prefix":"datasets/../../x","format":"csv"},"format":"csv"}}"#,
+            Err(("params.source.prefix", "climbs above")),
+        );
+        check_submit(
             r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a"],"filter":{"column":"a","op":"eq","value":1}}}"#,
             Err(("params.filter", "only supported")),
         );
@@ -652,6 +722,15 @@ mod tests {
         check(Status::Queued, 1_000, 1_001, Status::Lost);
         check(Status::Succeeded, 1_000, 9_999, Status::Succeeded);
         check(Status::Cancelled, 1_000, 9_999, Status::Cancelled);
+        let lost = record(Status::Running, 1_763_805_600_000).error_at(1_763_805_600_001).unwrap();
+        assert_eq!(lost.code, ErrorCode::WorkerUnavailable);
+        assert_eq!(lost.message, "the worker stopped reporting progress; its lease ended at 2025-11-22T10:00:00Z");
+        assert!(!crate::public::leaks_internals(&lost.message));
+        assert_eq!(record(Status::Running, 1_000).error_at(999), None);
+        let mut failed = record(Status::Failed, 0);
+        assert_eq!(failed.error_at(1).map(|e| e.code), Some(ErrorCode::Internal), "a failure without a stored error");
+        failed.error = Some(PublicError::code(ErrorCode::TooLarge));
+        assert_eq!(failed.error_at(1), Some(PublicError::code(ErrorCode::TooLarge)));
         assert!(!record(Status::Succeeded, 0).is_expired(5_000));
         assert!(record(Status::Succeeded, 0).is_expired(5_001));
     }
@@ -673,5 +752,14 @@ mod tests {
     fn export_keys() {
         assert_eq!(export_key("user-1", "j", Format::Xlsx), "exports/user-1/j.xlsx");
         assert_eq!(export_key("auth0|42/x", "j", Format::Csv), "exports/auth0%7C42%2Fx/j.csv");
+        assert_eq!(export_key(".staging", "j", Format::Csv), "exports/%2Estaging/j.csv");
+        assert_eq!(export_key("..", "j", Format::Csv), "exports/%2E./j.csv");
+        assert_eq!(export_key("a.b", "j", Format::Csv), "exports/a.b/j.csv");
+        assert_eq!(staging_key("user-1", "j", Format::Xlsx, "rows"), "exports/.staging/user-1/j.xlsx.rows");
+        assert!(staging_key(".x", "j", Format::Csv, "carry").starts_with(STAGING_PREFIX));
+        // Nothing an owner can be named puts an export under the staging prefix.
+        for owner in [".staging", "%2Estaging", "./.staging", "/.staging", ".", "", "..staging"] {
+            assert!(!export_key(owner, "j", Format::Csv).starts_with(STAGING_PREFIX), "{owner:?}");
+        }
     }
 }

@@ -7,6 +7,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::normalize::Method;
+
 /// Why a key is not part of the grammar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("key {key:?} is not {expected}: {reason}")]
@@ -62,6 +64,21 @@ impl Stamp {
         let (hour, minute) = (rem / 3600, (rem % 3600) / 60);
         let n = (((year * 100 + month) * 100 + day) * 100 + hour) * 100 + minute;
         Stamp(n.max(0) as u64)
+    }
+
+    /// Seconds since the Unix epoch at the start of this minute (UTC).
+    pub fn to_unix_seconds(self) -> i64 {
+        let n = self.0 as i64;
+        let (year, month, day) = (n / 100_000_000, n / 1_000_000 % 100, n / 10_000 % 100);
+        let (hour, minute) = (n / 100 % 100, n % 100);
+        // Civil date to days, after H. Hinnant's `days_from_civil`.
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        days * 86_400 + hour * 3600 + minute * 60
     }
 }
 
@@ -205,6 +222,62 @@ pub fn config_key(evno: u64) -> String {
     format!("config/{evno}.json")
 }
 
+/// One upload of a series as the bucket holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUpload {
+    /// The object key as stored (a leading `/` kept).
+    pub object_key: String,
+    pub upload: UploadKey,
+    pub etag: String,
+    /// When the bucket stored it (S3's `LastModified`), in seconds since the epoch.
+    pub stored_at: i64,
+}
+
+impl StoredUpload {
+    /// Whether its stamp (UTC) is more than `max_skew_secs` after the bucket stored it: a future-dated
+    /// name or an uploader whose clock runs ahead. Such an upload never becomes the current one, or
+    /// it would stay "newest" for as long as its stamp is in the future.
+    pub fn stamped_ahead(&self, max_skew_secs: u64) -> bool {
+        let skew = i64::try_from(max_skew_secs).unwrap_or(i64::MAX);
+        self.upload.stamp.to_unix_seconds() > self.stored_at.saturating_add(skew)
+    }
+}
+
+/// What a locale result records about the upload it was built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltFrom<'a> {
+    pub object_key: &'a str,
+    pub etag: &'a str,
+    /// `None` when the result names no method this version knows.
+    pub method: Option<Method>,
+}
+
+/// Which upload of a series its locale result should reflect, and whether it already does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Current<'a> {
+    /// No upload can be used: none exists, or every one is stamped ahead.
+    Nothing,
+    /// The result was built from this upload (same object, same ETag) with the wanted method.
+    UpToDate(&'a StoredUpload),
+    /// The result must be (re)built from this upload.
+    Build(&'a StoredUpload),
+}
+
+/// Chooses the current upload of a series: the newest by (stamp, stored time, key) of those not
+/// stamped ahead. `uploads` is every upload known to exist, including the one the result was built
+/// from if that still exists, so a result is never replaced by an older upload while its own source
+/// stands. A result built from an upload that is gone, was overwritten or is stamped ahead is rebuilt
+/// from the newest one that remains: no single upload can freeze a locale.
+pub fn current_upload<'a>(uploads: &'a [StoredUpload], built: Option<BuiltFrom<'_>>, method: Method, max_skew_secs: u64) -> Current<'a> {
+    let newest = uploads
+        .iter()
+        .filter(|u| !u.stamped_ahead(max_skew_secs))
+        .max_by(|a, b| (a.upload.stamp, a.stored_at, &a.object_key).cmp(&(b.upload.stamp, b.stored_at, &b.object_key)));
+    let Some(newest) = newest else { return Current::Nothing };
+    let built_from_it = built.is_some_and(|b| b.object_key == newest.object_key && b.etag == newest.etag && b.method == Some(method));
+    if built_from_it { Current::UpToDate(newest) } else { Current::Build(newest) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +334,91 @@ mod tests {
         assert_eq!(Stamp::from_unix_seconds(0).to_string(), "197001010000");
         assert_eq!(Stamp::from_unix_seconds(1_795_361_459).to_string(), "202611221530");
         assert_eq!(Stamp::from_unix_seconds(951_782_400).to_string(), "200002290000");
+    }
+
+    #[test]
+    fn stamps_to_unix_time_and_back() {
+        for secs in [0, 951_782_400, 1_795_361_400, 4_102_444_800, 253_402_300_740] {
+            let stamp = Stamp::from_unix_seconds(secs);
+            assert_eq!(stamp.to_unix_seconds(), secs, "{stamp}");
+        }
+        assert_eq!(Stamp::parse("202611221530").unwrap().to_unix_seconds(), 1_795_361_400);
+        assert_eq!(Stamp::parse("999912312359").unwrap().to_unix_seconds(), 253_402_300_740);
+    }
+
+    const NOW: i64 = 1_795_361_459; // 2026-11-22 15:30:59 UTC
+    const HOUR: u64 = 3600;
+
+    fn stored(key: &str, etag: &str, stored_at: i64) -> StoredUpload {
+        StoredUpload { object_key: key.to_owned(), upload: UploadKey::parse(key).unwrap(), etag: etag.to_owned(), stored_at }
+    }
+
+    fn built<'a>(key: &'a str, etag: &'a str) -> Option<BuiltFrom<'a>> {
+        Some(BuiltFrom { object_key: key, etag, method: Some(Method::Share) })
+    }
+
+    #[track_caller]
+    fn check_current(uploads: &[StoredUpload], built: Option<BuiltFrom<'_>>, expect: &str) {
+        let got = match current_upload(uploads, built, Method::Share, HOUR) {
+            Current::Nothing => "nothing".to_owned(),
+            Current::UpToDate(u) => format!("up to date {}@{}", u.object_key, u.etag),
+            Current::Build(u) => format!("build {}@{}", u.object_key, u.etag),
+        };
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn uploads_stamped_ahead_of_their_storing_never_become_current() {
+        let future = stored("data/7/jp-prod-999912312359.csv", "f", NOW);
+        let skewed = stored("data/7/jp-prod-202611221731.csv", "s", NOW); // stamped 2 h ahead
+        let slightly = stored("data/7/jp-prod-202611221600.csv", "l", NOW); // 29 min ahead: within the skew
+        let current = stored("data/7/jp-prod-202611221530.csv", "c", NOW);
+        let older = stored("data/7/jp-prod-202611221500.csv", "o", NOW - 1800);
+        assert!(future.stamped_ahead(HOUR) && skewed.stamped_ahead(HOUR));
+        assert!(!slightly.stamped_ahead(HOUR) && !current.stamped_ahead(HOUR) && !current.stamped_ahead(0));
+        assert!(!skewed.stamped_ahead(3 * HOUR));
+
+        check_current(std::slice::from_ref(&future), None, "nothing");
+        check_current(&[], built("data/7/jp-prod-202611221530.csv", "c"), "nothing");
+        check_current(&[future.clone(), current.clone(), older.clone()], None, "build data/7/jp-prod-202611221530.csv@c");
+        check_current(
+            &[future.clone(), skewed.clone(), slightly.clone(), current.clone()],
+            None,
+            "build data/7/jp-prod-202611221600.csv@l",
+        );
+        // A result built from the future upload (as older versions did) does not block the current one.
+        let from_future = built("data/7/jp-prod-999912312359.csv", "f");
+        check_current(&[future.clone(), current.clone()], from_future, "build data/7/jp-prod-202611221530.csv@c");
+        check_current(std::slice::from_ref(&current), from_future, "build data/7/jp-prod-202611221530.csv@c");
+        check_current(
+            &[future, current.clone()],
+            built("data/7/jp-prod-202611221530.csv", "c"),
+            "up to date data/7/jp-prod-202611221530.csv@c",
+        );
+    }
+
+    #[test]
+    fn the_result_follows_the_newest_upload_that_exists() {
+        let new = stored("data/7/tw-prod-202611221600.csv", "n", NOW + 1800);
+        let old = stored("/data/7/tw-prod-202611221500.csv", "o", NOW - 1800);
+        let from_new = built("data/7/tw-prod-202611221600.csv", "n");
+        check_current(&[old.clone(), new.clone()], from_new, "up to date data/7/tw-prod-202611221600.csv@n");
+        // The newest deleted: rebuilt from the newest that remains.
+        check_current(std::slice::from_ref(&old), from_new, "build /data/7/tw-prod-202611221500.csv@o");
+        // The same key overwritten: a new ETag is a new upload.
+        check_current(
+            &[old.clone(), stored("data/7/tw-prod-202611221600.csv", "n2", NOW + 1900)],
+            from_new,
+            "build data/7/tw-prod-202611221600.csv@n2",
+        );
+        // Another method configured since.
+        let other_method = Some(BuiltFrom { object_key: "data/7/tw-prod-202611221600.csv", etag: "n", method: Some(Method::Rank) });
+        check_current(std::slice::from_ref(&new), other_method, "build data/7/tw-prod-202611221600.csv@n");
+        // Equal stamps: the later stored, then the greater key.
+        let same_minute = stored("data/7/tw-prod-202611221600.csv", "x", NOW + 1700);
+        let slashed = stored("/data/7/tw-prod-202611221600.csv", "y", NOW + 1700);
+        check_current(&[same_minute.clone(), new.clone()], None, "build data/7/tw-prod-202611221600.csv@n");
+        check_current(&[same_minute, slashed], None, "build data/7/tw-prod-202611221600.csv@x");
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //! - [`config`]: per-event settings ([`EventConfig`]);
 //! - [`jobs`]: async jobs: the status state machine, submit validation, canonical params;
 //! - [`ranking`]: Redis sorted sets as tallies, the global result as a ranking, top changes;
-//! - [`public`]: what a caller sees of a failure ([`public::ErrorCode`], [`public::PublicError`]).
+//! - [`public`]: what a caller sees of a failure ([`public::ErrorCode`], [`public::PublicError`]);
+//! - [`sources`]: which export sources may be read ([`sources::SourcePolicy`], prefix normalisation).
 
+pub mod budget;
+pub mod cells;
 pub mod config;
 pub mod jobs;
 pub mod key;
@@ -18,6 +21,7 @@ pub mod normalize;
 pub mod notify;
 pub mod public;
 pub mod ranking;
+pub mod sources;
 pub mod tally;
 
 pub use config::{ConfigError, EventConfig};

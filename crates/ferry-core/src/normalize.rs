@@ -7,6 +7,8 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
+use rayon::slice::ParallelSliceMut;
+
 use crate::tally::{NormRow, Tally};
 
 /// How one locale's summed scores are made comparable with another's.
@@ -123,6 +125,17 @@ pub fn normalize(method: Method, tally: &Tally) -> Vec<NormRow> {
     rows
 }
 
+/// The locale result of a tally as CSV: the bytes [`crate::tally::write_locale_result`] writes for
+/// [`normalize`]'s rows, without copying a key into a row of its own. What the normalizer runs; its
+/// peak memory is budgeted in [`crate::budget::NORMALIZE_PEAK_FACTOR`].
+pub fn locale_result(method: Method, tally: &Tally) -> Vec<u8> {
+    let scores = normalize_values(method, tally.values());
+    let mut order: Vec<usize> = (0..tally.len()).collect();
+    // Keys are distinct, so the order is total and a parallel unstable sort gives the one result.
+    order.par_sort_unstable_by(|&a, &b| by_score_then_key(scores[a], tally.key(a), scores[b], tally.key(b)));
+    crate::tally::locale_rows_csv(order.len(), order.iter().map(|&i| (tally.key(i), scores[i], tally.value(i))))
+}
+
 /// The tally's normalised scores, in the tally's order, keeping its keys where they are: what the
 /// merge needs, without a locale result's sort and raw column.
 pub fn normalize_tally(method: Method, tally: Tally) -> Tally {
@@ -212,6 +225,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn locale_result_writes_what_normalize_writes(pairs in prop::collection::vec(("[a-c,\"]{1,3}", prop_oneof![0.0f64..1e3, Just(1.0), Just(0.0)]), 0..60)) {
+            let tally: Tally = pairs.into_iter().collect();
+            for m in Method::ALL {
+                prop_assert_eq!(locale_result(m, &tally), crate::tally::write_locale_result(&normalize(m, &tally)));
+            }
+        }
+
         #[test]
         fn share_sums_to_one(values in prop::collection::vec(0.0f64..1e12, 1..200)) {
             let out = normalize_values(Method::Share, &values);

@@ -5,7 +5,11 @@
 //! - [`Status`]: `sending` -> `sent` -> `delivered` (and `failed`); [`Status::rank`] never goes down.
 //! - [`classify_status`]: a provider's HTTP status as [`Attempt`] (accepted, transient, permanent).
 //! - [`DeadLetter`] and [`RedriveFilter`]: what a dead letter says about itself, and the selection.
-//! - [`AdminRule`]: which JWT claim makes a caller an admin who may redrive.
+//! - [`AdminRule`]: which JWT claim makes a caller an admin who may redrive ([`claim_items`]: a
+//!   claim as the list API Gateway hands over); [`has_scope`]: an OAuth scope, item by item.
+//! - [`Sender`]: who submitted a notification; a notification id is unique per sender only.
+//! - [`FixedWindow`]: the per-caller submit throttle's windows.
+//! - [`mask_recipient`]: a recipient as logs may show it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -364,6 +368,9 @@ pub mod attr {
     pub const FIRST_SENT_AT: &str = "ferry-first-sent-at";
     /// When it was dead-lettered, in Unix milliseconds.
     pub const FAILED_AT: &str = "ferry-failed-at";
+    /// The [`super::Sender`] who submitted it. Set by the intake on every queued message and kept
+    /// through the DLQ and both redrives; a message without it is refused.
+    pub const SENDER: &str = "ferry-sender";
 }
 
 /// What a dead letter says about itself, from its attributes or, lacking them, its body.
@@ -372,6 +379,8 @@ pub struct DeadLetter {
     pub kind: ErrorKind,
     pub channel: Option<Channel>,
     pub notification_id: Option<String>,
+    /// Who submitted it ([`attr::SENDER`]).
+    pub sender: Option<String>,
     /// When the message first entered the source queue, in Unix milliseconds.
     pub first_sent_at: i64,
 }
@@ -387,7 +396,8 @@ impl DeadLetter {
         let channel = attrs.get(attr::CHANNEL).cloned().or_else(|| peek("channel")).and_then(|c| c.parse().ok());
         let notification_id = attrs.get(attr::NOTIFICATION_ID).cloned().or_else(|| peek("notification_id"));
         let first_sent_at = attrs.get(attr::FIRST_SENT_AT).and_then(|t| t.parse().ok()).unwrap_or(sent_timestamp);
-        DeadLetter { kind, channel, notification_id, first_sent_at }
+        let sender = attrs.get(attr::SENDER).cloned();
+        DeadLetter { kind, channel, notification_id, sender, first_sent_at }
     }
 }
 
@@ -419,7 +429,7 @@ impl RedriveFilter {
 }
 
 /// Who may redrive: a JWT claim that must hold a value. API Gateway (HTTP API, JWT authorizer)
-/// hands claims over as strings, list claims flattened to `[a b c]`; both forms are understood.
+/// hands claims over as strings; [`claim_items`] reads the list forms it produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminRule {
     pub claim: String,
@@ -434,12 +444,106 @@ impl Default for AdminRule {
 }
 
 impl AdminRule {
-    /// Whether the caller with these JWT claims is an admin.
+    /// Whether the caller with these JWT claims is an admin: one item of the claim equals the
+    /// value exactly. A scalar claim is one item, so `"user ferry-admin"` or a group named
+    /// `x,ferry-admin` is not membership.
     pub fn allows<'a>(&self, mut claim: impl FnMut(&str) -> Option<&'a str>) -> bool {
         let Some(raw) = claim(&self.claim) else { return false };
-        let inner = raw.trim().strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(raw);
-        inner.split(|c: char| c == ',' || c.is_whitespace()).map(|v| v.trim_matches('"')).any(|v| !v.is_empty() && v == self.value)
+        !self.value.is_empty() && claim_items(raw).contains(&self.value)
     }
+}
+
+/// A claim's items, in the forms API Gateway's JWT authorizer produces: a JSON array string
+/// (`["a","b"]`), an array it flattened (`[a b]`), or a single value (one item, never split).
+/// A JSON array holding anything but strings yields no items.
+pub fn claim_items(raw: &str) -> Vec<String> {
+    let trimmed = raw.trim();
+    let Some(inner) = trimmed.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
+        return if raw.is_empty() { Vec::new() } else { vec![raw.to_owned()] };
+    };
+    if inner.trim_start().starts_with('"') {
+        return match serde_json::from_str::<Vec<Value>>(trimmed) {
+            Ok(values) if values.iter().all(Value::is_string) => {
+                values.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).filter(|v| !v.is_empty()).collect()
+            }
+            _ => Vec::new(),
+        };
+    }
+    // Flattened by API Gateway: items separated by single spaces. Group names cannot hold spaces.
+    inner.split(' ').filter(|v| !v.is_empty()).map(str::to_owned).collect()
+}
+
+/// Whether an OAuth `scope` claim (space-separated) holds `required` as a whole item.
+pub fn has_scope(scope_claim: Option<&str>, required: &str) -> bool {
+    !required.is_empty() && scope_claim.is_some_and(|s| s.split(' ').any(|item| item == required))
+}
+
+/// Who submitted a notification: the JWT `sub`, or `client_id` for a client-credentials token
+/// without one. Notification ids are unique per sender, so one caller cannot occupy another's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct Sender(String);
+
+/// Longest sender accepted: it is part of a storage key and an SQS attribute.
+pub const MAX_SENDER_BYTES: usize = 256;
+
+impl Sender {
+    /// A sender as stored in a message attribute: 1 to 256 printable ASCII characters, no spaces
+    /// (it travels in the provider's `Idempotency-Key` header; JWT `sub` and `client_id` values
+    /// are such strings).
+    pub fn parse(s: &str) -> Result<Sender, String> {
+        if s.is_empty() || s.len() > MAX_SENDER_BYTES {
+            return Err(format!("must be 1 to {MAX_SENDER_BYTES} bytes, got {}", s.len()));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("must be printable ASCII without spaces".to_owned());
+        }
+        Ok(Sender(s.to_owned()))
+    }
+
+    /// The sender of a request with these verified JWT claims, if it names one.
+    pub fn from_claims<'a>(mut claim: impl FnMut(&str) -> Option<&'a str>) -> Option<Sender> {
+        ["sub", "client_id"].into_iter().filter_map(&mut claim).find(|v| !v.is_empty()).and_then(|v| Sender::parse(v).ok())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A fixed-window rate limit: at most `limit` requests per caller in each `window_secs` window
+/// (windows start at multiples of `window_secs` since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedWindow {
+    pub limit: u32,
+    pub window_secs: u64,
+}
+
+impl FixedWindow {
+    /// The window `now_secs` falls in, and the seconds until the next one starts (at least 1):
+    /// what `Retry-After` says when the window is full.
+    pub fn window(&self, now_secs: u64) -> (u64, u64) {
+        let len = self.window_secs.max(1);
+        let index = now_secs / len;
+        (index, ((index + 1) * len - now_secs).max(1))
+    }
+}
+
+/// A recipient as logs may show it: every character but the last four masked. Short values are
+/// masked whole, so no log carries a full phone number, address or device token.
+pub fn mask_recipient(recipient: &str) -> String {
+    let n = recipient.chars().count();
+    if n <= 4 {
+        return "*".repeat(n);
+    }
+    let keep = n - 4;
+    recipient.chars().enumerate().map(|(i, c)| if i < keep { '*' } else { c }).collect()
 }
 
 /// Parses a duration such as `90s`, `15m`, `2h`, `7d` (a bare number is seconds) into seconds.
@@ -589,8 +693,13 @@ mod tests {
 
     #[test]
     fn filters_select_by_kind_channel_and_age() {
-        let letter =
-            DeadLetter { kind: ErrorKind::RetriesExhausted, channel: Some(Channel::Sms), notification_id: None, first_sent_at: 1_000_000 };
+        let letter = DeadLetter {
+            kind: ErrorKind::RetriesExhausted,
+            channel: Some(Channel::Sms),
+            notification_id: None,
+            sender: None,
+            first_sent_at: 1_000_000,
+        };
         let now = 1_000_000 + 3_600_000; // an hour later
         let f = |kinds: &[ErrorKind], channels: &[Channel], min: Option<u64>, max: Option<u64>| RedriveFilter {
             kinds: kinds.to_vec(),
@@ -618,20 +727,113 @@ mod tests {
     }
 
     #[test]
-    fn admin_claims() {
+    fn admin_claims_match_whole_items() {
         let rule = AdminRule::default();
         let check = |claims: &[(&str, &str)], expect: bool| {
             let map: BTreeMap<String, String> = claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             assert_eq!(rule.allows(|k| map.get(k).map(String::as_str)), expect, "{claims:?}");
         };
+        // The forms API Gateway produces, holding the group.
         check(&[("cognito:groups", "ferry-admin")], true);
         check(&[("cognito:groups", "[support ferry-admin]")], true);
+        check(&[("cognito:groups", "[ferry-admin]")], true);
         check(&[("cognito:groups", "[\"support\",\"ferry-admin\"]")], true);
-        check(&[("cognito:groups", "[support]")], false);
+        check(&[("cognito:groups", "[\"ferry-admin\"]")], true);
+        // A scalar is one item: never split on spaces or commas.
+        check(&[("cognito:groups", "x ferry-admin")], false);
+        check(&[("cognito:groups", "user ferry-admin")], false);
+        check(&[("cognito:groups", "x,ferry-admin")], false);
+        check(&[("cognito:groups", "[x,ferry-admin]")], false);
+        check(&[("cognito:groups", "[\"x,ferry-admin\"]")], false);
+        check(&[("cognito:groups", "[\"x ferry-admin\"]")], false);
+        check(&[("cognito:groups", " ferry-admin")], false);
         check(&[("cognito:groups", "ferry-admins")], false);
+        check(&[("cognito:groups", "[ferry-admins]")], false);
+        check(&[("cognito:groups", "[\"ferry-admin\", 1]")], false);
+        check(&[("cognito:groups", "[support]")], false);
         check(&[("cognito:groups", "")], false);
+        check(&[("cognito:groups", "[]")], false);
+        // Another claim holding the value, or no claims at all (a missing authorizer).
         check(&[("scope", "ferry-admin")], false);
         check(&[], false);
+        // An empty required value never matches.
+        let empty = AdminRule { claim: "cognito:groups".into(), value: String::new() };
+        assert!(!empty.allows(|_| Some("")));
+    }
+
+    #[test]
+    fn claim_lists() {
+        let cases: [(&str, &[&str]); 7] = [
+            ("a", &["a"]),
+            ("a b", &["a b"]),
+            ("[a b]", &["a", "b"]),
+            ("[\"a\",\"b c\"]", &["a", "b c"]),
+            ("[\"a\",2]", &[]),
+            ("[\"a\"", &["[\"a\""]),
+            ("", &[]),
+        ];
+        for (raw, expect) in cases {
+            assert_eq!(claim_items(raw), expect, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn scopes_match_whole_items() {
+        let cases = [
+            (Some("notify/send"), true),
+            (Some("openid notify/send profile"), true),
+            (Some("notify/send2"), false),
+            (Some("notify"), false),
+            (Some("openid,notify/send"), false),
+            (Some(""), false),
+            (None, false),
+        ];
+        for (claim, expect) in cases {
+            assert_eq!(has_scope(claim, "notify/send"), expect, "{claim:?}");
+        }
+        assert!(!has_scope(Some(""), ""));
+    }
+
+    #[test]
+    fn senders_come_from_sub_or_client_id() {
+        let from = |claims: &[(&str, &str)]| {
+            let map: BTreeMap<String, String> = claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Sender::from_claims(|k| map.get(k).map(String::as_str)).map(|s| s.as_str().to_owned())
+        };
+        assert_eq!(from(&[("sub", "u-1"), ("client_id", "c-1")]).as_deref(), Some("u-1"));
+        assert_eq!(from(&[("client_id", "c-1")]).as_deref(), Some("c-1"));
+        assert_eq!(from(&[("sub", ""), ("client_id", "c-1")]).as_deref(), Some("c-1"));
+        assert_eq!(from(&[("iss", "x")]), None);
+        assert_eq!(from(&[("sub", "a\nb")]), None);
+        assert_eq!(from(&[("sub", "a b")]), None);
+        assert_eq!(from(&[("sub", "é")]), None);
+        assert!(Sender::parse(&"x".repeat(MAX_SENDER_BYTES)).is_ok());
+        assert!(Sender::parse(&"x".repeat(MAX_SENDER_BYTES + 1)).is_err());
+        assert!(Sender::parse("").is_err());
+    }
+
+    #[test]
+    fn fixed_windows() {
+        let w = FixedWindow { limit: 10, window_secs: 60 };
+        assert_eq!(w.window(120), (2, 60));
+        assert_eq!(w.window(179), (2, 1));
+        assert_eq!(w.window(180), (3, 60));
+        assert_eq!(FixedWindow { limit: 1, window_secs: 0 }.window(5), (5, 1));
+    }
+
+    #[test]
+    fn recipients_are_masked_but_the_last_four() {
+        let cases = [
+            ("+821012345678", "*********5678"),
+            ("kim@example.com", "***********.com"),
+            ("12345", "*2345"),
+            ("1234", "****"),
+            ("", ""),
+            ("김철수님안녕", "**수님안녕"),
+        ];
+        for (recipient, masked) in cases {
+            assert_eq!(mask_recipient(recipient), masked, "{recipient}");
+        }
     }
 
     #[test]

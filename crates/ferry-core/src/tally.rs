@@ -61,12 +61,19 @@ pub enum TallyErrorKind {
     /// A key appears twice in a file whose keys must be unique (results).
     #[error("kseq {kseq:?} appears more than once")]
     DuplicateKey { kseq: String },
+    /// An empty line: the contract has no empty records, and a body of nothing but newlines must
+    /// not pass as an empty tally.
+    #[error("the line is blank")]
+    BlankLine,
     /// The CSV itself is malformed (unequal field counts, unterminated quote...).
     #[error("malformed CSV: {message}")]
     Csv { message: String },
     /// The file is larger than the configured limit.
     #[error("the file is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
+    /// The file has more distinct keys than the memory of the function reading it can normalise.
+    #[error("{keys} distinct keys by this line need more than the {memory} bytes of memory there are to normalise them")]
+    OverMemory { keys: usize, memory: u64 },
 }
 
 impl TallyError {
@@ -186,10 +193,12 @@ impl Builder {
     }
 
     /// Sized once from the input: growing to a million keys would rehash about twenty times and
-    /// hold the old and new tables at once. Capacity never touched costs address space, not memory.
+    /// hold the old and new tables at once. The size comes from the bytes, not from the lines alone
+    /// (see [`crate::budget::key_capacity`]): a file of newlines must not reserve a table for rows it
+    /// does not have. Capacity never touched costs address space, not memory.
     fn for_input(bytes: &[u8]) -> Builder {
         let lines = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
-        Builder::with_capacity(lines, bytes.len())
+        Builder::with_capacity(crate::budget::key_capacity(bytes.len(), lines), bytes.len())
     }
 
     fn finish(self) -> Tally {
@@ -209,19 +218,35 @@ pub fn check_size(source_name: &str, size: u64, limit: u64) -> Result<(), TallyE
 
 /// Reads a regional upload and sums duplicate keys.
 pub fn read_tally(source_name: &str, bytes: &[u8]) -> Result<Tally, TallyError> {
+    read_tally_within(source_name, bytes, u64::MAX)
+}
+
+/// [`read_tally`] for a normalizer with `memory` bytes to spend: a file whose distinct keys would
+/// take more than that to normalise ([`crate::budget::normalize_peak`]) is refused at the line where
+/// they do. The size cap alone cannot promise this: short rows pack more keys into the same bytes.
+pub fn read_tally_within(source_name: &str, bytes: &[u8], memory: u64) -> Result<Tally, TallyError> {
     let mut b = Builder::for_input(bytes);
+    let input = bytes.len() as u64;
     read_records(source_name, bytes, &["kseq", "score"], |_, kseq, values| {
         let score = values[0];
         if score < 0.0 {
             return Err(TallyErrorKind::Negative { column: "score", value: score.to_string() });
         }
         // -0.0 is a valid zero; store it as +0.0 so it never prints as "-0".
-        if let Some(i) = b.insert(kseq, score + 0.0) {
-            let sum = b.tally.values[i] + score;
-            if !sum.is_finite() {
-                return Err(TallyErrorKind::SumOverflow { kseq: kseq.to_owned() });
+        match b.insert(kseq, score + 0.0) {
+            Some(i) => {
+                let sum = b.tally.values[i] + score;
+                if !sum.is_finite() {
+                    return Err(TallyErrorKind::SumOverflow { kseq: kseq.to_owned() });
+                }
+                b.tally.values[i] = sum;
             }
-            b.tally.values[i] = sum;
+            None => {
+                let keys = b.tally.len();
+                if crate::budget::normalize_peak(input, b.tally.text.len() as u64, keys as u64) > memory {
+                    return Err(TallyErrorKind::OverMemory { keys, memory });
+                }
+            }
         }
         Ok(())
     })?;
@@ -255,7 +280,15 @@ pub(crate) fn read_records(
         err(line, TallyErrorKind::Csv { message: csv_message(&e) })
     };
 
-    if !reader.read_byte_record(&mut record).map_err(csv_err)? {
+    // csv skips blank lines; each place it starts looking for a record is checked for one.
+    let blank = |record: &csv::ByteRecord| {
+        let start = record.position().map_or(0, |p| p.byte() as usize);
+        blank_line_at(bytes, start).map_or(Ok(()), |line| Err(err(Some(line), TallyErrorKind::BlankLine)))
+    };
+
+    let has_header = reader.read_byte_record(&mut record).map_err(csv_err)?;
+    blank(&record)?;
+    if !has_header {
         return Err(err(None, TallyErrorKind::NoHeader { expected: columns.join(", ") }));
     }
     let header: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).trim().to_ascii_lowercase()).collect();
@@ -273,6 +306,7 @@ pub(crate) fn read_records(
 
     let mut numbers = vec![0.0; columns.len() - 1];
     while reader.read_byte_record(&mut record).map_err(csv_err)? {
+        blank(&record)?;
         let line = record.position().map(|p| p.line());
         let field = |i: usize| record.get(positions[i]).unwrap_or_default();
         let kseq = std::str::from_utf8(field(0)).map_err(|_| err(line, TallyErrorKind::InvalidUtf8 { column: columns[0] }))?;
@@ -284,7 +318,19 @@ pub(crate) fn read_records(
         }
         row(line.unwrap_or(0), kseq, &numbers).map_err(|k| err(line, k))?;
     }
-    Ok(())
+    // Blank lines after the last record.
+    blank(&record)
+}
+
+/// The 1-based line of a blank line at `start`, where the reader began looking for a record: the
+/// bytes there are a line ending rather than a record. The LF of a CRLF whose CR ended the previous
+/// record is not one.
+fn blank_line_at(bytes: &[u8], start: usize) -> Option<u64> {
+    let mut at = start;
+    if at > 0 && bytes[at - 1] == b'\r' && bytes.get(at) == Some(&b'\n') {
+        at += 1;
+    }
+    matches!(bytes.get(at), Some(b'\r' | b'\n')).then(|| bytes[..at].iter().filter(|&&b| b == b'\n').count() as u64 + 1)
 }
 
 fn parse_number(column: &'static str, raw: &[u8]) -> Result<f64, TallyErrorKind> {
@@ -336,12 +382,17 @@ pub fn format_number(buf: &mut ryu::Buffer, value: f64) -> &str {
 
 /// Writes a locale result, `kseq,score,raw`, in the order given.
 pub fn write_locale_result(rows: &[NormRow]) -> Vec<u8> {
-    let mut out = csv::Writer::from_writer(Vec::with_capacity(rows.len() * 32 + 16));
+    locale_rows_csv(rows.len(), rows.iter().map(|r| (r.kseq.as_str(), r.score, r.raw)))
+}
+
+/// The one writer of locale results: `len` rows of (kseq, score, raw) after the header.
+pub(crate) fn locale_rows_csv<'a>(len: usize, rows: impl Iterator<Item = (&'a str, f64, f64)>) -> Vec<u8> {
+    let mut out = csv::Writer::from_writer(Vec::with_capacity(len * 32 + 16));
     let mut a = ryu::Buffer::new();
     let mut b = ryu::Buffer::new();
     write_row(&mut out, ["kseq", "score", "raw"]);
-    for r in rows {
-        write_row(&mut out, [r.kseq.as_str(), format_number(&mut a, r.score), format_number(&mut b, r.raw)]);
+    for (kseq, score, raw) in rows {
+        write_row(&mut out, [kseq, format_number(&mut a, score), format_number(&mut b, raw)]);
     }
     finish(out)
 }
@@ -455,6 +506,43 @@ mod tests {
         check_err(b"kseq,score\na,1\nb,2,3\n", Some(3), "3 fields but the header has 2");
         check_err(b"kseq,score\na,1e308\na,1e308\n", Some(3), "overflows");
         check_err(b"kseq,score\na,12a\n", Some(2), "not a number: \"12a\"");
+    }
+
+    #[test]
+    fn blank_lines_are_bad_input_but_crlf_is_not() {
+        for ok in [
+            &b"kseq,score\r\na,1\r\nb,2\r\n"[..],
+            b"kseq,score\r\na,1\r\nb,2",
+            b"kseq,score\ra,1\rb,2\r",
+            b"kseq,score\n\"x\n\ny\",1\nb,2\n",
+        ] {
+            let t = read_tally("f", ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+            assert_eq!(t.len(), 2, "{ok:?}");
+        }
+        check_err(b"kseq,score\n\n", Some(2), "line 2: the line is blank");
+        check_err(b"kseq,score\na,1\n\nb,2\n", Some(3), "blank");
+        check_err(b"kseq,score\r\na,1\r\n\r\n", Some(3), "blank");
+        check_err(b"\nkseq,score\na,1\n", Some(1), "blank");
+        check_err(b"\xEF\xBB\xBF\r\nkseq,score\n", Some(1), "blank");
+        check_err(format!("kseq,score\n{}", "\n".repeat(1000)).as_bytes(), Some(2), "blank");
+        let e = read_locale_result("r", b"kseq,score,raw\na,1,1\n\n").unwrap_err();
+        assert_eq!((e.line, e.kind), (Some(3), TallyErrorKind::BlankLine));
+    }
+
+    #[test]
+    fn keys_over_the_memory_are_refused_at_their_line() {
+        let rows: String = (0..1000).map(|i| format!("{i},1\n")).collect();
+        let input = format!("kseq,score\n{rows}");
+        let all = read_tally_within("f", input.as_bytes(), u64::MAX).unwrap();
+        assert_eq!(all.len(), 1000);
+        // Room for 500 keys, not 501.
+        let memory = crate::budget::normalize_peak(input.len() as u64, all.iter().take(500).map(|(k, _)| k.len() as u64).sum(), 500);
+        let e = read_tally_within("f", input.as_bytes(), memory).unwrap_err();
+        assert_eq!((e.line, e.kind.clone()), (Some(502), TallyErrorKind::OverMemory { keys: 501, memory }), "{e}");
+        assert!(e.to_string().starts_with("f: line 502: 501 distinct keys by this line need more than"), "{e}");
+        // Repeats of known keys cost nothing more.
+        let repeats = format!("kseq,score\n{}", "7,1\n".repeat(5000));
+        assert_eq!(read_tally_within("f", repeats.as_bytes(), memory).unwrap().len(), 1);
     }
 
     #[test]

@@ -28,9 +28,11 @@ use tokio::task::JoinHandle;
 pub const APIGW_HTTP_JOBS: &str = include_str!("../../../events/apigw-http-jobs.json");
 
 /// A `job-api` request: `method` on `path` (with an optional query string), `body`, from the caller
-/// whose JWT `sub` is `owner` (`None`: no verified identity).
+/// whose JWT `sub` is `owner` (`None`: no verified identity). Each request gets its own request id,
+/// as API Gateway gives it.
 pub fn api_request(method: &str, path_and_query: &str, body: Option<&str>, owner: Option<&str>) -> lambda_http::Request {
     let mut event: serde_json::Value = serde_json::from_str(APIGW_HTTP_JOBS).expect("events/apigw-http-jobs.json is valid JSON");
+    event["requestContext"]["requestId"] = next_request_id().into();
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
     event["rawPath"] = path.into();
     event["rawQueryString"] = query.into();
@@ -59,6 +61,12 @@ pub fn api_request(method: &str, path_and_query: &str, body: Option<&str>, owner
         }
     }
     lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
+}
+
+/// A request id unique in this process (`req-{pid}-{n}`).
+pub fn next_request_id() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("req-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Calls the API handler like API Gateway does, and returns the status and JSON body.
@@ -195,6 +203,7 @@ async fn invoke(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     ctx.deadline = now + server.run_for.as_millis() as u64;
     ctx.invoked_function_arn = format!("arn:aws:lambda:us-east-1:123456789012:function:{name}");
+    ctx.request_id = next_request_id();
     let task = tokio::spawn(async move { worker::handle(&worker, LambdaEvent::new(payload, ctx)).await.map_err(|e| e.to_string()) });
     if let Ok(mut t) = server.invocations.tasks.lock() {
         t.push(task);
@@ -282,6 +291,7 @@ pub async fn run(conf: &SdkConfig, orders: u64) -> anyhow::Result<String> {
         bucket: format!("ferry-demo-exports-{suffix}"),
         worker_function: "job-worker".into(),
         page_size: 2_000,
+        source_tables: vec![ferry_core::sources::TablePattern::parse("ferry-demo-orders-*")?],
         ..JobSettings::default()
     });
     let orders_table = format!("ferry-demo-orders-{suffix}");

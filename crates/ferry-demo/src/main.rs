@@ -25,7 +25,7 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         orders: u64,
     },
-    /// 1,000 notifications through SQS, some malformed, some hitting a failing provider; fix it, redrive, check each was delivered once.
+    /// Two senders sharing a notification id through the intake; 1,000 notifications through SQS, some malformed, some hitting a failing provider; fix it, redrive, check each was delivered once and dead-lettered at most once.
     Notify,
     /// Regional Redis sorted sets -> push -> normalize/merge -> pull into each region's Redis; print the ranking from Redis.
     Edge {

@@ -7,13 +7,19 @@
 //! - `DELETE /jobs/{id}`: cancel; the worker stops at its next page.
 //!
 //! The owner is the JWT `sub` the authorizer verified. Another owner's job is 404, as is a job past its
-//! retention. Client errors are JSON `{"error": {"field": ..., "message": ...}}`.
+//! retention. Every error answer is `{"error": {"code", "message", "field"?, "request_id"}}` (a
+//! `ferry_core::public::PublicError`): a code from a closed set and a message built from what the
+//! caller sent. Causes go to the log under the same request id, never into a body.
+//!
+//! A submit's source must be on the allowlist (`JobSettings::source_policy`); it is stored in
+//! normalised form, which is what the worker reads.
 
 use std::sync::Arc;
 
 use ferry_aws::jobs::{InvokeError, JobStoreError, JobTable, NewJob, Refused, Submitted, WorkerPayload};
 use ferry_aws::s3::{S3Error, Store};
 use ferry_core::jobs::{self, JobRecord, ListCursor, Status, SubmitError};
+use ferry_core::public::{ErrorCode, PublicError};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -32,7 +38,8 @@ pub struct Api {
     pub settings: Arc<JobSettings>,
 }
 
-/// A failure that is the service's, not the caller's (API Gateway answers 500).
+/// A failure that is the service's, not the caller's. Logged in full; the caller gets
+/// `unavailable` and the request id.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
@@ -41,13 +48,55 @@ pub enum ApiError {
     S3(#[from] S3Error),
 }
 
-impl From<ApiError> for Diagnostic {
-    fn from(e: ApiError) -> Diagnostic {
-        let error_type = match &e {
+impl ApiError {
+    fn kind(&self) -> &'static str {
+        match self {
             ApiError::Store(_) => "StoreError",
             ApiError::S3(_) => "S3Error",
-        };
-        Diagnostic { error_type: error_type.to_owned(), error_message: e.to_string() }
+        }
+    }
+}
+
+impl From<ApiError> for Diagnostic {
+    fn from(e: ApiError) -> Diagnostic {
+        Diagnostic { error_type: e.kind().to_owned(), error_message: e.to_string() }
+    }
+}
+
+/// Who is asking, and the id the log files this request under.
+#[derive(Debug, Clone)]
+struct Caller {
+    owner: Option<String>,
+    request_id: Option<String>,
+}
+
+impl Caller {
+    /// `e` as an answer, with the request id to quote. The status follows the code.
+    fn error(&self, e: PublicError) -> Response<Body> {
+        let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self.error_with(status, e, None)
+    }
+
+    /// `e` with an explicit status and extra members beside `error` (the job it is about).
+    fn error_with(&self, status: StatusCode, mut e: PublicError, extra: Option<(&str, Value)>) -> Response<Body> {
+        if let Some(id) = &self.request_id {
+            e.request_id = Some(id.clone());
+        }
+        let mut body = json!({ "error": e });
+        if let Some((k, v)) = extra {
+            body[k] = v;
+        }
+        respond(status, body)
+    }
+
+    /// A request the caller must fix: logged with who asked, answered 400 naming the field.
+    fn bad_request(&self, e: &SubmitError) -> Response<Body> {
+        tracing::warn!(owner = self.owner, request_id = self.request_id, field = e.field, reason = e.message, "request refused");
+        self.error(e.public())
+    }
+
+    fn not_found(&self) -> Response<Body> {
+        self.error(PublicError::new(ErrorCode::NotFound, "no such job").with_field("id"))
     }
 }
 
@@ -58,16 +107,14 @@ fn respond(status: StatusCode, body: Value) -> Response<Body> {
     r
 }
 
-fn client_error(status: StatusCode, field: &str, message: &str) -> Response<Body> {
-    respond(status, json!({ "error": { "field": field, "message": message } }))
-}
-
-fn bad_request(e: &SubmitError) -> Response<Body> {
-    client_error(StatusCode::BAD_REQUEST, &e.field, &e.message)
-}
-
-fn not_found() -> Response<Body> {
-    client_error(StatusCode::NOT_FOUND, "id", "no such job")
+/// The Lambda request id (the one in the function's log lines), or API Gateway's when the handler
+/// runs outside Lambda.
+fn request_id(req: &Request) -> Option<String> {
+    let lambda = req.lambda_context_ref().map(|c| c.request_id.clone()).filter(|id| !id.is_empty());
+    lambda.or_else(|| match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => ctx.request_id.clone().filter(|id| !id.is_empty()),
+        _ => None,
+    })
 }
 
 /// The JWT `sub` of the caller, as API Gateway's JWT authorizer put it in the request context.
@@ -100,14 +147,6 @@ fn rfc3339(ms: i64) -> Value {
 /// A job as the API shows it. `download` is added for a succeeded job by [`Api::view`].
 fn summary(job: &JobRecord, now: i64) -> Value {
     let status = job.status_at(now);
-    let error = match status {
-        Status::Lost => Some(format!(
-            "the worker stopped reporting progress; its lease ended at {}",
-            rfc3339(job.lease_expires_at).as_str().unwrap_or("?")
-        )),
-        Status::Failed => job.error.clone(),
-        _ => None,
-    };
     let mut v = json!({
         "id": job.id,
         "kind": job.kind.as_str(),
@@ -119,8 +158,8 @@ fn summary(job: &JobRecord, now: i64) -> Value {
         "updated_at": rfc3339(job.updated_at),
         "retained_until": rfc3339(job.retain_until),
     });
-    if let Some(e) = error {
-        v["error"] = Value::String(e);
+    if let Some(e) = job.error_at(now) {
+        v["error"] = json!(e);
     }
     v
 }
@@ -153,41 +192,65 @@ impl Api {
     }
 }
 
-/// Handles one request.
+/// Handles one request. Never fails: a failure of a dependency is logged with its cause and
+/// answered `unavailable` with the request id, so that API Gateway's bare 500 is never the answer.
 pub async fn handle(api: &Api, req: Request) -> Result<Response<Body>, ApiError> {
-    let Some(owner) = owner(&req) else {
-        return Ok(client_error(StatusCode::UNAUTHORIZED, "authorization", "no verified identity (JWT sub) on the request"));
+    let caller = Caller { owner: owner(&req), request_id: request_id(&req) };
+    match route(api, &req, &caller).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            tracing::error!(owner = caller.owner, request_id = caller.request_id, kind = e.kind(), error = %e, "request failed");
+            Ok(caller.error(PublicError::code(ErrorCode::Unavailable)))
+        }
+    }
+}
+
+async fn route(api: &Api, req: &Request, caller: &Caller) -> Result<Response<Body>, ApiError> {
+    let Some(owner) = caller.owner.as_deref() else {
+        let e = PublicError::new(ErrorCode::Unauthorized, "no verified identity (JWT sub) on the request").with_field("authorization");
+        return Ok(caller.error(e));
     };
     let path = req.raw_http_path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     match (segments.as_slice(), method) {
-        (["jobs"], Method::POST) => submit(api, &req, &owner).await,
-        (["jobs"], Method::GET) => list(api, &req, &owner).await,
+        (["jobs"], Method::POST) => submit(api, req, caller, owner).await,
+        (["jobs"], Method::GET) => list(api, req, caller, owner).await,
         (["jobs", id], Method::GET) => {
             let now = now_ms();
-            match api.owned(id, &owner, now).await? {
+            match api.owned(id, owner, now).await? {
                 Some(job) => Ok(respond(StatusCode::OK, api.view(&job, now).await?)),
-                None => Ok(not_found()),
+                None => Ok(caller.not_found()),
             }
         }
-        (["jobs", id], Method::DELETE) => cancel(api, id, &owner).await,
-        (["jobs"] | ["jobs", _], _) => Ok(client_error(StatusCode::METHOD_NOT_ALLOWED, "method", "not allowed on this path")),
-        _ => Ok(client_error(StatusCode::NOT_FOUND, "path", "no such resource")),
+        (["jobs", id], Method::DELETE) => cancel(api, caller, id, owner).await,
+        (["jobs"] | ["jobs", _], _) => {
+            let e = PublicError::new(ErrorCode::BadRequest, "not allowed on this path").with_field("method");
+            Ok(caller.error_with(StatusCode::METHOD_NOT_ALLOWED, e, None))
+        }
+        _ => Ok(caller.error(PublicError::new(ErrorCode::NotFound, "no such resource").with_field("path"))),
     }
 }
 
-async fn submit(api: &Api, req: &Request, owner: &str) -> Result<Response<Body>, ApiError> {
+async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Result<Response<Body>, ApiError> {
     let body: &[u8] = match req.body() {
         Body::Empty => b"",
         Body::Text(t) => t.as_bytes(),
         Body::Binary(b) => b,
         _ => b"",
     };
-    let request = match jobs::parse_submit(body) {
+    let mut request = match jobs::parse_submit(body) {
         Ok(r) => r,
-        Err(e) => return Ok(bad_request(&e)),
+        Err(e) => return Ok(caller.bad_request(&e)),
     };
+    // Checked before anything is written: a refused source never becomes a job.
+    match api.settings.source_policy().admit(&request.params.source) {
+        Ok(source) => request.params.source = source,
+        Err(e) => {
+            tracing::warn!(owner, request_id = caller.request_id, source = ?request.params.source, "source refused by the allowlist");
+            return Ok(caller.bad_request(&e));
+        }
+    }
     let now = now_ms();
     let id = uuid::Uuid::new_v4().to_string();
     let new = NewJob {
@@ -207,25 +270,32 @@ async fn submit(api: &Api, req: &Request, owner: &str) -> Result<Response<Body>,
         }
         Submitted::Busy { holder } => {
             let message = format!("an identical job ({holder}) is being created; retry shortly");
-            return Ok(client_error(StatusCode::CONFLICT, "params", &message));
+            return Ok(caller.error(PublicError::new(ErrorCode::Conflict, message).with_field("params")));
         }
         Submitted::Created(job) => job,
     };
-    tracing::info!(job_id = job.id, owner, kind = %job.kind, "job created");
+    tracing::info!(job_id = job.id, owner, request_id = caller.request_id, kind = %job.kind, "job created");
     let payload = WorkerPayload { job_id: job.id.clone(), attempt: 0 };
+    let unstarted = || {
+        let e = PublicError::code(ErrorCode::WorkerUnavailable);
+        match &caller.request_id {
+            Some(id) => e.with_request_id(id.clone()),
+            None => e,
+        }
+    };
     match api.settings.invoke_mode {
         InvokeMode::Await => {
             if let Err(e) = start_worker(api, &payload).await {
-                let failed = fail_unstarted(api, &job, &e).await?;
-                let body = json!({ "job": summary(&failed, now_ms()), "error": { "field": "worker", "message": e.to_string() } });
-                return Ok(respond(StatusCode::SERVICE_UNAVAILABLE, body));
+                let failed = fail_unstarted(api, &job, &e, &unstarted()).await?;
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(caller.error_with(status, unstarted(), Some(("job", summary(&failed, now_ms())))));
             }
         }
         InvokeMode::Detached => {
-            let (api, job) = (api.clone(), job.clone());
+            let (api, job, error) = (api.clone(), job.clone(), unstarted());
             tokio::spawn(async move {
                 if let Err(e) = start_worker(&api, &payload).await {
-                    let _ = fail_unstarted(&api, &job, &e).await;
+                    let _ = fail_unstarted(&api, &job, &e, &error).await;
                 }
             });
         }
@@ -242,24 +312,25 @@ async fn start_worker(api: &Api, payload: &WorkerPayload) -> Result<(), InvokeEr
 }
 
 /// The worker could not be started: fail the job and free its lock, so nothing is left orphaned.
-async fn fail_unstarted(api: &Api, job: &JobRecord, e: &InvokeError) -> Result<JobRecord, ApiError> {
-    tracing::error!(job_id = job.id, error = %e, "starting the worker failed; failing the job");
-    Ok(match api.table.fail(&job.id, None, &format!("the worker could not be started: {e}"), now_ms()).await? {
+/// The job records `error`; the cause goes to the log.
+async fn fail_unstarted(api: &Api, job: &JobRecord, e: &InvokeError, error: &PublicError) -> Result<JobRecord, ApiError> {
+    tracing::error!(job_id = job.id, request_id = error.request_id, error = %e, "starting the worker failed; failing the job");
+    Ok(match api.table.fail(&job.id, None, error, now_ms()).await? {
         Ok(j) => j,
         Err(Refused::NotOurs(j)) => *j,
         Err(_) => job.clone(),
     })
 }
 
-async fn list(api: &Api, req: &Request, owner: &str) -> Result<Response<Body>, ApiError> {
+async fn list(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Result<Response<Body>, ApiError> {
     let query = req.query_string_parameters();
     let limit = match jobs::parse_page_size(query.first("limit")) {
         Ok(l) => l,
-        Err(e) => return Ok(bad_request(&e)),
+        Err(e) => return Ok(caller.bad_request(&e)),
     };
     let cursor = match query.first("cursor").map(ListCursor::decode).transpose() {
         Ok(c) => c,
-        Err(e) => return Ok(bad_request(&e)),
+        Err(e) => return Ok(caller.bad_request(&e)),
     };
     let now = now_ms();
     let (found, next) = api.table.list(owner, limit, cursor.as_ref(), now).await?;
@@ -267,9 +338,9 @@ async fn list(api: &Api, req: &Request, owner: &str) -> Result<Response<Body>, A
     Ok(respond(StatusCode::OK, json!({ "jobs": jobs, "next_cursor": next.map(|c| c.encode()) })))
 }
 
-async fn cancel(api: &Api, id: &str, owner: &str) -> Result<Response<Body>, ApiError> {
+async fn cancel(api: &Api, caller: &Caller, id: &str, owner: &str) -> Result<Response<Body>, ApiError> {
     let now = now_ms();
-    let Some(job) = api.owned(id, owner, now).await? else { return Ok(not_found()) };
+    let Some(job) = api.owned(id, owner, now).await? else { return Ok(caller.not_found()) };
     match api.table.cancel(&job.id, owner, now).await? {
         Ok(cancelled) => {
             tracing::info!(job_id = cancelled.id, "job cancelled");
@@ -278,14 +349,12 @@ async fn cancel(api: &Api, id: &str, owner: &str) -> Result<Response<Body>, ApiE
         // Already ended (or cancelled): say how.
         Err(Refused::NotOurs(_) | Refused::Cancelled) => match api.owned(id, owner, now).await? {
             Some(current) => {
-                let body = json!({
-                    "error": { "field": "status", "message": format!("the job is already {}", current.status_at(now)) },
-                    "job": summary(&current, now),
-                });
-                Ok(respond(StatusCode::CONFLICT, body))
+                let message = format!("the job is already {}", current.status_at(now));
+                let e = PublicError::new(ErrorCode::Conflict, message).with_field("status");
+                Ok(caller.error_with(StatusCode::CONFLICT, e, Some(("job", summary(&current, now)))))
             }
-            None => Ok(not_found()),
+            None => Ok(caller.not_found()),
         },
-        Err(Refused::Missing) => Ok(not_found()),
+        Err(Refused::Missing) => Ok(caller.not_found()),
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use ferry_core::jobs::XLSX_MAX_ROWS;
+use ferry_core::sources::{self, DatasetLocation, SourcePolicy, TablePattern};
 
 /// How the API starts a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,12 @@ pub struct JobSettings {
     pub read_ahead: usize,
     /// Largest S3 dataset object read (it is parsed whole).
     pub max_object_bytes: u64,
+    /// Where S3 datasets may be read (`FERRY_EXPORT_DATASETS`); `None`: `datasets/` of `bucket`.
+    pub dataset_locations: Option<Vec<DatasetLocation>>,
+    /// DynamoDB tables exports may read (`FERRY_EXPORT_SOURCE_TABLES`); none by default.
+    pub source_tables: Vec<TablePattern>,
+    /// The stack's deliveries table (`FERRY_NOTIFY_TABLE`), never a source.
+    pub notify_table: Option<String>,
 }
 
 impl Default for JobSettings {
@@ -67,18 +74,27 @@ impl Default for JobSettings {
             part_bytes: ferry_aws::exports::MIN_PART_BYTES,
             read_ahead: 4,
             max_object_bytes: 512 * 1024 * 1024,
+            dataset_locations: None,
+            source_tables: Vec::new(),
+            notify_table: None,
         }
     }
 }
 
 impl JobSettings {
     /// Reads `FERRY_JOBS_TABLE`, `FERRY_EXPORT_BUCKET`, `FERRY_JOB_WORKER_FUNCTION`, `FERRY_JOB_INVOKE`
-    /// (`await` or `detached`), `FERRY_JOB_RETENTION_HOURS`, `FERRY_JOB_PAGE_SIZE` and
-    /// `FERRY_JOB_CONTINUE_MARGIN_SECS`; unset ones keep their defaults, malformed ones are an error
-    /// naming the variable.
+    /// (`await` or `detached`), `FERRY_JOB_RETENTION_HOURS`, `FERRY_JOB_PAGE_SIZE`,
+    /// `FERRY_JOB_CONTINUE_MARGIN_SECS`, `FERRY_EXPORT_DATASETS` (comma-separated `bucket/prefix`),
+    /// `FERRY_EXPORT_SOURCE_TABLES` (comma-separated names or patterns) and `FERRY_NOTIFY_TABLE`;
+    /// unset ones keep their defaults, malformed ones are an error naming the variable.
     pub fn from_env() -> Result<JobSettings, String> {
+        JobSettings::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`JobSettings::from_env`] over any source of variables.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<JobSettings, String> {
         let mut s = JobSettings::default();
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let number = |name: &str, v: String| v.parse::<u64>().map_err(|_| format!("{name}: {v:?} is not a whole number"));
         if let Some(v) = var("FERRY_JOBS_TABLE") {
             s.table = v;
@@ -106,7 +122,29 @@ impl JobSettings {
         if let Some(v) = var("FERRY_JOB_CONTINUE_MARGIN_SECS") {
             s.continue_margin = Duration::from_secs(number("FERRY_JOB_CONTINUE_MARGIN_SECS", v)?);
         }
+        if let Some(v) = var("FERRY_EXPORT_DATASETS") {
+            let list = sources::parse_list(&v, DatasetLocation::parse).map_err(|e| format!("FERRY_EXPORT_DATASETS: {e}"))?;
+            s.dataset_locations = Some(list);
+        }
+        if let Some(v) = var("FERRY_EXPORT_SOURCE_TABLES") {
+            s.source_tables = sources::parse_list(&v, TablePattern::parse).map_err(|e| format!("FERRY_EXPORT_SOURCE_TABLES: {e}"))?;
+        }
+        s.notify_table = var("FERRY_NOTIFY_TABLE");
         Ok(s)
+    }
+
+    /// What exports may read: the allowlist, minus the stack's own bucket prefixes and tables.
+    pub fn source_policy(&self) -> SourcePolicy {
+        let datasets = match &self.dataset_locations {
+            Some(list) => list.clone(),
+            None => DatasetLocation::new(&self.bucket, "datasets/").map(|l| vec![l]).unwrap_or_default(),
+        };
+        SourcePolicy {
+            own_bucket: self.bucket.clone(),
+            own_tables: [Some(self.table.clone()), self.notify_table.clone()].into_iter().flatten().collect(),
+            datasets,
+            tables: self.source_tables.clone(),
+        }
     }
 }
 
@@ -117,4 +155,51 @@ pub fn now_ms() -> i64 {
 
 pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<JobSettings, String> {
+        JobSettings::from_vars(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
+    }
+
+    #[test]
+    fn the_allowlist_comes_from_the_environment() {
+        let s = from(&[
+            ("FERRY_JOBS_TABLE", "ferry-dev-jobs"),
+            ("FERRY_EXPORT_BUCKET", "ferry-dev-1"),
+            ("FERRY_NOTIFY_TABLE", "ferry-dev-notify-deliveries"),
+            ("FERRY_EXPORT_DATASETS", "ferry-dev-1/datasets/, lake/shop/orders"),
+            ("FERRY_EXPORT_SOURCE_TABLES", "orders,ferry-*"),
+        ])
+        .unwrap();
+        let p = s.source_policy();
+        assert_eq!(p.own_bucket, "ferry-dev-1");
+        assert_eq!(p.own_tables, ["ferry-dev-jobs", "ferry-dev-notify-deliveries"]);
+        assert_eq!(p.datasets.iter().map(ToString::to_string).collect::<Vec<_>>(), ["ferry-dev-1/datasets/", "lake/shop/orders/"]);
+        assert_eq!(p.tables.iter().map(ToString::to_string).collect::<Vec<_>>(), ["orders", "ferry-*"]);
+        // The pattern covers the stack's own tables; they are refused all the same.
+        let scan = |t: &str| ferry_core::jobs::Source::DynamodbScan { table: t.into(), segments: 1 };
+        assert!(p.admit(&scan("ferry-src-orders")).is_ok());
+        assert_eq!(p.admit(&scan("ferry-dev-jobs")).unwrap_err().field, "params.source.table");
+        assert_eq!(p.admit(&scan("ferry-dev-notify-deliveries")).unwrap_err().field, "params.source.table");
+    }
+
+    #[test]
+    fn defaults_read_datasets_of_the_own_bucket_and_no_table() {
+        let p = from(&[("FERRY_EXPORT_BUCKET", "ferry-dev-1"), ("FERRY_EXPORT_SOURCE_TABLES", " ")]).unwrap().source_policy();
+        assert_eq!(p.datasets.iter().map(ToString::to_string).collect::<Vec<_>>(), ["ferry-dev-1/datasets/"]);
+        assert!(p.tables.is_empty());
+        assert_eq!(p.own_tables, ["ferry-jobs"]);
+    }
+
+    #[test]
+    fn malformed_allowlists_name_the_variable() {
+        let e = from(&[("FERRY_EXPORT_DATASETS", "lake/../x")]).unwrap_err();
+        assert!(e.starts_with("FERRY_EXPORT_DATASETS: \"lake/../x\""), "{e}");
+        let e = from(&[("FERRY_EXPORT_SOURCE_TABLES", "orders,arn:aws:dynamodb:x")]).unwrap_err();
+        assert!(e.starts_with("FERRY_EXPORT_SOURCE_TABLES:"), "{e}");
+    }
 }

@@ -1,10 +1,14 @@
 //! The worker Lambda: invoked asynchronously with `{"job_id": ..., "attempt": n}`, it claims that
 //! attempt of the job, runs the export, and records the outcome. A duplicate delivery finds the
 //! attempt claimed and does nothing; a run that is out of time checkpoints and invokes attempt n+1.
+//!
+//! A failure is logged in full with the Lambda request id; the job records only what its owner may
+//! see ([`ExportError::public`]) and that request id, to quote.
 
 use std::sync::Arc;
 
 use ferry_aws::jobs::{Beat, InvokeError, JobStoreError, Refused, WorkerPayload};
+use ferry_core::public::{ErrorCode, PublicError};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Serialize;
 
@@ -48,7 +52,7 @@ pub enum WorkerReport {
     Failed {
         job_id: String,
         attempt: u32,
-        error: String,
+        error: PublicError,
     },
 }
 
@@ -87,6 +91,8 @@ fn deadline_of(ctx: &lambda_runtime::Context) -> i64 {
 pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Result<WorkerReport, WorkerError> {
     let payload: WorkerPayload = serde_json::from_value(event.payload).map_err(|e| WorkerError::BadEvent(e.to_string()))?;
     let deadline = deadline_of(&event.context);
+    let request_id = event.context.request_id.clone();
+    let stamp = |e: PublicError| if request_id.is_empty() { e } else { e.with_request_id(request_id.clone()) };
     let (job_id, attempt) = (payload.job_id.clone(), payload.attempt);
     let settings = Arc::clone(&state.env.settings);
     let table = &state.env.table;
@@ -104,7 +110,7 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
     let job = claimed.record;
     tracing::info!(job_id, attempt, resumed = claimed.checkpoint.is_some(), "job claimed");
     let outcome = export::run(&state.env, &job, claimed.checkpoint.as_deref(), deadline).await;
-    let fail = |error: String| async move {
+    let fail = |error: PublicError| async move {
         if let Err(e) = table.fail(&job.id, Some(attempt), &error, now_ms()).await {
             tracing::error!(job_id = job.id, error = %e, "could not mark the job failed; it will read lost when its lease ends");
         }
@@ -124,7 +130,9 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
         Ok(Outcome::Continued(cp)) => {
             let next = attempt + 1;
             if next > settings.max_continuations {
-                let error = format!("the export needs more than {} continuations", settings.max_continuations);
+                let message = format!("the export needs more than {} continuations", settings.max_continuations);
+                let error = stamp(PublicError::new(ErrorCode::TooLarge, message));
+                tracing::error!(job_id, attempt, request_id, "out of continuations; failing the job");
                 // The checkpoint already handed the job to `next`, which will never run: fail it there.
                 let _ = table.claim(&job_id, next, now_ms(), ms(settings.lease)).await;
                 if let Err(e) = table.fail(&job_id, Some(next), &error, now_ms()).await {
@@ -139,8 +147,9 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
             };
             let payload = WorkerPayload { job_id: job_id.clone(), attempt: next };
             if let Err(e) = ferry_aws::jobs::invoke_worker(&state.lambda, &function, &payload).await {
+                tracing::error!(job_id, attempt, request_id, error = %e, "invoking the continuation failed; failing the job");
                 let _ = table.claim(&job_id, next, now_ms(), ms(settings.lease)).await;
-                let _ = table.fail(&job_id, Some(next), &e.to_string(), now_ms()).await;
+                let _ = table.fail(&job_id, Some(next), &stamp(PublicError::code(ErrorCode::WorkerUnavailable)), now_ms()).await;
                 return Err(WorkerError::Continue { job_id, source: e });
             }
             tracing::info!(job_id, attempt, rows = cp.rows, partition = cp.partition, "continuing in a new invocation");
@@ -148,8 +157,9 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
         }
         Ok(Outcome::Stopped(refused)) => Ok(stopped(job_id, attempt, refused)),
         Err(e) => {
-            tracing::error!(job_id, attempt, error = %e, kind = e.kind(), "export failed");
-            fail(e.to_string()).await;
+            let public = stamp(e.public(&job.params));
+            tracing::error!(job_id, attempt, request_id, error = %e, kind = e.kind(), code = %public.code, "export failed");
+            fail(public).await;
             Err(WorkerError::Export { job_id, source: e })
         }
     }

@@ -1,12 +1,16 @@
 //! The SQS consumer: one event is a batch of queued notifications; each record succeeds or fails
 //! alone, and only transient failures come back (`ReportBatchItemFailures`).
+//!
+//! Every record must carry its sender ([`attr::SENDER`], set by the intake); one without is
+//! dead-lettered as invalid, so nothing reaches the provider except through `POST /notifications`.
+//! Claims are keyed on (sender, notification id), and a message is dead-lettered at most once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use ferry_aws::notify::{Claim, DeliveryTable, NotifyAwsError, SqsClient, now_ms, send_dead_letter};
-use ferry_core::notify::{Channel, ErrorKind, Notification, Status, attr};
+use ferry_aws::notify::{Claim, DeliveryTable, LetterScope, LetterSlot, NotifyAwsError, SqsClient, now_ms, send_dead_letter};
+use ferry_core::notify::{Channel, ErrorKind, Notification, Sender, Status, attr, mask_recipient};
 use futures::StreamExt;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 
@@ -68,6 +72,9 @@ pub enum RecordOutcome {
     AlreadyDone { notification_id: String, status: Status },
     /// Failed permanently: now in the DLQ with attributes saying why, and acknowledged.
     DeadLettered { notification_id: Option<String>, kind: ErrorKind, error: String },
+    /// Failed permanently, and the DLQ already holds it (a redelivered copy, or another message of
+    /// the same notification): acknowledged without a second dead letter.
+    AlreadyDeadLettered { notification_id: Option<String>, kind: ErrorKind },
     /// Failed transiently: reported in `batchItemFailures`, so SQS delivers it again.
     Retry { notification_id: Option<String>, reason: String },
 }
@@ -124,12 +131,12 @@ pub async fn handle(consumer: &Consumer, event: LambdaEvent<SqsEvent>) -> Result
 pub async fn process(consumer: &Consumer, event: &SqsEvent) -> Vec<RecordReport> {
     // Copies of one notification in one batch run one after the other: the second then finds the
     // first's record and is acknowledged, instead of racing it for the claim and coming back later.
-    let locks: HashMap<String, tokio::sync::Mutex<()>> =
-        event.records.iter().filter_map(|r| peek_id(r.body.as_deref()?)).map(|id| (id, tokio::sync::Mutex::new(()))).collect();
+    let locks: HashMap<(String, String), tokio::sync::Mutex<()>> =
+        event.records.iter().filter_map(lock_key).map(|k| (k, tokio::sync::Mutex::new(()))).collect();
     let locks = &locks;
     let mut reports: Vec<(usize, RecordReport)> = futures::stream::iter(event.records.iter().enumerate())
         .map(|(i, record)| async move {
-            let lock = record.body.as_deref().and_then(peek_id).and_then(|id| locks.get(&id));
+            let lock = lock_key(record).and_then(|k| locks.get(&k));
             let _turn = match lock {
                 Some(l) => Some(l.lock().await),
                 None => None,
@@ -154,6 +161,16 @@ pub async fn process(consumer: &Consumer, event: &SqsEvent) -> Vec<RecordReport>
     reports.into_iter().map(|(_, r)| r).collect()
 }
 
+/// The raw sender attribute of a record, if any.
+fn sender_attr(record: &SqsMessage) -> Option<&str> {
+    record.message_attributes.get(attr::SENDER).and_then(|a| a.string_value.as_deref()).filter(|s| !s.is_empty())
+}
+
+/// (sender, notification id) of a record whose body may not be valid.
+fn lock_key(record: &SqsMessage) -> Option<(String, String)> {
+    Some((sender_attr(record)?.to_owned(), peek_id(record.body.as_deref()?)?))
+}
+
 /// The `notification_id` of a body that may not be valid.
 fn peek_id(body: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
@@ -162,17 +179,30 @@ fn peek_id(body: &str) -> Option<String> {
 
 async fn process_record(consumer: &Consumer, record: &SqsMessage) -> RecordOutcome {
     let body = record.body.as_deref().unwrap_or_default();
+    let message_scope = LetterScope::Message { message_id: record.message_id.as_deref().unwrap_or_default() };
+    let sender = match sender_attr(record).map(Sender::parse) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            let error = format!("attribute `{}`: {e}", attr::SENDER);
+            return dead_letter(consumer, record, ErrorKind::InvalidMessage, &error, None, peek_id(body), message_scope).await;
+        }
+        None => {
+            // Only the intake queues notifications, and it always names the sender.
+            let error = format!("attribute `{}`: missing (notifications are accepted only through POST /notifications)", attr::SENDER);
+            return dead_letter(consumer, record, ErrorKind::InvalidMessage, &error, None, peek_id(body), message_scope).await;
+        }
+    };
     match Notification::parse(body) {
-        Ok(n) => deliver(consumer, record, &n).await,
-        Err(e) => dead_letter(consumer, record, e.kind(), &e.to_string(), None, peek_id(body)).await,
+        Ok(n) => deliver(consumer, record, &sender, &n).await,
+        Err(e) => dead_letter(consumer, record, e.kind(), &e.to_string(), None, peek_id(body), message_scope).await,
     }
 }
 
-async fn deliver(consumer: &Consumer, record: &SqsMessage, n: &Notification) -> RecordOutcome {
+async fn deliver(consumer: &Consumer, record: &SqsMessage, sender: &Sender, n: &Notification) -> RecordOutcome {
     let id = &n.notification_id;
     let retry = |reason: String| RecordOutcome::Retry { notification_id: Some(id.clone()), reason };
     let aws = |e: NotifyAwsError| retry(e.to_string());
-    let (token, primary_rejected) = match consumer.table.claim(id, consumer.settings.lease).await {
+    let (token, primary_rejected) = match consumer.table.claim(sender, id, consumer.settings.lease).await {
         Ok(Claim::Claimed { token, primary_rejected }) => (token, primary_rejected),
         Ok(Claim::Done(status)) => return RecordOutcome::AlreadyDone { notification_id: id.clone(), status },
         Ok(Claim::InFlight { lease_until_ms }) => {
@@ -187,10 +217,13 @@ async fn deliver(consumer: &Consumer, record: &SqsMessage, n: &Notification) -> 
     };
     let mut refusals = Vec::new();
     for channel in channels {
-        match consumer.provider.send(n, channel).await {
+        match consumer.provider.send(sender, n, channel).await {
             Reply::Accepted { status, provider_message_id } => {
-                return match consumer.table.advance(id, status, channel, provider_message_id.as_deref()).await {
-                    Ok(_) => RecordOutcome::Sent { notification_id: id.clone(), channel, status },
+                return match consumer.table.advance(sender, id, status, channel, provider_message_id.as_deref()).await {
+                    Ok(_) => {
+                        tracing::info!(%sender, notification_id = id, %channel, recipient = mask_recipient(&n.recipient), "accepted by the provider");
+                        RecordOutcome::Sent { notification_id: id.clone(), channel, status }
+                    }
                     // The provider has it but the record does not say so: the retry finds the claim
                     // and, once the lease lapses, sends again with the same idempotency key.
                     Err(e) => aws(e),
@@ -198,7 +231,7 @@ async fn deliver(consumer: &Consumer, record: &SqsMessage, n: &Notification) -> 
             }
             Reply::Transient(reason) => {
                 let primary_refused = channel != n.channel;
-                if let Err(e) = consumer.table.release(id, &token, primary_refused).await {
+                if let Err(e) = consumer.table.release(sender, id, &token, primary_refused).await {
                     tracing::warn!(notification_id = id, error = %e, "could not release the claim; the retry waits for the lease");
                 }
                 return retry(reason);
@@ -207,14 +240,17 @@ async fn deliver(consumer: &Consumer, record: &SqsMessage, n: &Notification) -> 
         }
     }
     let error = refusals.join("; ");
-    if let Err(e) = consumer.table.mark_failed(id, &token, &error).await {
+    if let Err(e) = consumer.table.mark_failed(sender, id, &token, &error).await {
         return aws(e);
     }
-    dead_letter(consumer, record, ErrorKind::ProviderRejected, &error, Some(n.channel), Some(id.clone())).await
+    let scope = LetterScope::Notification { sender, notification_id: id };
+    dead_letter(consumer, record, ErrorKind::ProviderRejected, &error, Some(n.channel), Some(id.clone()), scope).await
 }
 
-/// Sends the record's body to the DLQ with the reason. If that fails the record is retried, so a
-/// permanent failure is never dropped.
+/// Sends the record's body to the DLQ with the reason, once: a marker in the deliveries table
+/// (see [`DeliveryTable::begin_dead_letter`]) turns a second attempt for the same `scope` into an
+/// acknowledgement. If the send fails the record is retried, so a permanent failure is never
+/// dropped.
 async fn dead_letter(
     consumer: &Consumer,
     record: &SqsMessage,
@@ -222,13 +258,30 @@ async fn dead_letter(
     error: &str,
     channel: Option<Channel>,
     notification_id: Option<String>,
+    scope: LetterScope<'_>,
 ) -> RecordOutcome {
-    let first_sent_at = record
-        .message_attributes
-        .get(attr::FIRST_SENT_AT)
-        .and_then(|a| a.string_value.clone())
-        .or_else(|| record.attributes.get("SentTimestamp").cloned())
-        .unwrap_or_else(|| now_ms().to_string());
+    let message_id = record.message_id.as_deref().unwrap_or_default();
+    let retry = |reason: String| RecordOutcome::Retry { notification_id: notification_id.clone(), reason };
+    let previous_first_sent = record.message_attributes.get(attr::FIRST_SENT_AT).and_then(|a| a.string_value.clone());
+    // Without a message id there is nothing to key the marker on (and the failure could not be
+    // reported alone either): send without one.
+    let marked = !message_id.is_empty();
+    if marked {
+        let redriven = previous_first_sent.is_some();
+        match consumer.table.begin_dead_letter(scope, message_id, redriven, kind.as_str(), consumer.settings.lease).await {
+            Ok(LetterSlot::Take) => {}
+            Ok(LetterSlot::Done { message_id: by }) => {
+                tracing::info!(message_id, dead_lettered_from = by, %kind, "already in the DLQ; acknowledged without another copy");
+                return RecordOutcome::AlreadyDeadLettered { notification_id, kind };
+            }
+            Ok(LetterSlot::InFlight { lease_until_ms }) => {
+                return retry(format!("another attempt is dead-lettering it until {lease_until_ms} (Unix ms)"));
+            }
+            Err(e) => return retry(format!("could not mark the dead letter ({kind}: {error}): {e}")),
+        }
+    }
+    let first_sent_at =
+        previous_first_sent.or_else(|| record.attributes.get("SentTimestamp").cloned()).unwrap_or_else(|| now_ms().to_string());
     let mut attrs = BTreeMap::from([
         (attr::ERROR_KIND.to_owned(), kind.as_str().to_owned()),
         (attr::ERROR.to_owned(), error.to_owned()),
@@ -241,9 +294,27 @@ async fn dead_letter(
     if let Some(id) = notification_id.as_ref().filter(|id| !id.is_empty() && id.len() <= 256) {
         attrs.insert(attr::NOTIFICATION_ID.to_owned(), id.clone());
     }
+    // The sender travels with the dead letter, so that a redriven copy is still the sender's.
+    if let Some(sender) = sender_attr(record) {
+        attrs.insert(attr::SENDER.to_owned(), sender.to_owned());
+    }
     let body = record.body.as_deref().unwrap_or_default();
     match send_dead_letter(&consumer.sqs, &consumer.settings.dlq_url, body, &attrs).await {
-        Ok(()) => RecordOutcome::DeadLettered { notification_id, kind, error: error.to_owned() },
-        Err(e) => RecordOutcome::Retry { notification_id, reason: format!("could not dead-letter ({kind}: {error}): {e}") },
+        Ok(()) => {
+            if marked {
+                // Failing here leaves the marker pending: the DLQ has the copy and this record is
+                // acknowledged; only a redelivery after the lease lapses would send a second one.
+                if let Err(e) = consumer.table.confirm_dead_letter(scope, message_id).await {
+                    tracing::warn!(message_id, error = %e, "dead-lettered, but the marker could not be confirmed");
+                }
+            }
+            RecordOutcome::DeadLettered { notification_id, kind, error: error.to_owned() }
+        }
+        Err(e) => {
+            if marked && let Err(e) = consumer.table.release_dead_letter(scope, message_id).await {
+                tracing::warn!(message_id, error = %e, "could not release the dead-letter marker; the retry waits for its lease");
+            }
+            retry(format!("could not dead-letter ({kind}: {error}): {e}"))
+        }
     }
 }

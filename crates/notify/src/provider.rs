@@ -1,29 +1,57 @@
 //! The delivery provider's HTTP API, as the consumer calls it.
 //!
 //! `POST {base_url}/v1/messages` with the JSON body `{notification_id, channel, recipient, template,
-//! variables}` and the header `Idempotency-Key: {notification_id}:{channel}` (per channel, so an SMS
-//! fallback is not mistaken for a repeat of the alimtalk attempt). A 2xx reply may carry
-//! `{"status": "sent" | "delivered", "provider_message_id": "..."}`; without it the message counts as
-//! `sent`. Other statuses are classified by [`ferry_core::notify::classify_status`].
+//! variables}` and the header `Idempotency-Key: {sender}:{notification_id}:{channel}` (per sender,
+//! since ids are unique per sender only; per channel, so an SMS fallback is not mistaken for a
+//! repeat of the alimtalk attempt). A 2xx reply may carry
+//! `{"status": "sent" | "delivered", "provider_message_id": "..."}`; without it the message counts
+//! as `sent`. Other statuses are classified by [`ferry_core::notify::classify_status`].
+//!
+//! The client authenticates with a configurable header ([`ProviderAuth`]), follows no redirects
+//! (a 3xx is a transient failure: a provider moving its API is not a reason to send recipients
+//! elsewhere), reads at most [`MAX_REPLY_BYTES`] of a reply, and never puts the URL, the auth
+//! header or a full recipient into an error or a log.
 
+use std::fmt;
 use std::time::Duration;
 
-use ferry_core::notify::{Attempt, Channel, Notification, Status, classify_status};
+use ferry_core::notify::{Attempt, Channel, Notification, Sender, Status, classify_status, mask_recipient};
+use reqwest::Url;
+use reqwest::header::{HeaderName, HeaderValue};
+
+/// The most of a reply body the client reads; the rest is dropped unread.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 /// Where the provider is and how long to wait for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ProviderSettings {
     pub base_url: String,
     pub timeout: Duration,
 }
 
+impl fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSettings").field("base_url", &redact_url(&self.base_url)).field("timeout", &self.timeout).finish()
+    }
+}
+
+/// Where the provider's credential comes from: the header to send it in, and the SSM parameter
+/// holding it (read once at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSource {
+    pub header: String,
+    pub parameter: String,
+}
+
 impl ProviderSettings {
-    /// Reads `FERRY_PROVIDER_URL` (required) and `FERRY_PROVIDER_TIMEOUT_MS` (default 5000).
+    /// Reads `FERRY_PROVIDER_URL` (required; `https://`, or `http://` to a loopback address for
+    /// local runs) and `FERRY_PROVIDER_TIMEOUT_MS` (default 5000).
     pub fn from_env() -> Result<ProviderSettings, String> {
         let base_url = std::env::var("FERRY_PROVIDER_URL")
             .ok()
             .filter(|v| !v.is_empty())
             .ok_or("FERRY_PROVIDER_URL: not set (the provider's base URL)")?;
+        check_base_url(&base_url).map_err(|e| format!("FERRY_PROVIDER_URL: {e}"))?;
         let timeout = match std::env::var("FERRY_PROVIDER_TIMEOUT_MS").ok().filter(|v| !v.is_empty()) {
             Some(v) => Duration::from_millis(
                 v.parse().map_err(|_| format!("FERRY_PROVIDER_TIMEOUT_MS: {v:?} is not a whole number of milliseconds"))?,
@@ -32,6 +60,88 @@ impl ProviderSettings {
         };
         Ok(ProviderSettings { base_url, timeout })
     }
+
+    /// Reads `FERRY_PROVIDER_AUTH_HEADER` (the header name, e.g. `Authorization` or `X-Api-Key`)
+    /// and `FERRY_PROVIDER_AUTH_PARAMETER` (the SSM parameter holding its value): both or neither.
+    pub fn auth_from_env() -> Result<Option<AuthSource>, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        match (var("FERRY_PROVIDER_AUTH_HEADER"), var("FERRY_PROVIDER_AUTH_PARAMETER")) {
+            (None, None) => Ok(None),
+            (Some(header), Some(parameter)) => {
+                HeaderName::try_from(header.as_str())
+                    .map_err(|_| format!("FERRY_PROVIDER_AUTH_HEADER: {header:?} is not a header name"))?;
+                Ok(Some(AuthSource { header, parameter }))
+            }
+            (Some(_), None) => Err("FERRY_PROVIDER_AUTH_HEADER is set but FERRY_PROVIDER_AUTH_PARAMETER is not".to_owned()),
+            (None, Some(_)) => Err("FERRY_PROVIDER_AUTH_PARAMETER is set but FERRY_PROVIDER_AUTH_HEADER is not".to_owned()),
+        }
+    }
+}
+
+/// Whether `url` may be the provider's base URL: `https://`, or `http://` to a loopback address
+/// (a local provider in tests and the demo); no user or password in it (a secret in a URL ends up
+/// in logs: use the auth header), no fragment.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let parsed = Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not hold a user or password; send credentials in the auth header".to_owned());
+    }
+    if parsed.fragment().is_some() {
+        return Err("must not have a fragment".to_owned());
+    }
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("has no host")?;
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must be https:// (plain http only to a loopback address)".to_owned()),
+        other => Err(format!("scheme {other}: must be https://")),
+    }
+}
+
+/// A URL as logs may show it: scheme, host, port and path; never the query or credentials.
+fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(u) => {
+            format!("{}://{}{}", u.scheme(), u.host_str().unwrap_or("?"), u.port().map(|p| format!(":{p}")).unwrap_or_default()) + u.path()
+        }
+        Err(_) => "<unparsable>".to_owned(),
+    }
+}
+
+/// The header the provider authenticates requests by.
+#[derive(Clone)]
+pub struct ProviderAuth {
+    name: HeaderName,
+    value: HeaderValue,
+}
+
+impl ProviderAuth {
+    /// `value` is the whole header value (e.g. `Bearer abc`); it is marked sensitive, so that no
+    /// debug output of a request shows it.
+    pub fn new(name: &str, value: &str) -> Result<ProviderAuth, ProviderError> {
+        let name = HeaderName::try_from(name).map_err(|_| ProviderError::Settings(format!("{name:?} is not a header name")))?;
+        let mut value = HeaderValue::try_from(value)
+            .map_err(|_| ProviderError::Settings(format!("the value of header {name} is not a valid header value")))?;
+        value.set_sensitive(true);
+        Ok(ProviderAuth { name, value })
+    }
+}
+
+impl fmt::Debug for ProviderAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderAuth").field("name", &self.name).field("value", &"<redacted>").finish()
+    }
+}
+
+/// The client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("provider settings: {0}")]
+    Settings(String),
+    #[error("building the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
 }
 
 /// What the provider said to one request.
@@ -41,17 +151,24 @@ pub enum Reply {
         status: Status,
         provider_message_id: Option<String>,
     },
-    /// Down, slow or throttling: retry later.
+    /// Down, slow, throttling or redirecting: retry later.
     Transient(String),
     /// Refused: the same request will be refused again.
     Permanent(String),
 }
 
 /// A client of the provider, built once per execution environment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Provider {
     http: reqwest::Client,
-    endpoint: String,
+    endpoint: Url,
+    auth: Option<ProviderAuth>,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider").field("endpoint", &redact_url(self.endpoint.as_str())).field("auth", &self.auth).finish()
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -70,13 +187,29 @@ struct Accepted {
 }
 
 impl Provider {
-    pub fn new(settings: &ProviderSettings) -> Result<Provider, reqwest::Error> {
-        let http = reqwest::Client::builder().timeout(settings.timeout).connect_timeout(settings.timeout).build()?;
-        Ok(Provider { http, endpoint: format!("{}/v1/messages", settings.base_url.trim_end_matches('/')) })
+    /// A client without an auth header (a local provider).
+    pub fn new(settings: &ProviderSettings) -> Result<Provider, ProviderError> {
+        Provider::with_auth(settings, None)
     }
 
-    /// Sends `n` through `channel`. Never fails: every outcome is a [`Reply`].
-    pub async fn send(&self, n: &Notification, channel: Channel) -> Reply {
+    /// Refuses a base URL [`check_base_url`] refuses.
+    pub fn with_auth(settings: &ProviderSettings, auth: Option<ProviderAuth>) -> Result<Provider, ProviderError> {
+        check_base_url(&settings.base_url).map_err(ProviderError::Settings)?;
+        let mut endpoint = Url::parse(&settings.base_url).map_err(|e| ProviderError::Settings(e.to_string()))?;
+        let path = format!("{}/v1/messages", endpoint.path().trim_end_matches('/'));
+        endpoint.set_path(&path);
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(ProviderError::Client)?;
+        Ok(Provider { http, endpoint, auth })
+    }
+
+    /// Sends `sender`'s `n` through `channel`. Never fails: every outcome is a [`Reply`], whose
+    /// text names the channel and status but not the URL or the recipient.
+    pub async fn send(&self, sender: &Sender, n: &Notification, channel: Channel) -> Reply {
         let body = Request {
             notification_id: &n.notification_id,
             channel: channel.as_str(),
@@ -84,27 +217,63 @@ impl Provider {
             template: &n.template,
             variables: &n.variables,
         };
-        let res =
-            self.http.post(&self.endpoint).header("Idempotency-Key", format!("{}:{channel}", n.notification_id)).json(&body).send().await;
-        let res = match res {
+        let mut req = self.http.post(self.endpoint.clone()).header("Idempotency-Key", idempotency_key(sender, n, channel)).json(&body);
+        if let Some(auth) = &self.auth {
+            req = req.header(auth.name.clone(), auth.value.clone());
+        }
+        let mut res = match req.send().await {
             Ok(r) => r,
             // Timeouts and connection failures: the provider may or may not have it; the retry
             // carries the same idempotency key.
-            Err(e) => return Reply::Transient(format!("{channel}: {}", error_chain(&e))),
+            Err(e) => return Reply::Transient(format!("{channel}: {}", error_chain(&e.without_url()))),
         };
         let status = res.status().as_u16();
         match classify_status(status) {
             Attempt::Accepted => {
-                let parsed: Option<Accepted> = res.json().await.ok();
+                // The status line is the answer; a reply body that is too big, slow or malformed
+                // only loses the optional details.
+                let (bytes, _) = read_bounded(&mut res, MAX_REPLY_BYTES).await;
+                let parsed: Option<Accepted> = serde_json::from_slice(&bytes).ok();
                 let status =
                     parsed.as_ref().and_then(|a| a.status.as_deref()).and_then(|s| s.parse().ok()).filter(|s: &Status| s.is_done());
                 Reply::Accepted { status: status.unwrap_or(Status::Sent), provider_message_id: parsed.and_then(|a| a.provider_message_id) }
             }
+            Attempt::Transient if (300..400).contains(&status) => {
+                Reply::Transient(format!("{channel}: provider answered {status} (a redirect, not followed)"))
+            }
             Attempt::Transient => Reply::Transient(format!("{channel}: provider answered {status}")),
             Attempt::Permanent => {
-                let text = res.text().await.unwrap_or_default();
-                Reply::Permanent(format!("{channel}: provider answered {status}: {}", text.chars().take(300).collect::<String>()))
+                let (bytes, _) = read_bounded(&mut res, MAX_REPLY_BYTES).await;
+                let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+                // The provider may echo the recipient; the reason is logged and stored.
+                let text = if n.recipient.is_empty() { text } else { text.replace(&n.recipient, &mask_recipient(&n.recipient)) };
+                Reply::Permanent(format!("{channel}: provider answered {status}: {text}"))
             }
+        }
+    }
+}
+
+/// `{sender}:{notification_id}:{channel}`.
+pub fn idempotency_key(sender: &Sender, n: &Notification, channel: Channel) -> String {
+    format!("{sender}:{}:{channel}", n.notification_id)
+}
+
+/// Reads at most `max` bytes of the body, chunk by chunk, and stops there. Returns what it read and
+/// whether the whole body fit. A read error (the client's timeout, a reset) ends the read.
+async fn read_bounded(res: &mut reqwest::Response, max: usize) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        match res.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = max - out.len();
+                if chunk.len() > room {
+                    out.extend_from_slice(&chunk[..room]);
+                    return (out, false);
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(None) => return (out, true),
+            Err(_) => return (out, false),
         }
     }
 }
@@ -118,4 +287,42 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_must_be_https_except_on_loopback() {
+        let cases = [
+            ("https://api.provider.example", true),
+            ("https://api.provider.example/base?tenant=7", true),
+            ("http://127.0.0.1:8080", true),
+            ("http://127.8.0.1", true),
+            ("http://localhost:9000/p", true),
+            ("http://[::1]:9000", true),
+            ("http://api.provider.example", false),
+            ("http://10.0.0.1", false),
+            ("http://127.0.0.1.nip.io", false),
+            ("ftp://api.provider.example", false),
+            ("https://user:pw@api.provider.example", false),
+            ("https://api.provider.example/#x", false),
+            ("api.provider.example", false),
+        ];
+        for (url, ok) in cases {
+            assert_eq!(check_base_url(url).is_ok(), ok, "{url}: {:?}", check_base_url(url));
+        }
+    }
+
+    #[test]
+    fn urls_in_debug_output_lose_their_query() {
+        let s = ProviderSettings { base_url: "https://p.example:8443/api?token=s3cret".into(), timeout: Duration::from_secs(1) };
+        let shown = format!("{s:?}");
+        assert!(shown.contains("https://p.example:8443/api") && !shown.contains("s3cret"), "{shown}");
+        let p = Provider::with_auth(&s, Some(ProviderAuth::new("X-Api-Key", "k-123").unwrap())).unwrap();
+        assert_eq!(p.endpoint.as_str(), "https://p.example:8443/api/v1/messages?token=s3cret");
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("k-123"), "{shown}");
+    }
 }

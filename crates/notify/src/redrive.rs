@@ -5,16 +5,19 @@
 //!   (`StartMessageMoveTask`, optional `rate`); with them, runs a selective redrive and answers
 //!   with what it moved (or, dry, would move). Body: [`RedriveRequest`].
 //!
-//! Every request must carry the admin claim ([`AdminRule`]); anyone else gets 403.
+//! Every request must carry the admin claim ([`AdminRule`]: exact membership); anyone else gets a
+//! 403 that says only "forbidden". Errors are [`PublicError`]s; an AWS failure is a 503 whose
+//! cause is logged under the request id.
 
 use std::time::Duration;
 
 use ferry_aws::notify::{self, NotifyAwsError, QueuePair, RedriveOptions, SqsClient};
 use ferry_core::notify::{AdminRule, Channel, ErrorKind, RedriveFilter, parse_age};
+use ferry_core::public::{ErrorCode, PublicError};
 use lambda_http::http::{Method, StatusCode};
-use lambda_http::request::RequestContext;
-use lambda_http::{Body, Request, RequestExt, Response};
-use lambda_runtime::Diagnostic;
+use lambda_http::{Body, Request, Response};
+
+use crate::http::{self, json};
 
 /// The route this function serves.
 pub const ROUTE: &str = "/admin/redrive";
@@ -87,74 +90,58 @@ pub struct FilterRequest {
 }
 
 impl FilterRequest {
-    /// The filter, or the name of the field at fault and why.
-    pub fn to_filter(&self) -> Result<RedriveFilter, String> {
+    /// The filter, or a 400 naming the field at fault and why.
+    pub fn to_filter(&self) -> Result<RedriveFilter, PublicError> {
+        let bad = |field: String, message: String| PublicError::new(ErrorCode::BadRequest, message).with_field(field);
         let kinds = self
             .kinds
             .iter()
             .enumerate()
-            .map(|(i, k)| k.parse::<ErrorKind>().map_err(|e| format!("filter.kinds[{i}]: {e}")))
+            .map(|(i, k)| k.parse::<ErrorKind>().map_err(|e| bad(format!("filter.kinds[{i}]"), e)))
             .collect::<Result<_, _>>()?;
         let channels = self
             .channels
             .iter()
             .enumerate()
-            .map(|(i, c)| c.parse::<Channel>().map_err(|e| format!("filter.channels[{i}]: {e}")))
+            .map(|(i, c)| c.parse::<Channel>().map_err(|e| bad(format!("filter.channels[{i}]"), e)))
             .collect::<Result<_, _>>()?;
-        let age = |field: &str, v: &Option<String>| v.as_deref().map(parse_age).transpose().map_err(|e| format!("filter.{field}: {e}"));
+        let age = |field: &str, v: &Option<String>| v.as_deref().map(parse_age).transpose().map_err(|e| bad(format!("filter.{field}"), e));
         Ok(RedriveFilter { kinds, channels, min_age_secs: age("min_age", &self.min_age)?, max_age_secs: age("max_age", &self.max_age)? })
     }
 }
 
-/// An AWS call failed: the invocation fails, so the error type shows in the logs.
+/// An AWS call failed. The handler answers 503 and logs it.
 #[derive(Debug, thiserror::Error)]
 pub enum RedriveError {
     #[error(transparent)]
     Aws(#[from] NotifyAwsError),
 }
 
-impl From<RedriveError> for Diagnostic {
-    fn from(e: RedriveError) -> Diagnostic {
-        let error_type = match &e {
-            RedriveError::Aws(NotifyAwsError::Sqs { .. }) => "SqsError",
-            RedriveError::Aws(_) => "AwsError",
-        };
-        Diagnostic { error_type: error_type.to_owned(), error_message: e.to_string() }
-    }
-}
-
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut res = Response::new(Body::Text(value.to_string()));
-    *res.status_mut() = status;
-    res.headers_mut().insert("content-type", lambda_http::http::HeaderValue::from_static("application/json"));
-    res
-}
-
-fn problem(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": message }))
-}
-
-/// Whether the caller carries the admin claim, per the JWT authorizer's claims.
+/// Whether the caller carries the admin claim, per the JWT authorizer's claims. No authorizer at
+/// all (a misconfigured route) is no admin.
 pub fn is_admin(rule: &AdminRule, req: &Request) -> bool {
-    let ctx = req.request_context_ref();
-    let claims = match ctx {
-        Some(RequestContext::ApiGatewayV2(c)) => c.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).map(|j| &j.claims),
-        _ => None,
-    };
-    claims.is_some_and(|claims| rule.allows(|k| claims.get(k).map(String::as_str)))
+    http::claims(req).is_some_and(|claims| rule.allows(|k| claims.get(k).map(String::as_str)))
 }
 
-/// The Lambda handler.
-pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, RedriveError> {
+/// The Lambda handler. Every outcome is a response.
+pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, std::convert::Infallible> {
+    let request_id = http::request_id(&req).unwrap_or_default();
     if !is_admin(&state.admin, &req) {
-        tracing::warn!(path = req.uri().path(), "redrive refused: no admin claim");
-        return Ok(problem(
-            StatusCode::FORBIDDEN,
-            &format!("redrive requires the JWT claim {} to hold {}", state.admin.claim, state.admin.value),
-        ));
+        tracing::warn!(request_id, path = req.uri().path(), claim = state.admin.claim, "redrive refused: no admin claim");
+        return Ok(http::forbidden(&req));
     }
+    match route(state, &req).await {
+        Ok(res) => Ok(res),
+        Err(e) => {
+            tracing::error!(request_id, error = %e, "redrive failed");
+            Ok(http::error(&req, PublicError::code(ErrorCode::Unavailable)))
+        }
+    }
+}
+
+async fn route(state: &Redriver, req: &Request) -> Result<Response<Body>, RedriveError> {
     if req.uri().path().trim_end_matches('/') != ROUTE {
-        return Ok(problem(StatusCode::NOT_FOUND, "no such route"));
+        return Ok(http::error(req, PublicError::code(ErrorCode::NotFound)));
     }
     match *req.method() {
         Method::GET => {
@@ -169,24 +156,28 @@ pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, Re
             } else {
                 match serde_json::from_slice(body) {
                     Ok(r) => r,
-                    Err(e) => return Ok(problem(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
+                    Err(e) => return Ok(http::error(req, PublicError::new(ErrorCode::BadRequest, format!("body: {e}")))),
                 }
             };
             let filter = match request.filter.to_filter() {
                 Ok(f) => f,
-                Err(e) => return Ok(problem(StatusCode::BAD_REQUEST, &e)),
+                Err(e) => return Ok(http::error(req, e)),
             };
             let selective = !filter.is_everything() || request.dry_run || request.max_messages.is_some();
             match request.mode {
-                Some(Mode::Native) if selective => Ok(problem(
-                    StatusCode::BAD_REQUEST,
-                    "mode: native moves everything; filter, dry_run and max_messages need mode selective",
+                Some(Mode::Native) if selective => Ok(http::error(
+                    req,
+                    PublicError::new(
+                        ErrorCode::BadRequest,
+                        "native moves everything; filter, dry_run and max_messages need mode selective",
+                    )
+                    .with_field("mode"),
                 )),
                 Some(Mode::Native) | None if !selective => start_native(state, request.rate).await,
                 _ => run_selective(state, &filter, &request).await,
             }
         }
-        _ => Ok(problem(StatusCode::METHOD_NOT_ALLOWED, "use GET (status) or POST (redrive)")),
+        _ => Ok(http::error(req, PublicError::new(ErrorCode::BadRequest, "use GET (status) or POST (redrive)"))),
     }
 }
 

@@ -5,6 +5,11 @@ use regional_normalizer::{Normalizer, handle};
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let settings = ferry_aws::votes::VoteSettings::from_env()?;
+    // A cap the memory cannot hold would end in an out-of-memory kill on the first large input.
+    if let Err(e) = settings.check_normalizer_memory() {
+        tracing::error!(error = %e, "refusing to start");
+        return Err(e.into());
+    }
     let conf = ferry_aws::load_config().await;
     let state = Normalizer { s3: ferry_aws::clients::s3(&conf), settings };
     run(service_fn(|event| handle(&state, event))).await

@@ -8,7 +8,12 @@
 //! open multipart upload, and the bytes not yet uploaded) and a new invocation resumes from it.
 //!
 //! xlsx cannot be appended to across invocations, so its rows are first staged as JSON lines
-//! (`{key}.rows`), and the last invocation turns them into the workbook ([`xlsx::build`]).
+//! (under `ferry_core::jobs::STAGING_PREFIX`, the only part of `exports/` the worker reads back), and
+//! the last invocation turns them into the workbook ([`xlsx::build`]).
+//!
+//! Before reading, the source is checked against the allowlist again ([`JobSettings::source_policy`]):
+//! the API checked it at submit, and the settings may have changed since. A failure reaches the job's
+//! owner only as [`ExportError::public`]: a code and a message that names nothing outside their source.
 
 pub mod dataset;
 pub mod writer;
@@ -17,10 +22,11 @@ pub mod xlsx;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use ferry_aws::exports::{self, Multipart, MultipartState, TableRead};
+use ferry_aws::exports::{self, Multipart, MultipartState, SourceErrorKind, TableRead};
 use ferry_aws::jobs::{Beat, DynamoClient, JobStoreError, JobTable, Refused};
 use ferry_aws::s3::{Fetched, S3Client, S3Error, Store};
-use ferry_core::jobs::{DatasetFormat, ExportParams, ExportResult, Filter, Format, JobRecord, Progress, Source};
+use ferry_core::jobs::{DatasetFormat, ExportParams, ExportResult, Filter, Format, JobRecord, Progress, Source, SubmitError};
+use ferry_core::public::{ErrorCode, PublicError, leaks_internals};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -56,9 +62,16 @@ pub enum Outcome {
     Stopped(Refused),
 }
 
-/// Why an export failed. Names the object, table or line at fault.
+/// Why an export failed. Names the object, table or line at fault: this is for the log; the job's
+/// owner sees [`ExportError::public`].
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    /// The source is not one exports may read (any more).
+    #[error("source refused by the allowlist: {0}")]
+    Refused(SubmitError),
+    /// The dataset's bucket or objects do not exist or may not be read.
+    #[error("s3://{bucket}/{prefix}: {message}")]
+    DatasetUnavailable { bucket: String, prefix: String, message: String },
     #[error(transparent)]
     Source(#[from] exports::SourceError),
     #[error(transparent)]
@@ -80,6 +93,8 @@ pub enum ExportError {
 impl ExportError {
     pub fn kind(&self) -> &'static str {
         match self {
+            ExportError::Refused(_) => "SourceRefused",
+            ExportError::DatasetUnavailable { .. } => "SourceUnavailable",
             ExportError::Source(_) => "SourceError",
             ExportError::Dataset(_) | ExportError::ObjectTooLarge { .. } => "BadDataset",
             ExportError::S3(_) => "S3Error",
@@ -88,6 +103,64 @@ impl ExportError {
             ExportError::Checkpoint(_) => "BadCheckpoint",
             ExportError::Io { .. } => "IoError",
         }
+    }
+
+    /// What the job's owner sees. Built from the error's kind and from what the owner named, never
+    /// from a cause's text: a missing and a forbidden source read the same, and an object is named
+    /// only by its key under the prefix the owner gave.
+    pub fn public(&self, params: &ExportParams) -> PublicError {
+        match self {
+            ExportError::Refused(_) | ExportError::DatasetUnavailable { .. } => PublicError::code(ErrorCode::SourceUnavailable),
+            ExportError::Source(e) => match e.kind {
+                SourceErrorKind::Unavailable => PublicError::code(ErrorCode::SourceUnavailable),
+                SourceErrorKind::Invalid => PublicError::new(
+                    ErrorCode::BadSourceData,
+                    "the table cannot be read as asked; check params.source.key against its partition key",
+                ),
+                SourceErrorKind::Other => PublicError::code(ErrorCode::Internal),
+            },
+            ExportError::Dataset(e) => guarded(ErrorCode::BadSourceData, format!("{}: {}", object_name(params, &e.key), e.message)),
+            ExportError::ObjectTooLarge { key, size, limit, .. } => guarded(
+                ErrorCode::TooLarge,
+                format!("{}: {size} bytes is over the limit of {limit} for one dataset object", object_name(params, key)),
+            ),
+            ExportError::S3(_) | ExportError::Store(_) | ExportError::Xlsx(_) | ExportError::Checkpoint(_) | ExportError::Io { .. } => {
+                PublicError::code(ErrorCode::Internal)
+            }
+        }
+    }
+}
+
+/// `message` under `code`, unless it looks like it carries an internal detail (a parser quoting
+/// something unexpected): then the code's default message.
+fn guarded(code: ErrorCode, message: String) -> PublicError {
+    if leaks_internals(&message) { PublicError::code(code) } else { PublicError::new(code, message) }
+}
+
+/// A dataset object as its owner may see it named: its key relative to the prefix they gave.
+fn object_name(params: &ExportParams, key: &str) -> String {
+    match &params.source {
+        Source::S3 { prefix, .. } => match key.strip_prefix(prefix.as_str()) {
+            Some(rest) if !rest.is_empty() => format!("object {rest:?} under the prefix"),
+            Some(_) => "the object at the prefix".into(),
+            None => "an object under the prefix".into(),
+        },
+        _ => "an object under the prefix".into(),
+    }
+}
+
+/// Whether a failed S3 call on a dataset means it is missing or forbidden (the caller is not told
+/// which), rather than a failure of the service.
+fn dataset_unavailable(e: &S3Error) -> bool {
+    let code = e.message.split(':').next().unwrap_or_default().trim();
+    matches!(code, "NoSuchBucket" | "NoSuchKey" | "AccessDenied" | "AllAccessDisabled" | "PermanentRedirect" | "InvalidBucketName")
+}
+
+fn dataset_error(bucket: &str, prefix: &str, e: S3Error) -> ExportError {
+    if dataset_unavailable(&e) {
+        ExportError::DatasetUnavailable { bucket: bucket.into(), prefix: prefix.into(), message: e.to_string() }
+    } else {
+        ExportError::S3(e)
     }
 }
 
@@ -130,7 +203,13 @@ async fn partitions(env: &ExportEnv, params: &ExportParams) -> Result<Vec<Partit
         }
         Source::S3 { bucket, prefix, format } => {
             let store = Store::new(env.s3.clone(), bucket.clone());
-            let mut keys: Vec<String> = store.list(prefix).await?.into_iter().map(|h| h.key).filter(|k| !k.ends_with('/')).collect();
+            let listed = store.list(prefix).await.map_err(|e| dataset_error(bucket, prefix, e))?;
+            let mut keys: Vec<String> = listed.into_iter().map(|h| h.key).filter(|k| !k.ends_with('/')).collect();
+            if keys.is_empty() {
+                // S3 has no empty folders: nothing under the prefix is a dataset that does not exist.
+                let message = "no objects under the prefix".into();
+                return Err(ExportError::DatasetUnavailable { bucket: bucket.clone(), prefix: prefix.clone(), message });
+            }
             keys.sort();
             keys.into_iter().map(|key| Partition::Object { bucket: bucket.clone(), key, format: *format }).collect()
         }
@@ -195,7 +274,8 @@ async fn read_object(
     tx: &mpsc::Sender<Result<Batch, ExportError>>,
 ) -> Result<(), ExportError> {
     let limit = env.settings.max_object_bytes;
-    let body = match Store::new(env.s3.clone(), bucket).get_capped(key, limit).await? {
+    let fetched = Store::new(env.s3.clone(), bucket).get_capped(key, limit).await.map_err(|e| dataset_error(bucket, key, e))?;
+    let body = match fetched {
         Fetched::Object(o) => o.body,
         Fetched::Missing => Vec::new(),
         Fetched::TooLarge { size } => return Err(ExportError::ObjectTooLarge { bucket: bucket.into(), key: key.into(), size, limit }),
@@ -243,8 +323,10 @@ fn encoding(format: Format) -> Encoding {
 
 /// The object the rows stream into: the export itself, or for xlsx the staged rows.
 fn data_key(job: &JobRecord) -> String {
-    let key = ferry_core::jobs::export_key(&job.owner, &job.id, job.params.format);
-    if job.params.format == Format::Xlsx { format!("{key}.rows") } else { key }
+    match job.params.format {
+        Format::Xlsx => ferry_core::jobs::staging_key(&job.owner, &job.id, job.params.format, "rows"),
+        _ => ferry_core::jobs::export_key(&job.owner, &job.id, job.params.format),
+    }
 }
 
 async fn estimate(env: &ExportEnv, params: &ExportParams) -> Result<Option<u64>, ExportError> {
@@ -261,8 +343,14 @@ async fn estimate(env: &ExportEnv, params: &ExportParams) -> Result<Option<u64>,
 /// `deadline` is when the invocation ends (ms since the epoch).
 pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, deadline: i64) -> Result<Outcome, ExportError> {
     let params = &job.params;
+    // The API stored the source normalised; anything else did not come through it.
+    match env.settings.source_policy().admit(&params.source) {
+        Ok(admitted) if admitted == params.source => {}
+        Ok(_) => return Err(ExportError::Refused(SubmitError::new("params.source.prefix", "is not in normal form"))),
+        Err(e) => return Err(ExportError::Refused(e)),
+    }
     let parts = partitions(env, params).await?;
-    let enc = encoding(params.format);
+    let enc = encoding(params.format).with_formula_escape(params.formula_escape);
     let (mut cp, mut writer) = match checkpoint {
         Some(text) => {
             let cp: Checkpoint = serde_json::from_str(text).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
@@ -290,7 +378,7 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
             (cp, writer)
         }
     };
-    let carry_key = format!("{}.carry", data_key(job));
+    let carry_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "carry");
     let beat = |cp: &Checkpoint, phase: &str| Progress { phase: phase.into(), done: cp.rows, total: cp.total };
 
     // Readers for the current partition and the next few, in order.
@@ -362,7 +450,7 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
 
     let key = ferry_core::jobs::export_key(&job.owner, &job.id, params.format);
     let written = writer.finish().await?;
-    let (size, sheets) = match params.format {
+    let (size, sheets, truncated_cells) = match params.format {
         Format::Xlsx => {
             let progress = beat(&cp, "building xlsx");
             let b = Beat { id: &job.id, attempt: job.attempt, progress: &progress, now: now_ms(), lease_ms: ms(env.settings.lease) };
@@ -374,10 +462,10 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
             delete_quietly(&env.store, &data_key(job)).await;
             built
         }
-        _ => (written, 1),
+        _ => (written, 1, 0),
     };
     delete_quietly(&env.store, &carry_key).await;
-    Ok(Outcome::Finished(ExportResult { bucket: env.store.bucket().to_owned(), key, size, rows: cp.rows, sheets }))
+    Ok(Outcome::Finished(ExportResult { bucket: env.store.bucket().to_owned(), key, size, rows: cp.rows, sheets, truncated_cells }))
 }
 
 async fn abandon(env: &ExportEnv, writer: PartWriter, carry_key: &str) {
@@ -405,8 +493,8 @@ fn aws_smithy_types_display(e: &dyn std::error::Error) -> String {
 }
 
 /// Downloads the staged rows to local disk, builds the workbook there, and uploads it in parts.
-/// Returns (size, sheets).
-async fn build_xlsx(env: &ExportEnv, job: &JobRecord, key: &str) -> Result<(u64, u32), ExportError> {
+/// Returns (size, sheets, text cells truncated).
+async fn build_xlsx(env: &ExportEnv, job: &JobRecord, key: &str) -> Result<(u64, u32, u64), ExportError> {
     let dir = std::env::temp_dir().join(format!("ferry-export-{}", job.id));
     let io = |path: &std::path::Path, e: std::io::Error| ExportError::Io { path: path.display().to_string(), message: e.to_string() };
     tokio::fs::create_dir_all(&dir).await.map_err(|e| io(&dir, e))?;
@@ -445,7 +533,7 @@ async fn build_xlsx(env: &ExportEnv, job: &JobRecord, key: &str) -> Result<(u64,
             let n = (&mut file).take(part as u64).read_to_end(&mut buf).await.map_err(|e| io(&out, e))?;
             if n < part {
                 let size = upload.complete(buf).await?;
-                return Ok((size, built.sheets));
+                return Ok((size, built.sheets, built.truncated));
             }
             upload.upload_part(buf).await?;
         }
@@ -466,5 +554,41 @@ mod tests {
         let from = ["b".to_owned(), "a".to_owned()];
         let to = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
         assert_eq!(align(vec![Value::from(2), Value::from(1)], &from, &to), vec![Value::from(1), Value::from(2), Value::Null]);
+    }
+
+    #[test]
+    fn failures_reach_the_owner_as_codes_naming_only_their_own_objects() {
+        let params: ExportParams = serde_json::from_value(serde_json::json!({
+            "source": {"type": "s3", "bucket": "lake", "prefix": "datasets/shop/", "format": "csv"},
+            "format": "csv",
+        }))
+        .unwrap();
+        let dataset = |key: &str, message: &str| {
+            ExportError::Dataset(dataset::DatasetError { bucket: "lake".into(), key: key.into(), message: message.into() })
+        };
+        let check = |e: ExportError, code: ErrorCode, message: &str| assert_eq!(e.public(&params), PublicError::new(code, message), "{e}");
+        check(
+            dataset("datasets/shop/2026/a.csv", "column \"x\" does not exist"),
+            ErrorCode::BadSourceData,
+            "object \"2026/a.csv\" under the prefix: column \"x\" does not exist",
+        );
+        check(dataset("elsewhere/b.csv", "bad"), ErrorCode::BadSourceData, "an object under the prefix: bad");
+        // A parser quoting something that looks internal: the code's own message instead.
+        check(dataset("datasets/shop/a.csv", "near arn:aws:s3:::x"), ErrorCode::BadSourceData, ErrorCode::BadSourceData.default_message());
+        let too_large = ExportError::ObjectTooLarge { bucket: "lake".into(), key: "datasets/shop/big.csv".into(), size: 9, limit: 8 };
+        check(too_large, ErrorCode::TooLarge, "object \"big.csv\" under the prefix: 9 bytes is over the limit of 8 for one dataset object");
+        let s3 =
+            |message: &str| S3Error { bucket: "lake".into(), key: "datasets/shop/".into(), op: "ListObjectsV2", message: message.into() };
+        let unavailable = ErrorCode::SourceUnavailable.default_message();
+        for m in ["AccessDenied: User: arn:aws:sts::123456789012:assumed-role/w", "NoSuchBucket: The specified bucket does not exist"] {
+            check(dataset_error("lake", "datasets/shop/", s3(m)), ErrorCode::SourceUnavailable, unavailable);
+        }
+        check(
+            dataset_error("lake", "datasets/shop/", s3("SlowDown: reduce your rate")),
+            ErrorCode::Internal,
+            ErrorCode::Internal.default_message(),
+        );
+        check(ExportError::Refused(SubmitError::new("params.source.prefix", "x")), ErrorCode::SourceUnavailable, unavailable);
+        check(ExportError::Checkpoint("arn:aws:...".into()), ErrorCode::Internal, ErrorCode::Internal.default_message());
     }
 }

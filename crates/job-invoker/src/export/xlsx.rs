@@ -1,23 +1,29 @@
 //! Staged rows to an xlsx workbook. rust_xlsxwriter's constant-memory mode flushes each row to a
 //! temporary file as it is written, so memory stays flat however many rows there are; a new
 //! worksheet starts when one holds `sheet_rows` rows (header included).
+//!
+//! Every text is a string cell (`write_string`: never a formula, whatever it starts with). Text a
+//! spreadsheet would take for a formula also gets Excel's quote prefix, so that editing the cell
+//! keeps it text. A number is a number cell only when an `f64` shows it exactly
+//! ([`cells::number_f64`]); otherwise it is its decimal text, quote-prefixed too so that an edit does
+//! not turn it into a rounded number. Text over Excel's limit is cut ([`Built::truncated`]). Control
+//! characters need nothing here: rust_xlsxwriter writes them as `_xHHHH_`, the escape Excel itself
+//! writes and reads back as the same character (XML 1.0 cannot hold most of them literally).
 
 use std::io::BufRead;
 use std::path::Path;
 
-use rust_xlsxwriter::{Workbook, Worksheet, XlsxError};
+use ferry_core::cells;
+use rust_xlsxwriter::{Format, Workbook, Worksheet, XlsxError};
 use serde_json::Value;
-
-/// Largest text Excel keeps in a cell.
-const MAX_CELL_CHARS: usize = 32_767;
-/// Integers beyond this lose digits as an Excel number, so they are written as text.
-const MAX_EXACT_INT: i64 = 1 << 53;
 
 /// What [`build`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Built {
     pub rows: u64,
     pub sheets: u32,
+    /// Text cells cut to Excel's limit of [`cells::XLSX_MAX_TEXT`] characters.
+    pub truncated: u64,
 }
 
 /// Why the workbook could not be built. Names the staged line at fault.
@@ -31,34 +37,57 @@ pub enum XlsxBuildError {
     Xlsx(#[from] XlsxError),
 }
 
-fn write_cell(sheet: &mut Worksheet, row: u32, col: u16, v: &Value) -> Result<(), XlsxError> {
-    match v {
-        Value::Null => {}
-        Value::Bool(b) => {
-            sheet.write_boolean(row, col, *b)?;
-        }
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) if i.abs() > MAX_EXACT_INT => {
-                sheet.write_string(row, col, i.to_string())?;
+/// Writes cells, counting the texts it had to cut.
+struct Cells {
+    quoted: Format,
+    truncated: u64,
+}
+
+impl Cells {
+    fn text(&mut self, sheet: &mut Worksheet, row: u32, col: u16, text: &str, quote: bool) -> Result<(), XlsxError> {
+        let text = match cells::truncate_utf16(text, cells::XLSX_MAX_TEXT) {
+            Some(cut) => {
+                self.truncated += 1;
+                cut
             }
-            (_, Some(f)) => {
-                sheet.write_number(row, col, f)?;
-            }
-            _ => {
-                sheet.write_string(row, col, n.to_string())?;
-            }
-        },
-        Value::String(s) if s.chars().count() > MAX_CELL_CHARS => {
-            sheet.write_string(row, col, s.chars().take(MAX_CELL_CHARS).collect::<String>())?;
+            None => text,
+        };
+        if quote {
+            sheet.write_string_with_format(row, col, text, &self.quoted)?;
+        } else {
+            sheet.write_string(row, col, text)?;
         }
-        Value::String(s) => {
-            sheet.write_string(row, col, s)?;
-        }
-        other => {
-            sheet.write_string(row, col, other.to_string())?;
-        }
+        Ok(())
     }
-    Ok(())
+
+    fn write(&mut self, sheet: &mut Worksheet, row: u32, col: u16, v: &Value) -> Result<(), XlsxError> {
+        match v {
+            Value::Null => {}
+            Value::Bool(b) => {
+                sheet.write_boolean(row, col, *b)?;
+            }
+            Value::Number(n) => match cells::number_f64(n) {
+                Some(f) => {
+                    sheet.write_number(row, col, f)?;
+                }
+                None => self.text(sheet, row, col, &n.to_string(), true)?,
+            },
+            Value::String(s) => self.text(sheet, row, col, s, cells::needs_formula_escape(s))?,
+            other => match cells::number_text(other) {
+                Some(number) => match cells::exact_f64(number) {
+                    Some(f) => {
+                        sheet.write_number(row, col, f)?;
+                    }
+                    None => self.text(sheet, row, col, number, true)?,
+                },
+                None => {
+                    let text = other.to_string();
+                    self.text(sheet, row, col, &text, cells::needs_formula_escape(&text))?;
+                }
+            },
+        }
+        Ok(())
+    }
 }
 
 /// Reads staged rows (a JSON array per line, the header first) from `staged` and writes the
@@ -68,6 +97,7 @@ pub fn build(staged: &Path, out: &Path, tmp: &Path, sheet_rows: u32) -> Result<B
     let reader = std::io::BufReader::new(std::fs::File::open(staged)?);
     let mut workbook = Workbook::new();
     workbook.set_tempdir(tmp)?;
+    let mut cells = Cells { quoted: Format::new().set_quote_prefix(), truncated: 0 };
     let mut lines = reader.lines();
     let parse = |line: u64, text: std::io::Result<String>| -> Result<Vec<Value>, XlsxBuildError> {
         serde_json::from_str::<Vec<Value>>(&text?).map_err(|e| XlsxBuildError::BadLine { line, message: e.to_string() })
@@ -80,18 +110,18 @@ pub fn build(staged: &Path, out: &Path, tmp: &Path, sheet_rows: u32) -> Result<B
     let mut sheets = 0u32;
     let mut row_in_sheet = sheet_rows;
     for (n, text) in (2..).zip(lines) {
-        let cells = parse(n, text)?;
+        let values = parse(n, text)?;
         if row_in_sheet == sheet_rows {
             let sheet = workbook.add_worksheet_with_constant_memory()?;
-            for (c, h) in header.iter().enumerate() {
-                write_cell(sheet, 0, c as u16, h)?;
+            for (c, h) in header.iter().enumerate().take(16_384) {
+                cells.write(sheet, 0, c as u16, h)?;
             }
             sheets += 1;
             row_in_sheet = 1;
         }
         let sheet = workbook.worksheet_from_index(sheets as usize - 1)?;
-        for (c, v) in cells.iter().enumerate().take(16_384) {
-            write_cell(sheet, row_in_sheet, c as u16, v)?;
+        for (c, v) in values.iter().enumerate().take(16_384) {
+            cells.write(sheet, row_in_sheet, c as u16, v)?;
         }
         row_in_sheet += 1;
         rows += 1;
@@ -99,36 +129,144 @@ pub fn build(staged: &Path, out: &Path, tmp: &Path, sheet_rows: u32) -> Result<B
     if sheets == 0 {
         // No rows: one sheet with the header, so the file still opens.
         let sheet = workbook.add_worksheet_with_constant_memory()?;
-        for (c, h) in header.iter().enumerate() {
-            write_cell(sheet, 0, c as u16, h)?;
+        for (c, h) in header.iter().enumerate().take(16_384) {
+            cells.write(sheet, 0, c as u16, h)?;
         }
         sheets = 1;
     }
     workbook.save(out)?;
-    Ok(Built { rows, sheets })
+    Ok(Built { rows, sheets, truncated: cells.truncated })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use calamine::{Data, Reader};
+    use serde_json::json;
+
+    /// A scratch directory of its own for each test.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ferry-xlsx-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Builds a workbook of `rows` under the header `columns`, on sheets of `sheet_rows`.
+    fn build_rows(dir: &Path, columns: &[&str], rows: &[Vec<Value>], sheet_rows: u32) -> Result<Built, XlsxBuildError> {
+        let mut text = format!("{}\n", json!(columns));
+        for row in rows {
+            text.push_str(&format!("{}\n", Value::from(row.clone())));
+        }
+        std::fs::write(dir.join("rows.jsonl"), text).unwrap();
+        build(&dir.join("rows.jsonl"), &dir.join("out.xlsx"), dir, sheet_rows)
+    }
+
+    fn first_sheet(dir: &Path) -> (calamine::Range<Data>, calamine::Range<String>) {
+        let mut book = calamine::open_workbook::<calamine::Xlsx<_>, _>(dir.join("out.xlsx")).unwrap();
+        let name = book.sheet_names()[0].clone();
+        (book.worksheet_range(&name).unwrap(), book.worksheet_formula(&name).unwrap())
+    }
+
+    /// One part of the xlsx (a zip of XML files) as text.
+    fn part(dir: &Path, name: &str) -> String {
+        let mut zip = zip::ZipArchive::new(std::fs::File::open(dir.join("out.xlsx")).unwrap()).unwrap();
+        std::io::read_to_string(zip.by_name(name).unwrap()).unwrap()
+    }
 
     #[test]
     fn rows_roll_over_to_new_sheets() {
-        let dir = std::env::temp_dir().join(format!("ferry-xlsx-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let staged = dir.join("rows.jsonl");
-        let mut text = String::from("[\"id\",\"name\"]\n");
-        for i in 0..7 {
-            text.push_str(&format!("[{i},\"n{i}\"]\n"));
-        }
-        std::fs::write(&staged, text).unwrap();
-        let out = dir.join("out.xlsx");
+        let dir = scratch("sheets");
+        let rows: Vec<Vec<Value>> = (0..7).map(|i| vec![json!(i), json!(format!("n{i}"))]).collect();
         // 3 rows per sheet with the header: 2 data rows each, so 7 rows take 4 sheets.
-        assert_eq!(build(&staged, &out, &dir, 3).unwrap(), Built { rows: 7, sheets: 4 });
-        assert!(std::fs::metadata(&out).unwrap().len() > 0);
-        std::fs::write(&staged, "[\"id\"]\n[1]\nnot json\n").unwrap();
-        let err = build(&staged, &out, &dir, 3).unwrap_err().to_string();
+        assert_eq!(build_rows(&dir, &["id", "name"], &rows, 3).unwrap(), Built { rows: 7, sheets: 4, truncated: 0 });
+        std::fs::write(dir.join("rows.jsonl"), "[\"id\"]\n[1]\nnot json\n").unwrap();
+        let err = build(&dir.join("rows.jsonl"), &dir.join("out.xlsx"), &dir, 3).unwrap_err().to_string();
         assert!(err.contains("line 3"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn formula_like_text_is_a_quoted_string_and_numbers_stay_numbers() {
+        let dir = scratch("formulas");
+        let texts = ["=1+1", "+SUM(A1)", "-5", "@cmd", "\t=1", "\r=1", "=HYPERLINK(\"http://x\",\"y\")"];
+        let mut rows: Vec<Vec<Value>> = texts.iter().map(|t| vec![json!(t), json!(-5)]).collect();
+        rows.push(vec![json!("plain"), json!(-1.5)]);
+        build_rows(&dir, &["=text", "number"], &rows, 1000).unwrap();
+        let (cells, formulas) = first_sheet(&dir);
+        assert_eq!(cells.get((0, 0)), Some(&Data::String("=text".into())));
+        for (i, t) in texts.iter().enumerate() {
+            assert_eq!(cells.get((i + 1, 0)), Some(&Data::String((*t).into())), "{t:?} is a string cell, unchanged");
+            assert_eq!(cells.get((i + 1, 1)), Some(&Data::Float(-5.0)), "-5 stays a number");
+        }
+        assert_eq!(cells.get((texts.len() + 1, 1)), Some(&Data::Float(-1.5)));
+        assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()), "no formulas: {formulas:?}");
+        // The quote prefix: one extra cell format holding it, on exactly the formula-like texts.
+        let styles = part(&dir, "xl/styles.xml");
+        assert!(styles.contains("quotePrefix=\"1\""), "{styles}");
+        let sheet = part(&dir, "xl/worksheets/sheet1.xml");
+        let styled = sheet.matches(" s=\"1\"").count();
+        assert_eq!(styled, texts.len() + 1, "the header and each formula-like text: {sheet}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn numbers_are_number_cells_only_when_exact() {
+        let dir = scratch("numbers");
+        let row = vec![
+            json!({ "$number": "123456789012345678901234567890" }),
+            json!(9_007_199_254_740_993i64),
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(9_007_199_254_740_992i64),
+            json!(0.1),
+            json!({ "$number": "12.50" }),
+            json!(42),
+        ];
+        build_rows(&dir, &["a", "b", "c", "d", "e", "f", "g", "h"], &[row], 1000).unwrap();
+        let (cells, _) = first_sheet(&dir);
+        let got: Vec<Data> = (0..8).map(|c| cells.get((1, c)).cloned().unwrap_or(Data::Empty)).collect();
+        assert_eq!(
+            got,
+            [
+                Data::String("123456789012345678901234567890".into()),
+                Data::String("9007199254740993".into()),
+                Data::String("-9223372036854775808".into()),
+                Data::String("18446744073709551615".into()),
+                Data::Float(9_007_199_254_740_992.0),
+                Data::Float(0.1),
+                Data::Float(12.5),
+                Data::Float(42.0),
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn long_text_is_cut_to_excels_limit_and_counted() {
+        let dir = scratch("long");
+        let long = "x".repeat(40_000);
+        // 20,000 emoji are 40,000 UTF-16 units: Excel's limit counts those.
+        let emoji = "😀".repeat(20_000);
+        let rows = vec![vec![json!(long)], vec![json!(emoji)], vec![json!("short")]];
+        let built = build_rows(&dir, &["t"], &rows, 1000).unwrap();
+        assert_eq!(built.truncated, 2);
+        let (cells, _) = first_sheet(&dir);
+        assert_eq!(cells.get((1, 0)), Some(&Data::String("x".repeat(32_767))));
+        assert_eq!(cells.get((2, 0)), Some(&Data::String("😀".repeat(16_383))));
+        assert_eq!(cells.get((3, 0)), Some(&Data::String("short".into())));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn control_characters_open_and_read_back() {
+        let dir = scratch("control");
+        let texts = ["a\u{0001}b\u{0008}c", "\u{001f}\u{000b}\u{000c}", "tab\tlf\ncr\r", "_x0041_ stays literal", "\u{fffe}"];
+        let rows: Vec<Vec<Value>> = texts.iter().map(|t| vec![json!(t)]).collect();
+        build_rows(&dir, &["t"], &rows, 1000).unwrap();
+        let (cells, _) = first_sheet(&dir);
+        for (i, t) in texts.iter().enumerate() {
+            assert_eq!(cells.get((i + 1, 0)), Some(&Data::String((*t).into())), "{t:?}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

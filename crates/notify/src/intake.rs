@@ -1,0 +1,164 @@
+//! `POST /notifications` behind API Gateway (HTTP API, JWT authorizer): the only way onto the
+//! notification queue.
+//!
+//! In order: the caller's identity ([`Sender`], from the verified claims), the scope (when one is
+//! configured), the body limit, validation ([`Notification::parse`], a 400 names the field), the
+//! caller's throttle ([`Throttle`], a 429 says when to retry), then the message goes onto the queue
+//! with its sender ([`ferry_core::notify::attr::SENDER`]). The consumer keys its claim on
+//! (sender, notification id), so one caller's ids never touch another's. Nothing is queued for a
+//! refused request.
+
+use ferry_aws::notify::{Admission, DynamoClient, SqsClient, Throttle, send_notification};
+use ferry_core::notify::{FixedWindow, MessageError, Notification, Sender, has_scope};
+use ferry_core::public::{ErrorCode, PublicError};
+use lambda_http::http::{HeaderValue, Method, StatusCode};
+use lambda_http::{Body, Request, Response};
+
+use crate::http;
+
+/// The route this function serves.
+pub const ROUTE: &str = "/notifications";
+
+/// Settings of the intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeSettings {
+    pub queue_url: String,
+    /// The deliveries table, which holds the throttle's counters.
+    pub table: String,
+    /// An OAuth scope the caller's `scope` claim must hold; `None` for no check here.
+    pub scope: Option<String>,
+    /// Largest body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Requests per caller and window; `None` for no throttle.
+    pub rate: Option<FixedWindow>,
+}
+
+impl IntakeSettings {
+    pub fn new(queue_url: impl Into<String>, table: impl Into<String>) -> IntakeSettings {
+        IntakeSettings {
+            queue_url: queue_url.into(),
+            table: table.into(),
+            scope: None,
+            max_body_bytes: 16 * 1024,
+            rate: Some(FixedWindow { limit: 60, window_secs: 60 }),
+        }
+    }
+
+    /// Reads `FERRY_NOTIFY_QUEUE_URL` and `FERRY_NOTIFY_TABLE` (required), `FERRY_NOTIFY_SCOPE`
+    /// (empty: none), `FERRY_NOTIFY_MAX_BODY_BYTES` (default 16384), `FERRY_NOTIFY_RATE_LIMIT`
+    /// (requests per caller and window, default 60; 0 turns the throttle off) and
+    /// `FERRY_NOTIFY_RATE_WINDOW_SECS` (default 60).
+    pub fn from_env() -> Result<IntakeSettings, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let required = |name: &str| var(name).ok_or_else(|| format!("{name}: not set"));
+        let number = |name: &str, default: u64| -> Result<u64, String> {
+            match var(name) {
+                Some(v) => v.parse().map_err(|_| format!("{name}: {v:?} is not a whole number")),
+                None => Ok(default),
+            }
+        };
+        let mut s = IntakeSettings::new(required("FERRY_NOTIFY_QUEUE_URL")?, required("FERRY_NOTIFY_TABLE")?);
+        s.scope = var("FERRY_NOTIFY_SCOPE");
+        s.max_body_bytes = usize::try_from(number("FERRY_NOTIFY_MAX_BODY_BYTES", 16 * 1024)?)
+            .ok()
+            .filter(|&b| b > 0)
+            .ok_or("FERRY_NOTIFY_MAX_BODY_BYTES: must be positive")?;
+        let limit = number("FERRY_NOTIFY_RATE_LIMIT", 60)?;
+        let window_secs = number("FERRY_NOTIFY_RATE_WINDOW_SECS", 60)?;
+        if window_secs == 0 {
+            return Err("FERRY_NOTIFY_RATE_WINDOW_SECS: must be positive".to_owned());
+        }
+        s.rate = match u32::try_from(limit) {
+            Ok(0) => None,
+            Ok(limit) => Some(FixedWindow { limit, window_secs }),
+            Err(_) => return Err(format!("FERRY_NOTIFY_RATE_LIMIT: {limit} is too large")),
+        };
+        Ok(s)
+    }
+}
+
+/// State built once per execution environment.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub sqs: SqsClient,
+    pub throttle: Option<Throttle>,
+    pub settings: IntakeSettings,
+}
+
+impl Intake {
+    pub fn new(sqs: SqsClient, dynamodb: DynamoClient, settings: IntakeSettings) -> Intake {
+        let throttle = settings.rate.map(|rule| Throttle::new(dynamodb, settings.table.clone(), rule));
+        Intake { sqs, throttle, settings }
+    }
+}
+
+/// The Lambda handler. Every outcome is a response: refusals are 4xx with a [`PublicError`], an
+/// AWS failure is a 503 whose cause is logged under the request id.
+pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std::convert::Infallible> {
+    let request_id = http::request_id(&req).unwrap_or_default();
+    let claims = http::claims(&req);
+    let Some(sender) = claims.and_then(|c| Sender::from_claims(|k| c.get(k).map(String::as_str))) else {
+        tracing::warn!(request_id, "notification refused: no usable sub or client_id claim");
+        return Ok(http::error(&req, PublicError::code(ErrorCode::Unauthorized)));
+    };
+    if let Some(scope) = &state.settings.scope
+        && !has_scope(claims.and_then(|c| c.get("scope")).map(String::as_str), scope)
+    {
+        tracing::warn!(request_id, %sender, "notification refused: the token lacks the required scope");
+        return Ok(http::forbidden(&req));
+    }
+    if req.uri().path().trim_end_matches('/') != ROUTE {
+        return Ok(http::error(&req, PublicError::code(ErrorCode::NotFound)));
+    }
+    if req.method() != Method::POST {
+        return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, "use POST")));
+    }
+    let body: &[u8] = req.body().as_ref();
+    if body.len() > state.settings.max_body_bytes {
+        tracing::warn!(request_id, %sender, bytes = body.len(), "notification refused: body over the limit");
+        let message = format!("the body is {} bytes, at most {} allowed", body.len(), state.settings.max_body_bytes);
+        return Ok(http::error(&req, PublicError::new(ErrorCode::PayloadTooLarge, message)));
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, "the body is not UTF-8 text")));
+    };
+    let notification = match Notification::parse(text) {
+        Ok(n) => n,
+        Err(MessageError::Field { field, message }) => {
+            return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, message).with_field(field)));
+        }
+        Err(MessageError::MalformedJson(message)) => {
+            return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, format!("malformed JSON: {message}"))));
+        }
+    };
+    if let Some(throttle) = &state.throttle {
+        match throttle.admit(&sender).await {
+            Ok(Admission::Admitted { .. }) => {}
+            Ok(Admission::Limited { retry_after }) => {
+                tracing::warn!(request_id, %sender, retry_after_secs = retry_after.as_secs(), "notification refused: caller throttled");
+                let mut res = http::error(&req, PublicError::code(ErrorCode::TooManyRequests));
+                if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                    res.headers_mut().insert("retry-after", v);
+                }
+                return Ok(res);
+            }
+            Err(e) => {
+                tracing::error!(request_id, %sender, error = %e, "throttle check failed");
+                return Ok(http::error(&req, PublicError::code(ErrorCode::Unavailable)));
+            }
+        }
+    }
+    match send_notification(&state.sqs, &state.settings.queue_url, &sender, text).await {
+        Ok(message_id) => {
+            tracing::info!(request_id, %sender, notification_id = notification.notification_id, message_id, "queued");
+            Ok(http::json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "notification_id": notification.notification_id, "status": "queued" }),
+            ))
+        }
+        Err(e) => {
+            tracing::error!(request_id, %sender, notification_id = notification.notification_id, error = %e, "could not queue");
+            Ok(http::error(&req, PublicError::code(ErrorCode::Unavailable)))
+        }
+    }
+}
