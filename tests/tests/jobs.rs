@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use ferry_aws::jobs::{JobTable, WorkerPayload};
 use ferry_core::sources::{DatasetLocation, TablePattern};
-use ferry_demo::jobs::{LocalLambda, api_and_worker, call, count_xlsx_rows, seed_orders};
+use ferry_demo::jobs::{LocalLambda, api_and_worker, api_request, call, count_xlsx_rows, seed_orders};
 use ferry_tests::{sdk_config, unique};
 use job_invoker::worker::{self, WorkerReport};
 use job_invoker::{Api, JobSettings};
@@ -37,6 +37,8 @@ async fn env_with(run_for: Duration, tweak: impl FnOnce(&mut JobSettings)) -> En
         bucket: unique("exports"),
         notify_table: Some(unique("notify-deliveries")),
         source_tables: ["orders*", "wide-*"].iter().map(|p| TablePattern::parse(p).expect("a pattern")).collect(),
+        // Tests that are not about fairness submit many jobs as one owner.
+        max_running_per_owner: 50,
         ..JobSettings::default()
     };
     tweak(&mut settings);
@@ -629,6 +631,7 @@ async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
         now,
         start_lease_ms: 60_000,
         retention_ms: 3_600_000,
+        max_running: 10,
     };
     plain.submit(new).await.unwrap();
 
@@ -900,6 +903,7 @@ async fn the_worker_checks_the_allowlist_again_before_reading() {
             now,
             start_lease_ms: 60_000,
             retention_ms: 3_600_000,
+            max_running: 10,
         };
         table.submit(new).await.unwrap();
         let v = e.run_worker(&w, json!({"job_id": id, "attempt": 0})).await;
@@ -1504,4 +1508,120 @@ async fn formula_like_text_is_neutralised_in_csv_and_is_never_a_formula_in_xlsx(
     assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()), "no formulas: {formulas:?}");
     let job = JobTable::new(e.dynamo.clone(), e.settings.table.clone()).get(&id, job_invoker::settings::now_ms()).await.unwrap().unwrap();
     assert_eq!(job.result.map(|r| r.truncated_cells), Some(1), "the cut cell is noted in the result");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_xlsx_build_outlives_many_leases_and_the_job_succeeds() {
+    // A 1 s lease, and one page of reading: the page, the workbook build and the upload report no
+    // progress for longer than that. The background heartbeat alone keeps the job alive.
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.lease = Duration::from_secs(1);
+        s.page_size = 10_000;
+    })
+    .await;
+    let n = 5000;
+    let table = e.orders(n).await;
+    let (code, v) = e.post(&export(&table, "xlsx", 1), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let reports = e.lambda.invocations.settle().await;
+    let took = started.elapsed();
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { .. })]), "{reports:?}");
+    assert!(took > Duration::from_secs(2), "the run must outlast two leases to prove anything; it took {took:?}");
+    let v = e.status(&id).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let key = ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Xlsx);
+    let (rows, _) = count_xlsx_rows(&e.object(&key).await.expect("the workbook")).expect("an xlsx that opens");
+    assert_eq!(rows as u64, n, "every row is in the workbook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_held_back_past_the_start_lease_still_runs_its_job() {
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.start_lease = Duration::from_millis(500);
+    })
+    .await;
+    // Lambda keeps the event in its retry queue (the worker is throttled) longer than the lease.
+    e.lambda.invocations.delay_ms.store(1500, Ordering::SeqCst);
+    let table = e.orders(200).await;
+    let (code, v) = e.post(&export(&table, "csv", 1), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let v = e.wait_until(&id, "lost", |v| v["status"] == "lost").await;
+    assert_eq!(v["error"]["code"], "worker_unavailable", "readers see it lost while it waits: {v}");
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 200, .. })]), "the late delivery ran it: {reports:?}");
+    assert_eq!(e.status(&id).await["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_continuation_held_back_past_its_lease_still_resumes() {
+    let e = env_with(Duration::from_secs(2), |s| {
+        s.continue_margin = Duration::from_millis(1800);
+        s.page_size = 100;
+        s.max_continuations = 1000;
+        s.lease = Duration::from_secs(1);
+    })
+    .await;
+    let n = 1500;
+    let table = wide_orders(&e.dynamo, n).await;
+    e.lambda.invocations.delay_ms.store(2500, Ordering::SeqCst);
+    let (code, v) = e.post(&export(&table, "csv", 1), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let reports = e.lambda.invocations.settle().await;
+    let continued = reports.iter().filter(|r| matches!(r, Ok(WorkerReport::Continued { .. }))).count();
+    assert!(continued >= 1, "the export should have continued: {reports:?}");
+    assert!(matches!(reports.last(), Some(Ok(WorkerReport::Succeeded { .. }))), "{reports:?}");
+    let key = ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Csv);
+    assert_eq!(csv_ids(&e.object(&key).await.expect("export")), e.source_ids(&table, 1).await, "every row once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_over_the_running_limit_gets_429_and_others_are_unaffected() {
+    let e = env_with(Duration::from_secs(900), |s| s.max_running_per_owner = 2).await;
+    e.lambda.invocations.hold.store(true, Ordering::SeqCst);
+    let mut ids = Vec::new();
+    for segments in 1..=2 {
+        let (code, v) = e.post(&export("orders", "csv", segments), OWNER).await;
+        assert_eq!(code, 202, "{v}");
+        ids.push(v["job"]["id"].as_str().unwrap().to_owned());
+    }
+    let third = export("orders", "csv", 3);
+    let res = job_invoker::api::handle(&e.api, api_request("POST", "/jobs", Some(&third), OWNER)).await.expect("job-api");
+    assert_eq!(res.status().as_u16(), 429);
+    assert_eq!(res.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("30"));
+    let body: Value = match res.body() {
+        lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("a JSON body: {other:?}"),
+    };
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    // Repeating a running request is still the duplicate, not a refusal.
+    let (code, v) = e.post(&export("orders", "csv", 1), OWNER).await;
+    assert_eq!((code, v["job"]["id"].as_str()), (200, Some(ids[0].as_str())), "{v}");
+    // Another owner has slots of their own.
+    let (code, v) = e.post(&third, Some("seller-0002")).await;
+    assert_eq!(code, 202, "{v}");
+    // Ending one job frees its slot.
+    let (code, _) = call(&e.api, "DELETE", &format!("/jobs/{}", ids[0]), None, OWNER).await.unwrap();
+    assert_eq!(code, 200);
+    let (code, v) = e.post(&third, OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    // Concurrent distinct submits cannot pass the limit together.
+    let e = env_with(Duration::from_secs(900), |s| s.max_running_per_owner = 2).await;
+    e.lambda.invocations.hold.store(true, Ordering::SeqCst);
+    let api = Arc::new(e.api.clone());
+    let racers: Vec<_> = (1..=8)
+        .map(|segments| {
+            let api = api.clone();
+            tokio::spawn(async move { call(&api, "POST", "/jobs", Some(&export("orders", "csv", segments)), OWNER).await.unwrap().0 })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for r in racers {
+        codes.push(r.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes, [202, 202, 429, 429, 429, 429, 429, 429], "exactly the limit is admitted");
 }

@@ -8,6 +8,8 @@
 //!   the TTL attribute (seconds).
 //! - lock `LOCK#{owner}#{kind}#{params_hash}`: the job holding it and its lease. Free when absent or
 //!   when its lease has passed.
+//! - slot `SLOT#{owner}#{k}`, `k` below the per-owner limit: the job holding it and `held_until`.
+//!   Free when that job has ended or reads `lost` ([`ferry_core::jobs::slot_is_free`]).
 //!
 //! The global secondary index `by-owner` (`owner`, `created_key`) lists an owner's jobs newest first.
 //! DynamoDB's TTL deletes days late, so every read checks leases and retention in code. Every write
@@ -62,6 +64,8 @@ pub struct NewJob<'a> {
     pub start_lease_ms: i64,
     /// How long the record and its file are kept.
     pub retention_ms: i64,
+    /// Most jobs the owner may have queued or running at once.
+    pub max_running: u32,
 }
 
 /// The outcome of [`JobTable::submit`].
@@ -73,6 +77,8 @@ pub enum Submitted {
     Existing(JobRecord),
     /// Another submit of the same request holds the lock but has not written its job yet.
     Busy { holder: String },
+    /// The owner already has `max_running` jobs queued or running; nothing was written.
+    Full,
 }
 
 /// A job a worker claimed, with where the previous run of it stopped.
@@ -113,6 +119,10 @@ fn n(v: impl ToString) -> AttributeValue {
 
 fn job_pk(id: &str) -> String {
     format!("JOB#{id}")
+}
+
+fn slot_pk(owner: &str, k: u32) -> String {
+    format!("SLOT#{owner}#{k}")
 }
 
 fn lock_pk(owner: &str, kind: JobKind, hash: &str) -> String {
@@ -200,6 +210,48 @@ impl JobTable {
         })
     }
 
+    /// Takes one of `owner`'s `limit` running-job slots for job `id` (not written yet; the slot holds
+    /// for `hold_ms` until it is). `Ok(false)`: every slot names a queued or running job.
+    /// Exact under concurrent submits: each slot is one conditional write.
+    async fn take_slot(&self, owner: &str, id: &str, limit: u32, now: i64, hold_ms: i64) -> Result<bool, JobStoreError> {
+        for k in 0..limit {
+            let pk = slot_pk(owner, k);
+            let put = |condition: &str, old: Option<&str>| {
+                let mut req = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .item("pk", s(&pk))
+                    .item("job_id", s(id))
+                    .item("held_until", n(now + hold_ms))
+                    .item("expires_at", n((now + hold_ms) / 1000 + 86_400 * 30))
+                    .condition_expression(condition);
+                if let Some(old) = old {
+                    req = req.expression_attribute_values(":old", s(old));
+                }
+                req.send()
+            };
+            match put("attribute_not_exists(pk)", None).await {
+                Ok(_) => return Ok(true),
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(self.error(&pk, "PutItem", e)),
+            }
+            let Some(slot) = self.get_raw(&pk).await? else { continue };
+            let holder_id = text(&slot, "job_id").unwrap_or_default();
+            let holder = self.get(&holder_id, now).await?;
+            if !ferry_core::jobs::slot_is_free(holder.as_ref(), num(&slot, "held_until").unwrap_or(0), now) {
+                continue;
+            }
+            match put("job_id = :old", Some(&holder_id)).await {
+                Ok(_) => return Ok(true),
+                // Another submit took it first.
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(self.error(&pk, "PutItem", e)),
+            }
+        }
+        Ok(false)
+    }
+
     /// Takes the lock of (owner, kind, params) and creates the job, or returns the job that holds the
     /// lock. Concurrent equal submits create exactly one job: the lock is one conditional put.
     pub async fn submit(&self, job: NewJob<'_>) -> Result<Submitted, JobStoreError> {
@@ -240,6 +292,12 @@ impl JobTable {
                 .await;
             match taken {
                 Ok(_) => {
+                    // The request is new: it needs one of the owner's slots, or it is refused and
+                    // leaves nothing behind.
+                    if !self.take_slot(job.owner, job.id, job.max_running, job.now, job.start_lease_ms).await? {
+                        self.release_lock(job.owner, job.kind, &hash, job.id).await?;
+                        return Ok(Submitted::Full);
+                    }
                     self.client
                         .put_item()
                         .table_name(&self.table)
@@ -387,6 +445,11 @@ impl JobTable {
             // Refused, or a resend of this very claim after the first send landed: the token tells.
             Err(e) if is_condition_failed(&e) => match self.get_raw(&pk).await? {
                 Some(item) if Self::holds_claim(&item, &token, attempt, now) => item,
+                Some(item) if Self::waits_past_its_lease(&item, attempt, now) => match self.late_claim(&item, &token, now, lease_ms).await?
+                {
+                    Some(item) => item,
+                    None => return Ok(Err(self.refusal(id, now).await?)),
+                },
                 other => return Ok(Err(self.refusal_of(&pk, other, now)?)),
             },
             Err(e) => return Err(self.error(&pk, "UpdateItem", e)),
@@ -394,6 +457,110 @@ impl JobTable {
         let record = from_item(&item).map_err(|m| self.corrupt(&pk, m))?;
         self.extend_lock(&record, now + lease_ms).await?;
         Ok(Ok(Claimed { record, checkpoint: text(&item, "checkpoint") }))
+    }
+
+    /// Whether `item` is attempt `attempt`, unclaimed, with a lease that passed: its delivery waited
+    /// in Lambda's retry queue (a throttle) longer than the lease. Readers call it `lost`, but that
+    /// is derived; the delivery may still take it unless another job took its lock meanwhile.
+    fn waits_past_its_lease(item: &HashMap<String, AttributeValue>, attempt: u32, now: i64) -> bool {
+        num(item, "attempt") == Some(i64::from(attempt))
+            && item.get("claimed") == Some(&AttributeValue::Bool(false))
+            && text(item, "status").is_some_and(|st| Transition::Claim.allowed_from().iter().any(|a| a.as_str() == st))
+            && num(item, "lease_expires_at").is_some_and(|l| l < now)
+    }
+
+    /// Claims a job whose lease passed while its delivery waited, in one transaction with its lock:
+    /// only while the lock still names this job (no new submit of the same request took it) and
+    /// the job is still unclaimed at its attempt. `None` when either changed.
+    async fn late_claim(
+        &self,
+        item: &HashMap<String, AttributeValue>,
+        token: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, JobStoreError> {
+        use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
+        let record = from_item(item).map_err(|m| self.corrupt(&text(item, "pk").unwrap_or_default(), m))?;
+        let pk = job_pk(&record.id);
+        let lock = lock_pk(&record.owner, record.kind, &record.params_hash);
+        let (cond, values) = status_in(Transition::Claim.allowed_from());
+        let build = |e: aws_sdk_dynamodb::error::BuildError| self.corrupt(&pk, e.to_string());
+        let job = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET #status = :running, claimed = :true, claim_token = :token, lease_expires_at = :lease, updated_at = :now, phase = :phase")
+            .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :false"))
+            .expression_attribute_names("#status", "status")
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":running", s(Status::Running.as_str()))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":attempt", n(record.attempt))
+            .expression_attribute_values(":lease", n(now + lease_ms))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":phase", s("reading"))
+            .build()
+            .map_err(build)?;
+        let held = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(&lock))
+            .update_expression("SET lease_expires_at = :lease, expires_at = :ttl")
+            .condition_expression("job_id = :id")
+            .expression_attribute_values(":lease", n(now + lease_ms))
+            .expression_attribute_values(":ttl", n((now + lease_ms) / 1000 + 86_400))
+            .expression_attribute_values(":id", s(&record.id))
+            .build()
+            .map_err(build)?;
+        let out = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(job).build())
+            .transact_items(TransactWriteItem::builder().update(held).build())
+            .send()
+            .await;
+        match out {
+            Ok(_) => {}
+            Err(e) if service_code(&e) == Some("TransactionCanceledException") => {}
+            Err(e) => return Err(self.error(&pk, "TransactWriteItems", e)),
+        }
+        // Read back: a resent transaction that landed the first time is ours too.
+        Ok(self.get_raw(&pk).await?.filter(|item| Self::holds_claim(item, token, record.attempt, now)))
+    }
+
+    /// Extends the lease of the running attempt without touching its progress: the worker's
+    /// background heartbeat, which keeps a job alive through steps that report no progress (an
+    /// estimate, a listing, the xlsx build, completing the upload). `Err(Refused)`: stop.
+    pub async fn keep_alive(&self, id: &str, attempt: u32, now: i64, lease_ms: i64) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let pk = job_pk(id);
+        let (cond, values) = status_in(Transition::Heartbeat.allowed_from());
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET lease_expires_at = :lease, updated_at = :now")
+            .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :true AND lease_expires_at >= :now"))
+            .expression_attribute_names("#status", "status")
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":lease", n(now + lease_ms))
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match out {
+            Ok(o) => {
+                let record = from_item(&o.attributes.unwrap_or_default()).map_err(|m| self.corrupt(&pk, m))?;
+                if !self.extend_lock(&record, now + lease_ms).await? {
+                    return Ok(Err(Refused::NotOurs(Box::new(record))));
+                }
+                Ok(Ok(record))
+            }
+            Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(id, now).await?)),
+            Err(e) => Err(self.error(&pk, "UpdateItem", e)),
+        }
     }
 
     /// Whether `item` is running attempt `attempt` under the claim written with `token`, unexpired.

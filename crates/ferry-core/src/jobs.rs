@@ -564,6 +564,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether one of an owner's running-job slots is free: the job it names has ended (or reads
+/// `lost`), or, when that job is not written yet, the slot's hold (the submit that took it) passed.
+/// Derived from the job, so a slot frees itself whatever way its job ended, crashes included.
+pub fn slot_is_free(holder: Option<&JobRecord>, held_until: i64, now: i64) -> bool {
+    match holder {
+        Some(job) => !job.status_at(now).is_active(),
+        None => held_until < now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +720,20 @@ mod tests {
             updated_at: 0,
             retain_until: 5_000,
         }
+    }
+
+    #[test]
+    fn a_slot_is_free_once_its_job_ends_or_reads_lost() {
+        let at = |status, lease| record(status, lease);
+        assert!(!slot_is_free(Some(&at(Status::Queued, 2_000)), 0, 1_000));
+        assert!(!slot_is_free(Some(&at(Status::Running, 2_000)), 0, 1_000));
+        assert!(slot_is_free(Some(&at(Status::Running, 500)), 9_000, 1_000), "lost frees it");
+        for done in [Status::Succeeded, Status::Failed, Status::Cancelled] {
+            assert!(slot_is_free(Some(&at(done, 2_000)), 9_000, 1_000), "{done:?}");
+        }
+        // A submit between taking the slot and writing its job holds it until its hold passes.
+        assert!(!slot_is_free(None, 1_000, 1_000));
+        assert!(slot_is_free(None, 999, 1_000));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct Invocations {
     pub refuse: AtomicBool,
     /// Accept invokes but do not run the worker (a worker that never starts).
     pub hold: AtomicBool,
+    /// Run each accepted invoke only after this many milliseconds, as Lambda does with an event it
+    /// keeps in its retry queue while the function is throttled.
+    pub delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Invocations {
@@ -198,17 +201,39 @@ async fn invoke(
     let Some(worker) = server.worker.get().cloned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, r#"{"Type":"Service","message":"no worker"}"#.into());
     };
+    let delay = Duration::from_millis(server.invocations.delay_ms.load(Ordering::SeqCst));
+    if !delay.is_zero() {
+        let s = server.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            start(&s, worker, payload, name).await
+        });
+        if let Ok(mut t) = server.invocations.tasks.lock() {
+            t.push(task);
+        }
+        return (StatusCode::ACCEPTED, String::new());
+    }
+    let task = tokio::spawn(start(&server, worker, payload, name));
+    if let Ok(mut t) = server.invocations.tasks.lock() {
+        t.push(task);
+    }
+    (StatusCode::ACCEPTED, String::new())
+}
+
+/// One worker run, with a deadline `run_for` from now.
+fn start(
+    server: &Server,
+    worker: Worker,
+    payload: serde_json::Value,
+    name: String,
+) -> impl Future<Output = Result<WorkerReport, String>> + use<> {
     server.invocations.started.fetch_add(1, Ordering::SeqCst);
     let mut ctx = Context::default();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     ctx.deadline = now + server.run_for.as_millis() as u64;
     ctx.invoked_function_arn = format!("arn:aws:lambda:us-east-1:123456789012:function:{name}");
     ctx.request_id = next_request_id();
-    let task = tokio::spawn(async move { worker::handle(&worker, LambdaEvent::new(payload, ctx)).await.map_err(|e| e.to_string()) });
-    if let Ok(mut t) = server.invocations.tasks.lock() {
-        t.push(task);
-    }
-    (StatusCode::ACCEPTED, String::new())
+    async move { worker::handle(&worker, LambdaEvent::new(payload, ctx)).await.map_err(|e| e.to_string()) }
 }
 
 /// The API and worker state for one jobs table and export bucket, with the worker behind `lambda`.

@@ -232,6 +232,15 @@ async fn route(api: &Api, req: &Request, caller: &Caller) -> Result<Response<Bod
     }
 }
 
+/// What a refused submit over the per-owner limit is told to wait: about one short export.
+const RETRY_AFTER_SECS: &str = "30";
+
+async fn duplicate(api: &Api, req: &Request, job: &JobRecord, now: i64) -> Result<Response<Body>, ApiError> {
+    let mut body = json!({ "job": api.view(job, now).await?, "status_url": status_url(req, &job.id) });
+    body["duplicate"] = Value::Bool(true);
+    Ok(respond(StatusCode::OK, body))
+}
+
 async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Result<Response<Body>, ApiError> {
     let body: &[u8] = match req.body() {
         Body::Empty => b"",
@@ -261,12 +270,17 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
         now,
         start_lease_ms: ms(api.settings.start_lease),
         retention_ms: ms(api.settings.retention),
+        max_running: api.settings.max_running_per_owner,
     };
     let job = match api.table.submit(new).await? {
-        Submitted::Existing(job) => {
-            let mut body = json!({ "job": api.view(&job, now).await?, "status_url": status_url(req, &job.id) });
-            body["duplicate"] = Value::Bool(true);
-            return Ok(respond(StatusCode::OK, body));
+        Submitted::Existing(job) => return duplicate(api, req, &job, now).await,
+        Submitted::Full => {
+            let limit = api.settings.max_running_per_owner;
+            tracing::info!(owner, request_id = caller.request_id, limit, "per-owner job limit reached");
+            let message = format!("you have {limit} jobs queued or running; retry when one has finished");
+            let mut res = caller.error(PublicError::new(ErrorCode::TooManyRequests, message));
+            res.headers_mut().insert("retry-after", lambda_http::http::HeaderValue::from_static(RETRY_AFTER_SECS));
+            return Ok(res);
         }
         Submitted::Busy { holder } => {
             let message = format!("an identical job ({holder}) is being created; retry shortly");

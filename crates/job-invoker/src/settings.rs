@@ -54,6 +54,9 @@ pub struct JobSettings {
     pub source_tables: Vec<TablePattern>,
     /// The stack's deliveries table (`FERRY_NOTIFY_TABLE`), never a source.
     pub notify_table: Option<String>,
+    /// Most queued or running jobs one owner may have at once (`FERRY_JOB_MAX_RUNNING_PER_OWNER`);
+    /// the next submit is `429` until one ends.
+    pub max_running_per_owner: u32,
 }
 
 impl Default for JobSettings {
@@ -77,6 +80,7 @@ impl Default for JobSettings {
             dataset_locations: None,
             source_tables: Vec::new(),
             notify_table: None,
+            max_running_per_owner: 2,
         }
     }
 }
@@ -84,7 +88,8 @@ impl Default for JobSettings {
 impl JobSettings {
     /// Reads `FERRY_JOBS_TABLE`, `FERRY_EXPORT_BUCKET`, `FERRY_JOB_WORKER_FUNCTION`, `FERRY_JOB_INVOKE`
     /// (`await` or `detached`), `FERRY_JOB_RETENTION_HOURS`, `FERRY_JOB_PAGE_SIZE`,
-    /// `FERRY_JOB_CONTINUE_MARGIN_SECS`, `FERRY_EXPORT_DATASETS` (comma-separated `bucket/prefix`),
+    /// `FERRY_JOB_CONTINUE_MARGIN_SECS`, `FERRY_JOB_LEASE_SECS`, `FERRY_JOB_START_LEASE_SECS`,
+    /// `FERRY_JOB_MAX_RUNNING_PER_OWNER`, `FERRY_EXPORT_DATASETS` (comma-separated `bucket/prefix`),
     /// `FERRY_EXPORT_SOURCE_TABLES` (comma-separated names or patterns) and `FERRY_NOTIFY_TABLE`;
     /// unset ones keep their defaults, malformed ones are an error naming the variable.
     pub fn from_env() -> Result<JobSettings, String> {
@@ -118,6 +123,23 @@ impl JobSettings {
         if let Some(v) = var("FERRY_JOB_PAGE_SIZE") {
             let n = number("FERRY_JOB_PAGE_SIZE", v)?;
             s.page_size = u32::try_from(n).ok().filter(|n| (1..=10_000).contains(n)).ok_or("FERRY_JOB_PAGE_SIZE: must be 1 to 10000")?;
+        }
+        if let Some(v) = var("FERRY_JOB_LEASE_SECS") {
+            let n = number("FERRY_JOB_LEASE_SECS", v)?;
+            // The worker heartbeats every third of the lease; below 3 s a slow DynamoDB call loses it.
+            s.lease = Some(n).filter(|n| (3..=900).contains(n)).map(Duration::from_secs).ok_or("FERRY_JOB_LEASE_SECS: must be 3 to 900")?;
+        }
+        if let Some(v) = var("FERRY_JOB_START_LEASE_SECS") {
+            let n = number("FERRY_JOB_START_LEASE_SECS", v)?;
+            s.start_lease = Some(n)
+                .filter(|n| (10..=6 * 3600).contains(n))
+                .map(Duration::from_secs)
+                .ok_or("FERRY_JOB_START_LEASE_SECS: must be 10 to 21600 (Lambda keeps an async event at most 6 hours)")?;
+        }
+        if let Some(v) = var("FERRY_JOB_MAX_RUNNING_PER_OWNER") {
+            let n = number("FERRY_JOB_MAX_RUNNING_PER_OWNER", v)?;
+            s.max_running_per_owner =
+                u32::try_from(n).ok().filter(|n| (1..=1000).contains(n)).ok_or("FERRY_JOB_MAX_RUNNING_PER_OWNER: must be 1 to 1000")?;
         }
         if let Some(v) = var("FERRY_JOB_CONTINUE_MARGIN_SECS") {
             s.continue_margin = Duration::from_secs(number("FERRY_JOB_CONTINUE_MARGIN_SECS", v)?);
@@ -193,6 +215,24 @@ mod tests {
         assert_eq!(p.datasets.iter().map(ToString::to_string).collect::<Vec<_>>(), ["ferry-dev-1/datasets/"]);
         assert!(p.tables.is_empty());
         assert_eq!(p.own_tables, ["ferry-jobs"]);
+    }
+
+    #[test]
+    fn leases_and_the_per_owner_limit_are_settings_within_bounds() {
+        let s = from(&[("FERRY_JOB_LEASE_SECS", "20"), ("FERRY_JOB_START_LEASE_SECS", "3600"), ("FERRY_JOB_MAX_RUNNING_PER_OWNER", "3")])
+            .unwrap();
+        assert_eq!((s.lease, s.start_lease, s.max_running_per_owner), (Duration::from_secs(20), Duration::from_secs(3600), 3));
+        let d = from(&[]).unwrap();
+        assert_eq!((d.lease, d.start_lease, d.max_running_per_owner), (Duration::from_secs(60), Duration::from_secs(120), 2));
+        for (name, bad) in [
+            ("FERRY_JOB_LEASE_SECS", "2"),
+            ("FERRY_JOB_LEASE_SECS", "1h"),
+            ("FERRY_JOB_START_LEASE_SECS", "30000"),
+            ("FERRY_JOB_MAX_RUNNING_PER_OWNER", "0"),
+        ] {
+            let e = from(&[(name, bad)]).unwrap_err();
+            assert!(e.starts_with(name), "{name}={bad}: {e}");
+        }
     }
 
     #[test]

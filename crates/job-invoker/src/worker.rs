@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use ferry_aws::jobs::{Beat, InvokeError, JobStoreError, Refused, WorkerPayload};
+use ferry_aws::jobs::{Beat, InvokeError, JobStoreError, JobTable, Refused, WorkerPayload};
 use ferry_core::public::{ErrorCode, PublicError};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Serialize;
@@ -109,7 +109,15 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
     };
     let job = claimed.record;
     tracing::info!(job_id, attempt, resumed = claimed.checkpoint.is_some(), "job claimed");
-    let outcome = export::run(&state.env, &job, claimed.checkpoint.as_deref(), deadline).await;
+    // Held until the outcome is recorded: the lease stays alive through steps that report nothing.
+    let mut keepalive = Keepalive::start(table.clone(), job_id.clone(), attempt, settings.lease);
+    let outcome = tokio::select! {
+        biased;
+        out = export::run(&state.env, &job, claimed.checkpoint.as_deref(), deadline) => out,
+        // Cancelled or no longer ours: stop now rather than at the next page (the multipart upload
+        // left behind is aborted by the bucket's lifecycle rule).
+        refused = keepalive.stopped() => Ok(Outcome::Stopped(refused)),
+    };
     let fail = |error: PublicError| async move {
         if let Err(e) = table.fail(&job.id, Some(attempt), &error, now_ms()).await {
             tracing::error!(job_id = job.id, error = %e, "could not mark the job failed; it will read lost when its lease ends");
@@ -162,6 +170,59 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
             fail(public).await;
             Err(WorkerError::Export { job_id, source: e })
         }
+    }
+}
+
+/// The background heartbeat of a claimed attempt: extends its lease every third of the lease, and
+/// reports when the job was cancelled or is no longer this attempt's.
+struct Keepalive {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Receiver<Option<Refused>>,
+}
+
+impl Keepalive {
+    fn start(table: JobTable, id: String, attempt: u32, lease: std::time::Duration) -> Keepalive {
+        let (tx, stop) = tokio::sync::watch::channel(None);
+        let every = (lease / 3).max(std::time::Duration::from_millis(100));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the claim has just set the lease
+            loop {
+                tick.tick().await;
+                match table.keep_alive(&id, attempt, now_ms(), ms(lease)).await {
+                    Ok(Ok(_)) => {}
+                    // This attempt checkpointed and handed the job on: nothing left to keep alive.
+                    Ok(Err(Refused::NotOurs(r))) if r.attempt > attempt => return,
+                    Ok(Err(refused)) => {
+                        tracing::info!(job_id = id, attempt, reason = describe(&refused), "heartbeat refused; stopping");
+                        let _ = tx.send(Some(refused));
+                        return;
+                    }
+                    // Transient: the lease lasts three beats, so the next one may still land.
+                    Err(e) => tracing::warn!(job_id = id, attempt, error = %e, "heartbeat failed; retrying at the next beat"),
+                }
+            }
+        });
+        Keepalive { task, stop }
+    }
+
+    /// Resolves when the job must stop; never, while it may go on.
+    async fn stopped(&mut self) -> Refused {
+        loop {
+            if let Some(refused) = self.stop.borrow().clone() {
+                return refused;
+            }
+            if self.stop.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+impl Drop for Keepalive {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
