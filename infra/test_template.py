@@ -344,7 +344,7 @@ class Template(unittest.TestCase):
     def test_queue_consumer_reports_partial_failures_and_is_bounded(self) -> None:
         self.assertEqual(consumer_problems(TEMPLATE), [])
         t = self.mutated()
-        (mapping,) = resources(t, "AWS::Lambda::EventSourceMapping").values()
+        mapping = resources(t, "AWS::Lambda::EventSourceMapping")["NotifyConsumerEvents"]
         del mapping["Properties"]["FunctionResponseTypes"]
         del mapping["Properties"]["ScalingConfig"]
         self.assertEqual(len(consumer_problems(t)), 2, consumer_problems(t))
@@ -353,7 +353,7 @@ class Template(unittest.TestCase):
         self.assertEqual(queues_without_tls_policy(TEMPLATE), [])
         t = self.mutated()
         t["Resources"]["QueuesTlsOnlyPolicy"]["Properties"]["Queues"].pop()
-        self.assertEqual(queues_without_tls_policy(t), ["FailedEventsQueue"])
+        self.assertEqual(queues_without_tls_policy(t), ["JobFailuresQueue"])
 
     def test_notifications_enter_through_the_intake_function(self) -> None:
         self.assertEqual(notification_intake_problems(TEMPLATE), [])
@@ -420,6 +420,17 @@ class Template(unittest.TestCase):
         grant = next(s for s in statements(t["Resources"]["JobApiRole"]) if s.get("Action") == "s3:GetObject")
         grant["Action"] = ["s3:GetObject", "s3:DeleteObject"]
         self.assertEqual(granted_actions(t["Resources"]["JobApiRole"]) - JOB_API_ACTIONS, {"s3:DeleteObject"})
+
+    def test_job_worker_deliveries_lambda_gives_up_on_come_back_to_it(self) -> None:
+        worker = TEMPLATE["Resources"]["JobWorkerFunction"]["Properties"]
+        config = worker["EventInvokeConfig"]
+        self.assertEqual(target(config["DestinationConfig"]["OnFailure"]["Destination"]), "JobFailuresQueue")
+        mapping = resources(TEMPLATE, "AWS::Lambda::EventSourceMapping")["JobFailuresEvents"]["Properties"]
+        self.assertEqual((target(mapping["EventSourceArn"]), target(mapping["FunctionName"])), ("JobFailuresQueue", "JobWorkerFunction"))
+        # A queued job waits as long as Lambda may still deliver its event, and no longer.
+        api_env = TEMPLATE["Resources"]["JobApiFunction"]["Properties"]["Environment"]["Variables"]
+        self.assertEqual(target(api_env["FERRY_JOB_START_LEASE_SECS"]), target(config["MaximumEventAgeInSeconds"]))
+        self.assertEqual(target(api_env["FERRY_JOB_MAX_RUNNING_PER_OWNER"]), "JobsPerOwner")
 
     def test_dataset_prefix_parameters_refuse_reserved_prefixes(self) -> None:
         own = re.compile(TEMPLATE["Parameters"]["ExportDatasetPrefix"]["AllowedPattern"])

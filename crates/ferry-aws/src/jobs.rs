@@ -736,6 +736,42 @@ impl JobTable {
         self.finish(id, now, out).await
     }
 
+    /// Marks attempt `attempt` failed because Lambda gave up on delivering it (its on-failure
+    /// destination): only while that attempt never ran (unclaimed) or its runner's lease passed, so
+    /// a record about a delivery whose duplicate is running the job changes nothing. Releases the lock.
+    pub async fn fail_undelivered(
+        &self,
+        id: &str,
+        attempt: u32,
+        error: &PublicError,
+        now: i64,
+    ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let pk = job_pk(id);
+        let (cond, values) = status_in(Transition::Fail.allowed_from());
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression(
+                "SET #status = :to, updated_at = :now, finished_at = :now, #error = :error, phase = :phase REMOVE checkpoint",
+            )
+            .condition_expression(format!("{cond} AND attempt = :attempt AND (claimed = :false OR lease_expires_at < :now)"))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":to", s(Status::Failed.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":phase", s("failed"))
+            .expression_attribute_values(":error", error_value(error))
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        self.finish(id, now, out).await
+    }
+
     /// Cancels the owner's job if it is queued or running. The worker notices at its next page.
     /// `Ok(Err(Refused::NotOurs))` carries a job that had already finished.
     pub async fn cancel(&self, id: &str, owner: &str, now: i64) -> Result<Result<JobRecord, Refused>, JobStoreError> {

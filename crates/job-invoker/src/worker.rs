@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use ferry_aws::jobs::{Beat, InvokeError, JobStoreError, JobTable, Refused, WorkerPayload};
 use ferry_core::public::{ErrorCode, PublicError};
 use lambda_runtime::{Diagnostic, LambdaEvent};
@@ -224,6 +225,80 @@ impl Drop for Keepalive {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Handles any event the worker function receives: a job delivery, or a batch of records Lambda
+/// wrote to the on-failure destination queue about deliveries it gave up on.
+pub async fn handle_any(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Result<serde_json::Value, WorkerError> {
+    if event.payload.get("Records").is_some() {
+        let batch: SqsEvent = serde_json::from_value(event.payload).map_err(|e| WorkerError::BadEvent(e.to_string()))?;
+        let response = undelivered(&state.env.table, batch).await;
+        return serde_json::to_value(response).map_err(|e| WorkerError::BadEvent(e.to_string()));
+    }
+    let report = handle(state, event).await?;
+    serde_json::to_value(report).map_err(|e| WorkerError::BadEvent(e.to_string()))
+}
+
+/// The part of Lambda's invocation record (on-failure destination) the worker reads.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvocationRecord {
+    request_context: RecordContext,
+    request_payload: WorkerPayload,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordContext {
+    #[serde(default)]
+    request_id: String,
+    /// `RetriesExhausted` or `EventAgeExceeded` (the event waited, throttled, past its maximum age).
+    #[serde(default)]
+    condition: String,
+}
+
+/// Fails each job whose delivery Lambda gave up on, and frees its lock, so that it reads `failed`
+/// with a reason instead of waiting to read `lost`. Only a store error returns a record to the
+/// queue; a record that is not an invocation record is logged and dropped.
+pub async fn undelivered(table: &JobTable, batch: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for message in batch.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let record: InvocationRecord = match message.body.as_deref().map(serde_json::from_str) {
+            Some(Ok(r)) => r,
+            other => {
+                let error = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no body".into(),
+                };
+                tracing::error!(message_id = id, error, "not a Lambda invocation record; dropped");
+                continue;
+            }
+        };
+        let WorkerPayload { job_id, attempt } = record.request_payload;
+        let condition = record.request_context.condition;
+        let message = match condition.as_str() {
+            "EventAgeExceeded" => "the worker was busy for too long and the job was never started; submit it again",
+            _ => "the worker failed on every retry; submit it again",
+        };
+        let mut error = PublicError::new(ErrorCode::WorkerUnavailable, message);
+        if !record.request_context.request_id.is_empty() {
+            error = error.with_request_id(record.request_context.request_id);
+        }
+        match table.fail_undelivered(&job_id, attempt, &error, now_ms()).await {
+            Ok(Ok(_)) => tracing::warn!(job_id, attempt, condition, "Lambda gave up on the delivery; job failed"),
+            Ok(Err(refused)) => {
+                tracing::info!(job_id, attempt, condition, reason = describe(&refused), "undelivered record changes nothing")
+            }
+            Err(e) => {
+                tracing::error!(job_id, attempt, error = %e, "could not fail the undelivered job; retrying the record");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+    }
+    response
 }
 
 fn stopped(job_id: String, attempt: u32, refused: Refused) -> WorkerReport {

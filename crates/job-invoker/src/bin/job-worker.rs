@@ -21,5 +21,5 @@ async fn main() -> Result<(), Error> {
         },
         lambda: ferry_aws::clients::lambda(&conf),
     };
-    run(service_fn(|event| worker::handle(&state, event))).await
+    run(service_fn(|event| worker::handle_any(&state, event))).await
 }
