@@ -112,6 +112,24 @@ pub fn sdk_config() -> SdkConfig {
         .build()
 }
 
+/// A client of the SDK crate `$sdk` that never reaches the network: every call is answered by the
+/// `aws_smithy_mocks` rules of `$interceptor` (a `MockResponseInterceptor`). For errors moto cannot
+/// produce, such as an access denial.
+#[macro_export]
+macro_rules! mocked_client {
+    ($sdk:ident, $interceptor:expr) => {
+        $sdk::Client::from_conf(
+            $sdk::Config::builder()
+                .behavior_version($sdk::config::BehaviorVersion::latest())
+                .region($sdk::config::Region::new("us-east-1"))
+                .credentials_provider($sdk::config::Credentials::new("testing", "testing", None, None, "mock"))
+                .http_client(aws_smithy_mocks::create_mock_http_client())
+                .interceptor($interceptor)
+                .build(),
+        )
+    };
+}
+
 /// A name unique within this test process and across runs against one server, lowercase and
 /// valid as a bucket, queue or table name.
 pub fn unique(prefix: &str) -> String {

@@ -993,43 +993,27 @@ const DENIED: &str = "User: arn:aws:sts::123456789012:assumed-role/ferry-dev-job
                       read on resource: arn:aws:dynamodb:us-east-1:123456789012:table/ferry-dev-jobs";
 
 fn denied_dynamo() -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_dynamodb::error::ErrorMetadata;
     use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
     use aws_sdk_dynamodb::operation::scan::ScanError;
-    use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, create_mock_http_client, mock};
+    use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, mock};
     fn meta() -> ErrorMetadata {
         ErrorMetadata::builder().code("AccessDeniedException").message(DENIED).build()
     }
     let describe = mock!(aws_sdk_dynamodb::Client::describe_table).then_error(|| DescribeTableError::generic(meta()));
     let scan = mock!(aws_sdk_dynamodb::Client::scan).then_error(|| ScanError::generic(meta()));
     let interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny).with_rule(&describe).with_rule(&scan);
-    let conf = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
-        .http_client(create_mock_http_client())
-        .interceptor(interceptor)
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(conf)
+    ferry_tests::mocked_client!(aws_sdk_dynamodb, interceptor)
 }
 
 fn denied_s3() -> aws_sdk_s3::Client {
-    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_s3::error::ErrorMetadata;
     use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
-    use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, create_mock_http_client, mock};
+    use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, mock};
     let list = mock!(aws_sdk_s3::Client::list_objects_v2)
         .then_error(|| ListObjectsV2Error::generic(ErrorMetadata::builder().code("AccessDenied").message(DENIED).build()));
     let interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny).with_rule(&list);
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
-        .http_client(create_mock_http_client())
-        .interceptor(interceptor)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    ferry_tests::mocked_client!(aws_sdk_s3, interceptor)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

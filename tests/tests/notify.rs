@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, mock};
 use ferry_aws::notify::{
     self as aws, Claim, DeliveryTable, LetterScope, LetterSlot, QueuePair, QueueSettings, Received, RedriveOptions, SqsClient, Written,
 };
@@ -569,19 +569,11 @@ const DLQ_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:notify-dlq";
 const SRC_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:notify";
 
 fn mocked_sqs(rules: &[&Rule]) -> SqsClient {
-    use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
     for r in rules {
         interceptor = interceptor.with_rule(r);
     }
-    let conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
-        .http_client(create_mock_http_client())
-        .interceptor(interceptor)
-        .build();
-    SqsClient::from_conf(conf)
+    ferry_tests::mocked_client!(aws_sdk_sqs, interceptor)
 }
 
 fn queue_arn_rule() -> Rule {

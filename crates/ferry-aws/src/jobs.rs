@@ -109,6 +109,29 @@ pub struct Beat<'a> {
     pub lease_ms: i64,
 }
 
+/// One write to a running attempt: its lease always, progress and a hand-over when given.
+struct RunningUpdate<'a> {
+    id: &'a str,
+    attempt: u32,
+    now: i64,
+    lease_ms: i64,
+    progress: Option<&'a Progress>,
+    checkpoint: Option<&'a str>,
+}
+
+impl<'a> RunningUpdate<'a> {
+    fn of(beat: Beat<'a>, checkpoint: Option<&'a str>) -> RunningUpdate<'a> {
+        RunningUpdate {
+            id: beat.id,
+            attempt: beat.attempt,
+            now: beat.now,
+            lease_ms: beat.lease_ms,
+            progress: Some(beat.progress),
+            checkpoint,
+        }
+    }
+}
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -134,6 +157,37 @@ fn status_in(statuses: &[Status]) -> (String, Vec<(String, AttributeValue)>) {
     let names: Vec<String> = (0..statuses.len()).map(|i| format!(":s{i}")).collect();
     let values = names.iter().zip(statuses).map(|(k, st)| (k.clone(), s(st.as_str()))).collect();
     (format!("#status IN ({})", names.join(", ")), values)
+}
+
+/// What a claim sets: running, claimed under `claim_token`, with a fresh lease.
+const CLAIM_SET: &str =
+    "SET #status = :running, claimed = :true, claim_token = :token, lease_expires_at = :lease, updated_at = :now, phase = :phase";
+
+/// The condition of a claim (the status it may come from, the attempt, unclaimed) and the values of
+/// it and [`CLAIM_SET`].
+fn claim_update(token: &str, attempt: u32, now: i64, lease_ms: i64) -> (String, HashMap<String, AttributeValue>) {
+    let (cond, values) = status_in(Transition::Claim.allowed_from());
+    let mut values: HashMap<String, AttributeValue> = values.into_iter().collect();
+    for (k, v) in [
+        (":running", s(Status::Running.as_str())),
+        (":true", AttributeValue::Bool(true)),
+        (":false", AttributeValue::Bool(false)),
+        (":token", s(token)),
+        (":attempt", n(attempt)),
+        (":lease", n(now + lease_ms)),
+        (":now", n(now)),
+        (":phase", s("reading")),
+    ] {
+        values.insert(k.to_owned(), v);
+    }
+    (format!("{cond} AND attempt = :attempt AND claimed = :false"), values)
+}
+
+/// What extending a lock's lease sets, conditional on `job_id = :id`.
+const LOCK_LEASE_SET: &str = "SET lease_expires_at = :lease, expires_at = :ttl";
+
+fn lock_lease_values(job_id: &str, lease: i64) -> HashMap<String, AttributeValue> {
+    HashMap::from([(":lease".to_owned(), n(lease)), (":ttl".to_owned(), n(lease / 1000 + 86_400)), (":id".to_owned(), s(job_id))])
 }
 
 fn service_code<E: ProvideErrorMetadata>(e: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> Option<&str> {
@@ -419,39 +473,32 @@ impl JobTable {
     pub async fn claim(&self, id: &str, attempt: u32, now: i64, lease_ms: i64) -> Result<Result<Claimed, Refused>, JobStoreError> {
         let pk = job_pk(id);
         let token = uuid::Uuid::new_v4().to_string();
-        let (cond, values) = status_in(Transition::Claim.allowed_from());
+        let (cond, values) = claim_update(&token, attempt, now, lease_ms);
         let out = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&pk))
-            .update_expression("SET #status = :running, claimed = :true, claim_token = :token, lease_expires_at = :lease, updated_at = :now, phase = :phase")
-            .condition_expression(format!("attribute_exists(pk) AND {cond} AND attempt = :attempt AND claimed = :false AND lease_expires_at >= :now"))
+            .update_expression(CLAIM_SET)
+            .condition_expression(format!("attribute_exists(pk) AND {cond} AND lease_expires_at >= :now"))
             .expression_attribute_names("#status", "status")
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
-            .expression_attribute_values(":running", s(Status::Running.as_str()))
-            .expression_attribute_values(":true", AttributeValue::Bool(true))
-            .expression_attribute_values(":false", AttributeValue::Bool(false))
-            .expression_attribute_values(":token", s(&token))
-            .expression_attribute_values(":attempt", n(attempt))
-            .expression_attribute_values(":lease", n(now + lease_ms))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":phase", s("reading"))
+            .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
         let item = match out {
             Ok(o) => o.attributes.unwrap_or_default(),
             // Refused, or a resend of this very claim after the first send landed: the token tells.
-            Err(e) if is_condition_failed(&e) => match self.get_raw(&pk).await? {
-                Some(item) if Self::holds_claim(&item, &token, attempt, now) => item,
-                Some(item) if Self::waits_past_its_lease(&item, attempt, now) => match self.late_claim(&item, &token, now, lease_ms).await?
-                {
-                    Some(item) => item,
-                    None => return Ok(Err(self.refusal(id, now).await?)),
-                },
-                other => return Ok(Err(self.refusal_of(&pk, other, now)?)),
-            },
+            Err(e) if is_condition_failed(&e) => {
+                let mut current = self.get_raw(&pk).await?;
+                if let Some(item) = current.as_ref().filter(|i| Self::waits_past_its_lease(i, attempt, now)) {
+                    current = self.late_claim(item, &token, now, lease_ms).await?;
+                }
+                match current {
+                    Some(item) if Self::holds_claim(&item, &token, attempt, now) => item,
+                    other => return Ok(Err(self.refusal_of(&pk, other, now)?)),
+                }
+            }
             Err(e) => return Err(self.error(&pk, "UpdateItem", e)),
         };
         let record = from_item(&item).map_err(|m| self.corrupt(&pk, m))?;
@@ -471,7 +518,9 @@ impl JobTable {
 
     /// Claims a job whose lease passed while its delivery waited, in one transaction with its lock:
     /// only while the lock still names this job (no new submit of the same request took it) and
-    /// the job is still unclaimed at its attempt. `None` when either changed.
+    /// the job is still unclaimed at its attempt. Returns the job item as it is afterwards (read
+    /// back, so a resent transaction that landed the first time counts); the caller's token tells
+    /// whether the claim is its own.
     async fn late_claim(
         &self,
         item: &HashMap<String, AttributeValue>,
@@ -482,34 +531,23 @@ impl JobTable {
         use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
         let record = from_item(item).map_err(|m| self.corrupt(&text(item, "pk").unwrap_or_default(), m))?;
         let pk = job_pk(&record.id);
-        let lock = lock_pk(&record.owner, record.kind, &record.params_hash);
-        let (cond, values) = status_in(Transition::Claim.allowed_from());
         let build = |e: aws_sdk_dynamodb::error::BuildError| self.corrupt(&pk, e.to_string());
+        let (cond, values) = claim_update(token, record.attempt, now, lease_ms);
         let job = Update::builder()
             .table_name(&self.table)
             .key("pk", s(&pk))
-            .update_expression("SET #status = :running, claimed = :true, claim_token = :token, lease_expires_at = :lease, updated_at = :now, phase = :phase")
-            .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :false"))
+            .update_expression(CLAIM_SET)
+            .condition_expression(cond)
             .expression_attribute_names("#status", "status")
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
-            .expression_attribute_values(":running", s(Status::Running.as_str()))
-            .expression_attribute_values(":true", AttributeValue::Bool(true))
-            .expression_attribute_values(":false", AttributeValue::Bool(false))
-            .expression_attribute_values(":token", s(token))
-            .expression_attribute_values(":attempt", n(record.attempt))
-            .expression_attribute_values(":lease", n(now + lease_ms))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":phase", s("reading"))
+            .set_expression_attribute_values(Some(values))
             .build()
             .map_err(build)?;
         let held = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(&lock))
-            .update_expression("SET lease_expires_at = :lease, expires_at = :ttl")
+            .key("pk", s(lock_pk(&record.owner, record.kind, &record.params_hash)))
+            .update_expression(LOCK_LEASE_SET)
             .condition_expression("job_id = :id")
-            .expression_attribute_values(":lease", n(now + lease_ms))
-            .expression_attribute_values(":ttl", n((now + lease_ms) / 1000 + 86_400))
-            .expression_attribute_values(":id", s(&record.id))
+            .set_expression_attribute_values(Some(lock_lease_values(&record.id, now + lease_ms)))
             .build()
             .map_err(build)?;
         let out = self
@@ -524,43 +562,14 @@ impl JobTable {
             Err(e) if service_code(&e) == Some("TransactionCanceledException") => {}
             Err(e) => return Err(self.error(&pk, "TransactWriteItems", e)),
         }
-        // Read back: a resent transaction that landed the first time is ours too.
-        Ok(self.get_raw(&pk).await?.filter(|item| Self::holds_claim(item, token, record.attempt, now)))
+        self.get_raw(&pk).await
     }
 
     /// Extends the lease of the running attempt without touching its progress: the worker's
     /// background heartbeat, which keeps a job alive through steps that report no progress (an
     /// estimate, a listing, the xlsx build, completing the upload). `Err(Refused)`: stop.
     pub async fn keep_alive(&self, id: &str, attempt: u32, now: i64, lease_ms: i64) -> Result<Result<JobRecord, Refused>, JobStoreError> {
-        let pk = job_pk(id);
-        let (cond, values) = status_in(Transition::Heartbeat.allowed_from());
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&pk))
-            .update_expression("SET lease_expires_at = :lease, updated_at = :now")
-            .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :true AND lease_expires_at >= :now"))
-            .expression_attribute_names("#status", "status")
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
-            .expression_attribute_values(":attempt", n(attempt))
-            .expression_attribute_values(":true", AttributeValue::Bool(true))
-            .expression_attribute_values(":lease", n(now + lease_ms))
-            .expression_attribute_values(":now", n(now))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match out {
-            Ok(o) => {
-                let record = from_item(&o.attributes.unwrap_or_default()).map_err(|m| self.corrupt(&pk, m))?;
-                if !self.extend_lock(&record, now + lease_ms).await? {
-                    return Ok(Err(Refused::NotOurs(Box::new(record))));
-                }
-                Ok(Ok(record))
-            }
-            Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(id, now).await?)),
-            Err(e) => Err(self.error(&pk, "UpdateItem", e)),
-        }
+        self.running_update(RunningUpdate { id, attempt, now, lease_ms, progress: None, checkpoint: None }).await
     }
 
     /// Whether `item` is running attempt `attempt` under the claim written with `token`, unexpired.
@@ -596,11 +605,9 @@ impl JobTable {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&lock))
-            .update_expression("SET lease_expires_at = :lease, expires_at = :ttl")
+            .update_expression(LOCK_LEASE_SET)
             .condition_expression("job_id = :id")
-            .expression_attribute_values(":lease", n(lease))
-            .expression_attribute_values(":ttl", n(lease / 1000 + 86_400))
-            .expression_attribute_values(":id", s(&job.id))
+            .set_expression_attribute_values(Some(lock_lease_values(&job.id, lease)))
             .send()
             .await;
         match out {
@@ -613,17 +620,19 @@ impl JobTable {
     /// Records progress and extends the lease of the running attempt. `Err(Refused)` tells the worker
     /// to stop: the job was cancelled, or its lease passed and it is no longer this worker's.
     pub async fn heartbeat(&self, beat: Beat<'_>) -> Result<Result<JobRecord, Refused>, JobStoreError> {
-        self.running_update(beat, None).await
+        self.running_update(RunningUpdate::of(beat, None)).await
     }
 
     /// Hands the job over to the next attempt, which resumes from `checkpoint`. The lease covers the
     /// time the continuation takes to start.
     pub async fn checkpoint(&self, beat: Beat<'_>, checkpoint: &str) -> Result<Result<JobRecord, Refused>, JobStoreError> {
-        self.running_update(beat, Some(checkpoint)).await
+        self.running_update(RunningUpdate::of(beat, Some(checkpoint))).await
     }
 
-    async fn running_update(&self, beat: Beat<'_>, checkpoint: Option<&str>) -> Result<Result<JobRecord, Refused>, JobStoreError> {
-        let pk = job_pk(beat.id);
+    /// Extends the lease of the running attempt (and its lock's), recording progress and a
+    /// checkpoint when given.
+    async fn running_update(&self, u: RunningUpdate<'_>) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let pk = job_pk(u.id);
         let (cond, values) = status_in(Transition::Heartbeat.allowed_from());
         let mut req = self
             .client
@@ -631,15 +640,19 @@ impl JobTable {
             .table_name(&self.table)
             .key("pk", s(&pk))
             .set_expression_attribute_values(Some(values.into_iter().collect()));
-        let mut set = String::from("SET lease_expires_at = :lease, updated_at = :now, phase = :phase, done = :done");
-        if let Some(t) = beat.progress.total {
-            set.push_str(", #total = :total");
-            req = req.expression_attribute_names("#total", "total").expression_attribute_values(":total", n(t));
+        let mut set = String::from("SET lease_expires_at = :lease, updated_at = :now");
+        if let Some(progress) = u.progress {
+            set.push_str(", phase = :phase, done = :done");
+            req = req.expression_attribute_values(":phase", s(&progress.phase)).expression_attribute_values(":done", n(progress.done));
+            if let Some(t) = progress.total {
+                set.push_str(", #total = :total");
+                req = req.expression_attribute_names("#total", "total").expression_attribute_values(":total", n(t));
+            }
         }
-        if let Some(cp) = checkpoint {
+        if let Some(cp) = u.checkpoint {
             set.push_str(", attempt = :next, claimed = :false, checkpoint = :cp");
             req = req
-                .expression_attribute_values(":next", n(beat.attempt + 1))
+                .expression_attribute_values(":next", n(u.attempt + 1))
                 .expression_attribute_values(":false", AttributeValue::Bool(false))
                 .expression_attribute_values(":cp", s(cp));
         }
@@ -647,25 +660,23 @@ impl JobTable {
             .update_expression(set)
             .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :true AND lease_expires_at >= :now"))
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":attempt", n(beat.attempt))
+            .expression_attribute_values(":attempt", n(u.attempt))
             .expression_attribute_values(":true", AttributeValue::Bool(true))
-            .expression_attribute_values(":lease", n(beat.now + beat.lease_ms))
-            .expression_attribute_values(":now", n(beat.now))
-            .expression_attribute_values(":phase", s(&beat.progress.phase))
-            .expression_attribute_values(":done", n(beat.progress.done))
+            .expression_attribute_values(":lease", n(u.now + u.lease_ms))
+            .expression_attribute_values(":now", n(u.now))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match out {
             Ok(o) => {
                 let record = from_item(&o.attributes.unwrap_or_default()).map_err(|m| self.corrupt(&pk, m))?;
-                if !self.extend_lock(&record, beat.now + beat.lease_ms).await? {
+                if !self.extend_lock(&record, u.now + u.lease_ms).await? {
                     // Another job of the same request holds the lock: this one was lost and replaced.
                     return Ok(Err(Refused::NotOurs(Box::new(record))));
                 }
                 Ok(Ok(record))
             }
-            Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(beat.id, beat.now).await?)),
+            Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(u.id, u.now).await?)),
             Err(e) => Err(self.error(&pk, "UpdateItem", e)),
         }
     }
@@ -707,33 +718,13 @@ impl JobTable {
         error: &PublicError,
         now: i64,
     ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
-        let pk = job_pk(id);
-        let (cond, values) = status_in(Transition::Fail.allowed_from());
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&pk))
-            .update_expression(
-                "SET #status = :to, updated_at = :now, finished_at = :now, #error = :error, phase = :phase REMOVE checkpoint",
-            )
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#error", "error")
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
-            .expression_attribute_values(":to", s(Status::Failed.as_str()))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":phase", s("failed"))
-            .expression_attribute_values(":error", error_value(error))
-            .return_values(ReturnValue::AllNew);
-        req = match attempt {
-            Some(a) => req
-                .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :true"))
-                .expression_attribute_values(":attempt", n(a))
-                .expression_attribute_values(":true", AttributeValue::Bool(true)),
-            None => req.condition_expression(format!("attribute_exists(pk) AND {cond}")),
-        };
-        let out = req.send().await;
-        self.finish(id, now, out).await
+        match attempt {
+            Some(a) => {
+                let values = [(":attempt", n(a)), (":true", AttributeValue::Bool(true))];
+                self.fail_if(id, "attempt = :attempt AND claimed = :true", values, error, now).await
+            }
+            None => self.fail_if(id, "attribute_exists(pk)", [], error, now).await,
+        }
     }
 
     /// Marks attempt `attempt` failed because Lambda gave up on delivering it (its on-failure
@@ -746,9 +737,23 @@ impl JobTable {
         error: &PublicError,
         now: i64,
     ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let values = [(":attempt", n(attempt)), (":false", AttributeValue::Bool(false))];
+        self.fail_if(id, "attempt = :attempt AND (claimed = :false OR lease_expires_at < :now)", values, error, now).await
+    }
+
+    /// The failing write, under `condition` (with its `values`; `:now` is there already) besides
+    /// the statuses a job may fail from.
+    async fn fail_if<const N: usize>(
+        &self,
+        id: &str,
+        condition: &str,
+        values: [(&str, AttributeValue); N],
+        error: &PublicError,
+        now: i64,
+    ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let pk = job_pk(id);
-        let (cond, values) = status_in(Transition::Fail.allowed_from());
-        let out = self
+        let (cond, statuses) = status_in(Transition::Fail.allowed_from());
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
@@ -756,19 +761,19 @@ impl JobTable {
             .update_expression(
                 "SET #status = :to, updated_at = :now, finished_at = :now, #error = :error, phase = :phase REMOVE checkpoint",
             )
-            .condition_expression(format!("{cond} AND attempt = :attempt AND (claimed = :false OR lease_expires_at < :now)"))
+            .condition_expression(format!("{cond} AND {condition}"))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .set_expression_attribute_values(Some(statuses.into_iter().collect()))
             .expression_attribute_values(":to", s(Status::Failed.as_str()))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":phase", s("failed"))
             .expression_attribute_values(":error", error_value(error))
-            .expression_attribute_values(":attempt", n(attempt))
-            .expression_attribute_values(":false", AttributeValue::Bool(false))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
+            .return_values(ReturnValue::AllNew);
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        let out = req.send().await;
         self.finish(id, now, out).await
     }
 

@@ -92,8 +92,6 @@ pub async fn call(
 pub struct Invocations {
     /// Every invoke request received, in order (payloads).
     pub received: Mutex<Vec<serde_json::Value>>,
-    /// How many worker runs started.
-    pub started: AtomicUsize,
     /// The background worker runs.
     pub tasks: Mutex<Vec<JoinHandle<Result<WorkerReport, String>>>>,
     /// Answer every invoke with an error (a Lambda outage).
@@ -202,38 +200,25 @@ async fn invoke(
         return (StatusCode::SERVICE_UNAVAILABLE, r#"{"Type":"Service","message":"no worker"}"#.into());
     };
     let delay = Duration::from_millis(server.invocations.delay_ms.load(Ordering::SeqCst));
-    if !delay.is_zero() {
-        let s = server.clone();
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            start(&s, worker, payload, name).await
-        });
-        if let Ok(mut t) = server.invocations.tasks.lock() {
-            t.push(task);
-        }
-        return (StatusCode::ACCEPTED, String::new());
-    }
-    let task = tokio::spawn(start(&server, worker, payload, name));
+    let run_for = server.run_for;
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        run_worker(run_for, &worker, payload, &name).await
+    });
     if let Ok(mut t) = server.invocations.tasks.lock() {
         t.push(task);
     }
     (StatusCode::ACCEPTED, String::new())
 }
 
-/// One worker run, with a deadline `run_for` from now.
-fn start(
-    server: &Server,
-    worker: Worker,
-    payload: serde_json::Value,
-    name: String,
-) -> impl Future<Output = Result<WorkerReport, String>> + use<> {
-    server.invocations.started.fetch_add(1, Ordering::SeqCst);
+/// One worker run, with a deadline `run_for` from its start, as a Lambda timeout would give it.
+async fn run_worker(run_for: Duration, worker: &Worker, payload: serde_json::Value, name: &str) -> Result<WorkerReport, String> {
     let mut ctx = Context::default();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    ctx.deadline = now + server.run_for.as_millis() as u64;
+    ctx.deadline = now + run_for.as_millis() as u64;
     ctx.invoked_function_arn = format!("arn:aws:lambda:us-east-1:123456789012:function:{name}");
     ctx.request_id = next_request_id();
-    async move { worker::handle(&worker, LambdaEvent::new(payload, ctx)).await.map_err(|e| e.to_string()) }
+    worker::handle(worker, LambdaEvent::new(payload, ctx)).await.map_err(|e| e.to_string())
 }
 
 /// The API and worker state for one jobs table and export bucket, with the worker behind `lambda`.

@@ -264,14 +264,10 @@ pub async fn undelivered(table: &JobTable, batch: SqsEvent) -> SqsBatchResponse 
     let mut response = SqsBatchResponse::default();
     for message in batch.records {
         let id = message.message_id.clone().unwrap_or_default();
-        let record: InvocationRecord = match message.body.as_deref().map(serde_json::from_str) {
-            Some(Ok(r)) => r,
-            other => {
-                let error = match other {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "no body".into(),
-                };
-                tracing::error!(message_id = id, error, "not a Lambda invocation record; dropped");
+        let record: InvocationRecord = match serde_json::from_str(message.body.as_deref().unwrap_or_default()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(message_id = id, error = %e, "not a Lambda invocation record; dropped");
                 continue;
             }
         };
