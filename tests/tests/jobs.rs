@@ -1691,3 +1691,43 @@ async fn a_delivery_lambda_gave_up_on_fails_its_job_and_frees_the_lock() {
     assert_eq!(out["batchItemFailures"], json!([]), "{out}");
     assert_eq!(e.status(&new_id).await["status"], "running", "a live run is left alone");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_that_died_between_its_writes_blocks_nothing_once_the_grace_passed() {
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.max_running_per_owner = 1;
+        // Queued jobs wait as long as the template lets Lambda keep their events.
+        s.start_lease = Duration::from_secs(3600);
+    })
+    .await;
+    e.lambda.invocations.hold.store(true, Ordering::SeqCst);
+    let body = export("orders", "csv", 1);
+    let (code, v) = e.post(&body, OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    // What a crash between the lock (and slot) and the job item leaves: no job item, and the lock
+    // and slot written longer ago than the grace a submit has for its second write.
+    let t = &e.settings.table;
+    e.dynamo.delete_item().table_name(t).key("pk", AttributeValue::S(format!("JOB#{id}"))).send().await.expect("DeleteItem");
+    let long_ago = (job_invoker::settings::now_ms() - ferry_aws::jobs::WRITE_GRACE_MS - 1_000).to_string();
+    let items = e.dynamo.scan().table_name(t).send().await.expect("Scan");
+    let left: Vec<String> = items.items().iter().filter_map(|i| i.get("pk").and_then(|p| p.as_s().ok()).cloned()).collect();
+    assert_eq!(left.len(), 2, "a lock and a slot: {left:?}");
+    for pk in &left {
+        let field = if pk.starts_with("LOCK#") { "written_at" } else { "held_until" };
+        e.dynamo
+            .update_item()
+            .table_name(t)
+            .key("pk", AttributeValue::S(pk.clone()))
+            .update_expression("SET #f = :t")
+            .expression_attribute_names("#f", field)
+            .expression_attribute_values(":t", AttributeValue::N(long_ago.clone()))
+            .send()
+            .await
+            .expect("UpdateItem");
+    }
+    // The same request is a new job (the stale lock is freed) within the owner's one slot.
+    let (code, v) = e.post(&body, OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    assert_ne!(v["job"]["id"].as_str(), Some(id.as_str()));
+}

@@ -6,8 +6,9 @@
 //!   total), lease_expires_at, result, error (a map: `code`, `message`, `request_id`; what the
 //!   caller sees, never a cause), checkpoint, created/updated times, retain_until, and `expires_at`,
 //!   the TTL attribute (seconds).
-//! - lock `LOCK#{owner}#{kind}#{params_hash}`: the job holding it and its lease. Free when absent or
-//!   when its lease has passed.
+//! - lock `LOCK#{owner}#{kind}#{params_hash}`: the job holding it, its lease and when it was
+//!   written. Free when absent, when its lease has passed, or when its job is still missing
+//!   [`WRITE_GRACE_MS`] after it was written (its submit died between the two writes).
 //! - slot `SLOT#{owner}#{k}`, `k` below the per-owner limit: the job holding it and `held_until`.
 //!   Free when that job has ended or reads `lost` ([`ferry_core::jobs::slot_is_free`]).
 //!
@@ -34,6 +35,9 @@ const BY_OWNER: &str = "by-owner";
 const SUBMIT_ATTEMPTS: u32 = 8;
 /// How many times a submit that found the lock looks for the holder's job before calling the lock stale.
 const HOLDER_POLLS: u32 = 25;
+/// How long a submit may take from its lock (or slot) to its job item; a lock or slot naming a job
+/// that is still missing after this was left by a submit that died between the two writes.
+pub const WRITE_GRACE_MS: i64 = 30_000;
 
 /// A DynamoDB call that failed. Names the table, the item and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -265,9 +269,9 @@ impl JobTable {
     }
 
     /// Takes one of `owner`'s `limit` running-job slots for job `id` (not written yet; the slot holds
-    /// for `hold_ms` until it is). `Ok(false)`: every slot names a queued or running job.
+    /// for [`WRITE_GRACE_MS`] until it is). `Ok(false)`: every slot names a queued or running job.
     /// Exact under concurrent submits: each slot is one conditional write.
-    async fn take_slot(&self, owner: &str, id: &str, limit: u32, now: i64, hold_ms: i64) -> Result<bool, JobStoreError> {
+    async fn take_slot(&self, owner: &str, id: &str, limit: u32, now: i64) -> Result<bool, JobStoreError> {
         for k in 0..limit {
             let pk = slot_pk(owner, k);
             let put = |condition: &str, old: Option<&str>| {
@@ -277,8 +281,8 @@ impl JobTable {
                     .table_name(&self.table)
                     .item("pk", s(&pk))
                     .item("job_id", s(id))
-                    .item("held_until", n(now + hold_ms))
-                    .item("expires_at", n((now + hold_ms) / 1000 + 86_400 * 30))
+                    .item("held_until", n(now + WRITE_GRACE_MS))
+                    .item("expires_at", n((now + WRITE_GRACE_MS) / 1000 + 86_400 * 30))
                     .condition_expression(condition);
                 if let Some(old) = old {
                     req = req.expression_attribute_values(":old", s(old));
@@ -339,6 +343,7 @@ impl JobTable {
                 .item("pk", s(&lock))
                 .item("job_id", s(job.id))
                 .item("lease_expires_at", n(lease))
+                .item("written_at", n(job.now))
                 .item("expires_at", n(lease / 1000 + 86_400))
                 .condition_expression("attribute_not_exists(pk) OR lease_expires_at < :now")
                 .expression_attribute_values(":now", n(job.now))
@@ -348,7 +353,7 @@ impl JobTable {
                 Ok(_) => {
                     // The request is new: it needs one of the owner's slots, or it is refused and
                     // leaves nothing behind.
-                    if !self.take_slot(job.owner, job.id, job.max_running, job.now, job.start_lease_ms).await? {
+                    if !self.take_slot(job.owner, job.id, job.max_running, job.now).await? {
                         self.release_lock(job.owner, job.kind, &hash, job.id).await?;
                         return Ok(Submitted::Full);
                     }
@@ -385,8 +390,12 @@ impl JobTable {
                 // The holder finished without releasing (it crashed between two writes) or is lost:
                 // free the lock it left and try again.
                 Some(_) => self.release_lock(job.owner, job.kind, &hash, &holder_id).await?,
-                // Its job is not written yet (a slow submit, or one that died between its two writes,
-                // whose lock frees itself when the start lease ends).
+                // Its submit died between the lock and the job: the lock is stale once the job had
+                // all the time it needs to be written (not the start lease, which may be hours).
+                None if num(&holder, "written_at").unwrap_or(0) + WRITE_GRACE_MS < job.now => {
+                    self.release_lock(job.owner, job.kind, &hash, &holder_id).await?
+                }
+                // Its job is not written yet: a slow submit.
                 None => return Ok(Submitted::Busy { holder: holder_id }),
             }
         }
