@@ -253,9 +253,11 @@ impl Provider {
     }
 }
 
-/// `{sender}:{notification_id}:{channel}`.
+/// `{sender length}:{sender}:{notification_id}:{channel}`. Senders and ids may both hold `:`; the
+/// length makes the key one-to-one, so one sender can never make a key another sender's
+/// notification will use (`shop:x` + `1` and `shop` + `x:1` differ).
 pub fn idempotency_key(sender: &Sender, n: &Notification, channel: Channel) -> String {
-    format!("{sender}:{}:{channel}", n.notification_id)
+    format!("{}:{sender}:{}:{channel}", sender.to_string().len(), n.notification_id)
 }
 
 /// Reads at most `max` bytes of the body, chunk by chunk, and stops there. Returns what it read and
@@ -292,6 +294,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_of_two_senders_never_meet() {
+        let n = |id: &str| {
+            let body = format!(
+                r#"{{"notification_id":"{id}","channel":"sms","recipient":"+821000000000","template":"t","variables":{{}},"requested_at":"2026-11-22T15:30:00Z"}}"#
+            );
+            Notification::parse(&body).expect("a notification")
+        };
+        let sender = |s: &str| Sender::parse(s).expect("a sender");
+        let a = idempotency_key(&sender("shop:x"), &n("1"), Channel::Sms);
+        let b = idempotency_key(&sender("shop"), &n("x:1"), Channel::Sms);
+        assert_ne!(a, b);
+        assert_eq!(a, "6:shop:x:1:sms");
+        assert_eq!(idempotency_key(&sender("shop"), &n("x:1"), Channel::Sms), b, "the same sender and id: the same key");
+    }
 
     #[test]
     fn base_urls_must_be_https_except_on_loopback() {
