@@ -837,6 +837,49 @@ async fn the_intake_fixture_for_client_credentials_names_the_client() {
     assert_eq!(queued[0].attributes[attr::SENDER], "3n4b5urk1ft4fl3mg5e0example");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_intake_refuses_a_body_that_is_not_utf8_and_queues_nothing() {
+    let e = env(fast_queue()).await;
+    let intake = intake(&e, Some("ferry/notify"), None);
+    // API Gateway hands over a body that is not text base64-encoded: here `{"notification_id":"`,
+    // the bytes 0xff 0xfe, then `"}`.
+    let mut v: serde_json::Value = serde_json::from_str(ferry_demo::notify::APIGW_NOTIFY).expect("the fixture");
+    v["requestContext"]["authorizer"]["jwt"]["claims"] = serde_json::json!({"sub": unique("user"), "scope": "ferry/notify"});
+    v["body"] = "eyJub3RpZmljYXRpb25faWQiOiL//iJ9".into();
+    v["isBase64Encoded"] = true.into();
+    let req = lambda_http::request::from_str(&v.to_string()).expect("an HTTP API v2 request");
+    assert_eq!(req.body().as_ref(), b"{\"notification_id\":\"\xff\xfe\"}", "the body reaches the handler decoded");
+    let res = notify::intake::handle(&intake, req).await.unwrap_or_else(|e| match e {});
+    let json = body_json(&res);
+    assert_eq!((res.status().as_u16(), json["error"]["code"].as_str()), (400, Some("bad_request")), "{json}");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("body") && message.contains("UTF-8"), "the error names the body: {json}");
+    assert!(json["error"]["field"].is_null(), "{json}");
+    assert!(e.source().await.is_empty(), "nothing queued");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_intake_accepts_a_body_of_exactly_the_limit_and_refuses_one_byte_more() {
+    let e = env(fast_queue()).await;
+    let intake = intake(&e, Some("ferry/notify"), None);
+    let limit = intake.settings.max_body_bytes;
+    let user = unique("user");
+    let claims: &[(&str, &str)] = &[("sub", &user), ("scope", "ferry/notify")];
+    // A valid notification padded (in a variable) to `len` bytes.
+    let valid = notification(&unique("n"), Channel::Sms, "01012345678", "order.shipped", None);
+    let padded = |len: usize| valid.replace("\"Kim\"", &format!("\"Kim{}\"", "K".repeat(len - valid.len())));
+    let (at_limit, over) = (padded(limit), padded(limit + 1));
+    assert_eq!((at_limit.len(), over.len()), (limit, limit + 1));
+
+    let res = submit(&intake, Some(claims), &at_limit).await;
+    assert_eq!(res.status(), 202, "a body of exactly the limit: {}", body_json(&res));
+    assert_eq!(e.source().await.len(), 1);
+    let res = submit(&intake, Some(claims), &over).await;
+    let json = body_json(&res);
+    assert_eq!((res.status().as_u16(), json["error"]["code"].as_str()), (413, Some("payload_too_large")), "one byte over: {json}");
+    assert_eq!(e.source().await.len(), 1, "the oversized request queued nothing");
+}
+
 // ---- Dead letters: once per message, once per notification ----------------------------------------
 
 fn received(message_id: &str, body: &str, attrs: &[(&str, &str)]) -> Received {
@@ -919,6 +962,54 @@ async fn a_dead_letter_marker_blocks_a_second_sender_until_it_lapses() {
     assert_eq!(e.table.begin_dead_letter(other, "m-released", false, "malformed_json", lease).await.unwrap(), LetterSlot::Take);
     assert_eq!(e.table.release_dead_letter(other, "m-released").await.unwrap(), Written::Applied);
     assert_eq!(e.table.begin_dead_letter(other, "m-released", false, "malformed_json", lease).await.unwrap(), LetterSlot::Take);
+}
+
+/// The keys of the delivery records in the table (not the dead-letter markers).
+async fn delivery_keys(e: &Env) -> Vec<String> {
+    let out = e.dynamodb.scan().table_name(e.table.name()).send().await.expect("scanning the table");
+    out.items()
+        .iter()
+        .filter_map(|item| item.get("notification_id")?.as_s().ok().cloned())
+        .filter(|k| k.starts_with(aws::keys::DELIVERY))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_present_but_invalid_sender_is_dead_lettered_never_sent_nor_claimed() {
+    let e = env(fast_queue()).await;
+    let (spaced, too_long, longest) = (unique("spaced"), unique("too-long"), unique("longest"));
+    let (longest_sender, too_long_sender) = ("s".repeat(256), "s".repeat(257));
+    let outcomes = process(
+        &e,
+        &[
+            received(&unique("m"), &plain(&spaced), &[(attr::SENDER, "shop backend")]),
+            received(&unique("m"), &plain(&too_long), &[(attr::SENDER, &too_long_sender)]),
+            // The longest sender allowed, for contrast: it is sent.
+            received(&unique("m"), &plain(&longest), &[(attr::SENDER, &longest_sender)]),
+        ],
+    )
+    .await;
+    for (outcome, id) in outcomes[..2].iter().zip([&spaced, &too_long]) {
+        match outcome {
+            RecordOutcome::DeadLettered { notification_id, kind, error } => {
+                assert_eq!((notification_id.as_deref(), *kind), (Some(id.as_str()), ErrorKind::InvalidMessage), "{outcome:?}");
+                assert!(error.contains(attr::SENDER), "the error names the attribute: {error}");
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+        assert!(e.provider.accepted(id).is_empty(), "{id} never reached the provider");
+    }
+    assert!(matches!(&outcomes[2], RecordOutcome::Sent { notification_id, .. } if *notification_id == longest), "{:?}", outcomes[2]);
+    assert_eq!(e.provider.requests(), 1, "only the valid sender's notification was sent");
+    // Nothing was claimed for the invalid ones: the only delivery record is the valid sender's.
+    assert_eq!(delivery_keys(&e).await, [aws::keys::delivery(&sender(&longest_sender), &longest)]);
+    let dlq = e.dlq().await;
+    let mut dead: Vec<(String, String)> =
+        dlq.iter().map(|m| (m.attributes[attr::NOTIFICATION_ID].clone(), m.attributes[attr::ERROR_KIND].clone())).collect();
+    dead.sort();
+    let mut expect = vec![(spaced.clone(), "invalid_message".to_owned()), (too_long.clone(), "invalid_message".to_owned())];
+    expect.sort();
+    assert_eq!(dead, expect);
 }
 
 // ---- The provider client against hostile servers ------------------------------------------------

@@ -21,3 +21,18 @@ pub mod votes;
 
 pub use clients::load as load_config;
 pub use s3::{S3Error, Store};
+
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+
+/// An SDK error as one line: the service's code and message, or else the whole error chain (a
+/// timeout, a connection failure). The same for every service: their error types share these traits.
+pub(crate) fn sdk_message<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e.as_service_error() {
+        Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message")),
+        None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
+    }
+}

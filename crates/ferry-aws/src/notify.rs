@@ -5,7 +5,7 @@
 //!   conditional write that makes sending idempotent; [`DeliveryTable::advance`] never lets a status
 //!   go back (the condition is on [`Status::rank`]). [`DeliveryTable::begin_dead_letter`] makes
 //!   dead-lettering happen once per message (and per notification).
-//! - [`Throttle`]: the intake's per-caller fixed-window counter, in the same table.
+//!   [`DeliveryTable::admit`] is the intake's per-caller fixed-window throttle, in the same table.
 //! - [`keys`]: how those three kinds of item share the table's one key.
 //! - [`send_notification`]: a submitted notification onto the queue with its sender.
 //! - [`send_dead_letter`]: a message to the DLQ with attributes saying why ([`ferry_core::notify::attr`]).
@@ -26,6 +26,8 @@ use aws_sdk_sqs::types::{
 };
 use ferry_core::notify::{Channel, DeadLetter, FixedWindow, RedriveFilter, Sender, Status, attr};
 
+use crate::sdk_message;
+
 pub use aws_sdk_dynamodb::Client as DynamoClient;
 pub use aws_sdk_sqs::Client as SqsClient;
 
@@ -38,17 +40,6 @@ pub enum NotifyAwsError {
     Dynamo { table: String, id: String, op: &'static str, message: String },
     #[error("table {table}, item {id}: unreadable: {message}")]
     BadItem { table: String, id: String, message: String },
-}
-
-fn sdk_message<E, R>(e: &SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match e.as_service_error() {
-        Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message")),
-        None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
-    }
 }
 
 fn sqs_err<E, R>(queue: &str, op: &'static str) -> impl FnOnce(SdkError<E, R>) -> NotifyAwsError
@@ -413,8 +404,11 @@ impl DeliveryTable {
         let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
         let num = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
         let status = text(K_STATUS).ok_or_else(|| bad(format!("no {K_STATUS}")))?.parse::<Status>().map_err(bad)?;
+        // As stored by the claim, not as asked for: the record says whose it is.
+        let stored_sender =
+            Sender::parse(&text(K_SENDER).ok_or_else(|| bad(format!("no {K_SENDER}")))?).map_err(|e| bad(format!("{K_SENDER}: {e}")))?;
         Ok(Some(DeliveryRecord {
-            sender: sender.clone(),
+            sender: stored_sender,
             notification_id: id.to_owned(),
             status,
             attempts: num(K_ATTEMPTS).unwrap_or(0).max(0) as u32,
@@ -550,34 +544,23 @@ impl DeliveryTable {
     }
 }
 
-/// Whether a request may pass [`Throttle::admit`].
+/// Whether a request may pass [`DeliveryTable::admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Counted: the caller's `count`th request of this window.
-    Admitted { count: u64 },
+    /// Counted in the caller's window.
+    Admitted,
     /// The caller's window is full until `retry_after` has passed.
     Limited { retry_after: Duration },
 }
 
-/// The intake's per-caller fixed-window throttle: one counter item per caller and window in the
-/// deliveries table ([`keys::THROTTLE`]), incremented by a conditional update, so concurrent
-/// intakes share one count. Items expire (TTL) shortly after their window.
-#[derive(Debug, Clone)]
-pub struct Throttle {
-    client: DynamoClient,
-    table: String,
-    pub rule: FixedWindow,
-}
-
-impl Throttle {
-    pub fn new(client: DynamoClient, table: impl Into<String>, rule: FixedWindow) -> Throttle {
-        Throttle { client, table: table.into(), rule }
-    }
-
-    /// Counts one request of `sender` unless the current window is full.
-    pub async fn admit(&self, sender: &Sender) -> Result<Admission, NotifyAwsError> {
+impl DeliveryTable {
+    /// The intake's per-caller fixed-window throttle: counts one request of `sender` unless its
+    /// current window of `rule` is full. One counter item per caller and window ([`keys::THROTTLE`]),
+    /// incremented by a conditional update, so concurrent intakes share one count. Items expire
+    /// (TTL) shortly after their window.
+    pub async fn admit(&self, sender: &Sender, rule: FixedWindow) -> Result<Admission, NotifyAwsError> {
         let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
-        let (window, retry_after) = self.rule.window(now_s);
+        let (window, retry_after) = rule.window(now_s);
         let key = keys::throttle(sender, window);
         let res = self
             .client
@@ -591,21 +574,15 @@ impl Throttle {
             .expression_attribute_names("#count", K_COUNT)
             .expression_attribute_values(":exp", n(now_s + retry_after + 3600))
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(self.rule.limit))
-            .return_values(ReturnValue::UpdatedNew)
+            .expression_attribute_values(":limit", n(rule.limit))
             .send()
             .await;
         match res {
-            Ok(out) => {
-                let count = out.attributes().and_then(|a| a.get(K_COUNT)).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
-                Ok(Admission::Admitted { count: count.unwrap_or(1) })
-            }
+            Ok(_) => Ok(Admission::Admitted),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
                 Ok(Admission::Limited { retry_after: Duration::from_secs(retry_after) })
             }
-            Err(e) => {
-                Err(NotifyAwsError::Dynamo { table: self.table.clone(), id: key, op: "UpdateItem (throttle)", message: sdk_message(&e) })
-            }
+            Err(e) => Err(self.err(&key, "UpdateItem (throttle)")(e)),
         }
     }
 }
@@ -673,15 +650,23 @@ fn attr_values(queue: &str, attrs: &BTreeMap<String, String>) -> Result<HashMap<
         .collect()
 }
 
-/// Sends `body` unchanged to the dead-letter queue with `attrs` (see [`attr`]) saying why.
-pub async fn send_dead_letter(sqs: &SqsClient, dlq_url: &str, body: &str, attrs: &BTreeMap<String, String>) -> Result<(), NotifyAwsError> {
-    sqs.send_message()
-        .queue_url(dlq_url)
+/// Sends `body` to `queue_url` with the string attributes `attrs` (empty values left out). Returns
+/// the SQS message id.
+async fn send_with_attrs(sqs: &SqsClient, queue_url: &str, body: &str, attrs: &BTreeMap<String, String>) -> Result<String, NotifyAwsError> {
+    let out = sqs
+        .send_message()
+        .queue_url(queue_url)
         .message_body(body)
-        .set_message_attributes(Some(attr_values(dlq_url, attrs)?))
+        .set_message_attributes(Some(attr_values(queue_url, attrs)?))
         .send()
         .await
-        .map_err(sqs_err(dlq_url, "SendMessage"))?;
+        .map_err(sqs_err(queue_url, "SendMessage"))?;
+    Ok(out.message_id().unwrap_or_default().to_owned())
+}
+
+/// Sends `body` unchanged to the dead-letter queue with `attrs` (see [`attr`]) saying why.
+pub async fn send_dead_letter(sqs: &SqsClient, dlq_url: &str, body: &str, attrs: &BTreeMap<String, String>) -> Result<(), NotifyAwsError> {
+    send_with_attrs(sqs, dlq_url, body, attrs).await?;
     Ok(())
 }
 
@@ -691,45 +676,31 @@ pub async fn send(sqs: &SqsClient, queue_url: &str, body: &str) -> Result<(), No
     Ok(())
 }
 
-fn sender_attr(queue_url: &str, sender: &Sender) -> Result<HashMap<String, MessageAttributeValue>, NotifyAwsError> {
-    attr_values(queue_url, &BTreeMap::from([(attr::SENDER.to_owned(), sender.as_str().to_owned())]))
+fn sender_attrs(sender: &Sender) -> BTreeMap<String, String> {
+    BTreeMap::from([(attr::SENDER.to_owned(), sender.as_str().to_owned())])
 }
 
 /// Queues a submitted notification `body` (validated by the caller) with its sender
 /// ([`attr::SENDER`]), which the consumer keys its claim on. Returns the SQS message id.
 pub async fn send_notification(sqs: &SqsClient, queue_url: &str, sender: &Sender, body: &str) -> Result<String, NotifyAwsError> {
-    let out = sqs
-        .send_message()
-        .queue_url(queue_url)
-        .message_body(body)
-        .set_message_attributes(Some(sender_attr(queue_url, sender)?))
-        .send()
-        .await
-        .map_err(sqs_err(queue_url, "SendMessage"))?;
-    Ok(out.message_id().unwrap_or_default().to_owned())
+    send_with_attrs(sqs, queue_url, body, &sender_attrs(sender)).await
 }
 
 /// Sends many bodies as `sender`'s notifications, ten per request, as the intake would queue them
 /// (without its checks: for local runs and tests). Returns how many were sent.
 pub async fn send_all_as(sqs: &SqsClient, queue_url: &str, sender: &Sender, bodies: &[String]) -> Result<usize, NotifyAwsError> {
-    send_batches(sqs, queue_url, Some(sender), bodies).await
-}
-
-/// Sends many bodies without a sender, ten per request: what the consumer refuses. Returns how
-/// many were sent.
-pub async fn send_all(sqs: &SqsClient, queue_url: &str, bodies: &[String]) -> Result<usize, NotifyAwsError> {
-    send_batches(sqs, queue_url, None, bodies).await
-}
-
-async fn send_batches(sqs: &SqsClient, queue_url: &str, sender: Option<&Sender>, bodies: &[String]) -> Result<usize, NotifyAwsError> {
-    let attrs = sender.map(|s| sender_attr(queue_url, s)).transpose()?;
+    let attrs = attr_values(queue_url, &sender_attrs(sender))?;
     let mut sent = 0;
     for chunk in bodies.chunks(10) {
         let entries = chunk
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(b).set_message_attributes(attrs.clone()).build()
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .set_message_attributes(Some(attrs.clone()))
+                    .build()
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| NotifyAwsError::Sqs { queue: queue_url.to_owned(), op: "SendMessageBatch", message: e.to_string() })?;

@@ -6,8 +6,9 @@
 use std::fmt;
 
 use aws_config::SdkConfig;
-use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::ParameterType;
+
+use crate::sdk_message;
 
 pub use aws_sdk_ssm::Client as SsmClient;
 
@@ -49,17 +50,6 @@ pub enum SecretError {
     Ssm { name: String, op: &'static str, message: String },
     #[error("SSM parameter {name} is empty")]
     Empty { name: String },
-}
-
-fn sdk_message<E, R>(e: &SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
-{
-    match e.as_service_error() {
-        Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message")),
-        None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
-    }
 }
 
 /// Reads the parameter `name`, decrypted. An empty value is an error: a header without a secret

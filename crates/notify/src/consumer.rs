@@ -131,12 +131,13 @@ pub async fn handle(consumer: &Consumer, event: LambdaEvent<SqsEvent>) -> Result
 pub async fn process(consumer: &Consumer, event: &SqsEvent) -> Vec<RecordReport> {
     // Copies of one notification in one batch run one after the other: the second then finds the
     // first's record and is acknowledged, instead of racing it for the claim and coming back later.
-    let locks: HashMap<(String, String), tokio::sync::Mutex<()>> =
-        event.records.iter().filter_map(lock_key).map(|k| (k, tokio::sync::Mutex::new(()))).collect();
+    let keys: Vec<Option<(String, String)>> = event.records.iter().map(lock_key).collect();
+    let locks: HashMap<&(String, String), tokio::sync::Mutex<()>> =
+        keys.iter().flatten().map(|k| (k, tokio::sync::Mutex::new(()))).collect();
     let locks = &locks;
-    let mut reports: Vec<(usize, RecordReport)> = futures::stream::iter(event.records.iter().enumerate())
-        .map(|(i, record)| async move {
-            let lock = lock_key(record).and_then(|k| locks.get(&k));
+    let mut reports: Vec<(usize, RecordReport)> = futures::stream::iter(event.records.iter().zip(&keys).enumerate())
+        .map(|(i, (record, key))| async move {
+            let lock = key.as_ref().and_then(|k| locks.get(k));
             let _turn = match lock {
                 Some(l) => Some(l.lock().await),
                 None => None,
@@ -180,22 +181,18 @@ fn peek_id(body: &str) -> Option<String> {
 async fn process_record(consumer: &Consumer, record: &SqsMessage) -> RecordOutcome {
     let body = record.body.as_deref().unwrap_or_default();
     let message_scope = LetterScope::Message { message_id: record.message_id.as_deref().unwrap_or_default() };
-    let sender = match sender_attr(record).map(Sender::parse) {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            let error = format!("attribute `{}`: {e}", attr::SENDER);
-            return dead_letter(consumer, record, ErrorKind::InvalidMessage, &error, None, peek_id(body), message_scope).await;
+    let error = match sender_attr(record).map(Sender::parse) {
+        Some(Ok(sender)) => {
+            return match Notification::parse(body) {
+                Ok(n) => deliver(consumer, record, &sender, &n).await,
+                Err(e) => dead_letter(consumer, record, e.kind(), &e.to_string(), None, peek_id(body), message_scope).await,
+            };
         }
-        None => {
-            // Only the intake queues notifications, and it always names the sender.
-            let error = format!("attribute `{}`: missing (notifications are accepted only through POST /notifications)", attr::SENDER);
-            return dead_letter(consumer, record, ErrorKind::InvalidMessage, &error, None, peek_id(body), message_scope).await;
-        }
+        Some(Err(e)) => format!("attribute `{}`: {e}", attr::SENDER),
+        // Only the intake queues notifications, and it always names the sender.
+        None => format!("attribute `{}`: missing (notifications are accepted only through POST /notifications)", attr::SENDER),
     };
-    match Notification::parse(body) {
-        Ok(n) => deliver(consumer, record, &sender, &n).await,
-        Err(e) => dead_letter(consumer, record, e.kind(), &e.to_string(), None, peek_id(body), message_scope).await,
-    }
+    dead_letter(consumer, record, ErrorKind::InvalidMessage, &error, None, peek_id(body), message_scope).await
 }
 
 async fn deliver(consumer: &Consumer, record: &SqsMessage, sender: &Sender, n: &Notification) -> RecordOutcome {

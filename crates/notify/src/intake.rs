@@ -3,12 +3,12 @@
 //!
 //! In order: the caller's identity ([`Sender`], from the verified claims), the scope (when one is
 //! configured), the body limit, validation ([`Notification::parse`], a 400 names the field), the
-//! caller's throttle ([`Throttle`], a 429 says when to retry), then the message goes onto the queue
-//! with its sender ([`ferry_core::notify::attr::SENDER`]). The consumer keys its claim on
-//! (sender, notification id), so one caller's ids never touch another's. Nothing is queued for a
-//! refused request.
+//! caller's throttle ([`DeliveryTable::admit`], a 429 says when to retry), then the message goes
+//! onto the queue with its sender ([`ferry_core::notify::attr::SENDER`]). The consumer keys its
+//! claim on (sender, notification id), so one caller's ids never touch another's. Nothing is
+//! queued for a refused request.
 
-use ferry_aws::notify::{Admission, DynamoClient, SqsClient, Throttle, send_notification};
+use ferry_aws::notify::{Admission, DeliveryTable, DynamoClient, SqsClient, send_notification};
 use ferry_core::notify::{FixedWindow, MessageError, Notification, Sender, has_scope};
 use ferry_core::public::{ErrorCode, PublicError};
 use lambda_http::http::{HeaderValue, Method, StatusCode};
@@ -18,6 +18,13 @@ use crate::http;
 
 /// The route this function serves.
 pub const ROUTE: &str = "/notifications";
+
+/// Largest body accepted by default, in bytes.
+const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024;
+/// Requests per caller and window by default.
+const DEFAULT_RATE_LIMIT: u32 = 60;
+/// The throttle's window by default, in seconds.
+const DEFAULT_RATE_WINDOW_SECS: u64 = 60;
 
 /// Settings of the intake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +46,8 @@ impl IntakeSettings {
             queue_url: queue_url.into(),
             table: table.into(),
             scope: None,
-            max_body_bytes: 16 * 1024,
-            rate: Some(FixedWindow { limit: 60, window_secs: 60 }),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES as usize,
+            rate: Some(FixedWindow { limit: DEFAULT_RATE_LIMIT, window_secs: DEFAULT_RATE_WINDOW_SECS }),
         }
     }
 
@@ -59,12 +66,12 @@ impl IntakeSettings {
         };
         let mut s = IntakeSettings::new(required("FERRY_NOTIFY_QUEUE_URL")?, required("FERRY_NOTIFY_TABLE")?);
         s.scope = var("FERRY_NOTIFY_SCOPE");
-        s.max_body_bytes = usize::try_from(number("FERRY_NOTIFY_MAX_BODY_BYTES", 16 * 1024)?)
+        s.max_body_bytes = usize::try_from(number("FERRY_NOTIFY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?)
             .ok()
             .filter(|&b| b > 0)
             .ok_or("FERRY_NOTIFY_MAX_BODY_BYTES: must be positive")?;
-        let limit = number("FERRY_NOTIFY_RATE_LIMIT", 60)?;
-        let window_secs = number("FERRY_NOTIFY_RATE_WINDOW_SECS", 60)?;
+        let limit = number("FERRY_NOTIFY_RATE_LIMIT", DEFAULT_RATE_LIMIT.into())?;
+        let window_secs = number("FERRY_NOTIFY_RATE_WINDOW_SECS", DEFAULT_RATE_WINDOW_SECS)?;
         if window_secs == 0 {
             return Err("FERRY_NOTIFY_RATE_WINDOW_SECS: must be positive".to_owned());
         }
@@ -81,14 +88,15 @@ impl IntakeSettings {
 #[derive(Debug, Clone)]
 pub struct Intake {
     pub sqs: SqsClient,
-    pub throttle: Option<Throttle>,
+    /// The deliveries table (`settings.table`), which holds the throttle's counters.
+    pub table: DeliveryTable,
     pub settings: IntakeSettings,
 }
 
 impl Intake {
     pub fn new(sqs: SqsClient, dynamodb: DynamoClient, settings: IntakeSettings) -> Intake {
-        let throttle = settings.rate.map(|rule| Throttle::new(dynamodb, settings.table.clone(), rule));
-        Intake { sqs, throttle, settings }
+        let table = DeliveryTable::new(dynamodb, settings.table.clone());
+        Intake { sqs, table, settings }
     }
 }
 
@@ -131,13 +139,13 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
             return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, format!("malformed JSON: {message}"))));
         }
     };
-    if let Some(throttle) = &state.throttle {
-        match throttle.admit(&sender).await {
-            Ok(Admission::Admitted { .. }) => {}
+    if let Some(rule) = state.settings.rate {
+        match state.table.admit(&sender, rule).await {
+            Ok(Admission::Admitted) => {}
             Ok(Admission::Limited { retry_after }) => {
                 tracing::warn!(request_id, %sender, retry_after_secs = retry_after.as_secs(), "notification refused: caller throttled");
                 let mut res = http::error(&req, PublicError::code(ErrorCode::TooManyRequests));
-                if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
                     res.headers_mut().insert("retry-after", v);
                 }
                 return Ok(res);

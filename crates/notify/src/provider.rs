@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ferry_core::notify::{Attempt, Channel, Notification, Sender, Status, classify_status, mask_recipient};
 use reqwest::Url;
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// The most of a reply body the client reads; the rest is dropped unread.
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
@@ -80,8 +80,8 @@ impl ProviderSettings {
 
 /// Whether `url` may be the provider's base URL: `https://`, or `http://` to a loopback address
 /// (a local provider in tests and the demo); no user or password in it (a secret in a URL ends up
-/// in logs: use the auth header), no fragment.
-pub fn check_base_url(url: &str) -> Result<(), String> {
+/// in logs: use the auth header), no fragment. Returns the parsed URL.
+pub fn check_base_url(url: &str) -> Result<Url, String> {
     let parsed = Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not hold a user or password; send credentials in the auth header".to_owned());
@@ -93,11 +93,12 @@ pub fn check_base_url(url: &str) -> Result<(), String> {
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        "http" => Err("must be https:// (plain http only to a loopback address)".to_owned()),
-        other => Err(format!("scheme {other}: must be https://")),
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err("must be https:// (plain http only to a loopback address)".to_owned()),
+        other => return Err(format!("scheme {other}: must be https://")),
     }
+    Ok(parsed)
 }
 
 /// A URL as logs may show it: scheme, host, port and path; never the query or credentials.
@@ -160,8 +161,10 @@ pub enum Reply {
 /// A client of the provider, built once per execution environment.
 #[derive(Clone)]
 pub struct Provider {
+    /// Sends the auth header, if any, on every request (a default header).
     http: reqwest::Client,
     endpoint: Url,
+    /// For `Debug` only: which header authenticates (its value redacted).
     auth: Option<ProviderAuth>,
 }
 
@@ -194,11 +197,16 @@ impl Provider {
 
     /// Refuses a base URL [`check_base_url`] refuses.
     pub fn with_auth(settings: &ProviderSettings, auth: Option<ProviderAuth>) -> Result<Provider, ProviderError> {
-        check_base_url(&settings.base_url).map_err(ProviderError::Settings)?;
-        let mut endpoint = Url::parse(&settings.base_url).map_err(|e| ProviderError::Settings(e.to_string()))?;
+        let mut endpoint = check_base_url(&settings.base_url).map_err(ProviderError::Settings)?;
         let path = format!("{}/v1/messages", endpoint.path().trim_end_matches('/'));
         endpoint.set_path(&path);
+        // The value is marked sensitive (see `ProviderAuth::new`), and stays so in the client.
+        let mut headers = HeaderMap::new();
+        if let Some(a) = &auth {
+            headers.insert(a.name.clone(), a.value.clone());
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -217,10 +225,7 @@ impl Provider {
             template: &n.template,
             variables: &n.variables,
         };
-        let mut req = self.http.post(self.endpoint.clone()).header("Idempotency-Key", idempotency_key(sender, n, channel)).json(&body);
-        if let Some(auth) = &self.auth {
-            req = req.header(auth.name.clone(), auth.value.clone());
-        }
+        let req = self.http.post(self.endpoint.clone()).header("Idempotency-Key", idempotency_key(sender, n, channel)).json(&body);
         let mut res = match req.send().await {
             Ok(r) => r,
             // Timeouts and connection failures: the provider may or may not have it; the retry
@@ -232,7 +237,7 @@ impl Provider {
             Attempt::Accepted => {
                 // The status line is the answer; a reply body that is too big, slow or malformed
                 // only loses the optional details.
-                let (bytes, _) = read_bounded(&mut res, MAX_REPLY_BYTES).await;
+                let bytes = read_bounded(&mut res, MAX_REPLY_BYTES).await;
                 let parsed: Option<Accepted> = serde_json::from_slice(&bytes).ok();
                 let status =
                     parsed.as_ref().and_then(|a| a.status.as_deref()).and_then(|s| s.parse().ok()).filter(|s: &Status| s.is_done());
@@ -243,7 +248,7 @@ impl Provider {
             }
             Attempt::Transient => Reply::Transient(format!("{channel}: provider answered {status}")),
             Attempt::Permanent => {
-                let (bytes, _) = read_bounded(&mut res, MAX_REPLY_BYTES).await;
+                let bytes = read_bounded(&mut res, MAX_REPLY_BYTES).await;
                 let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
                 // The provider may echo the recipient; the reason is logged and stored.
                 let text = if n.recipient.is_empty() { text } else { text.replace(&n.recipient, &mask_recipient(&n.recipient)) };
@@ -260,9 +265,9 @@ pub fn idempotency_key(sender: &Sender, n: &Notification, channel: Channel) -> S
     format!("{}:{sender}:{}:{channel}", sender.to_string().len(), n.notification_id)
 }
 
-/// Reads at most `max` bytes of the body, chunk by chunk, and stops there. Returns what it read and
-/// whether the whole body fit. A read error (the client's timeout, a reset) ends the read.
-async fn read_bounded(res: &mut reqwest::Response, max: usize) -> (Vec<u8>, bool) {
+/// Reads at most `max` bytes of the body, chunk by chunk, and stops there. Returns what it read,
+/// cut at `max`. A read error (the client's timeout, a reset) ends the read.
+async fn read_bounded(res: &mut reqwest::Response, max: usize) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         match res.chunk().await {
@@ -270,12 +275,11 @@ async fn read_bounded(res: &mut reqwest::Response, max: usize) -> (Vec<u8>, bool
                 let room = max - out.len();
                 if chunk.len() > room {
                     out.extend_from_slice(&chunk[..room]);
-                    return (out, false);
+                    return out;
                 }
                 out.extend_from_slice(&chunk);
             }
-            Ok(None) => return (out, true),
-            Err(_) => return (out, false),
+            Ok(None) | Err(_) => return out,
         }
     }
 }

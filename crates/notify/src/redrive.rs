@@ -110,13 +110,6 @@ impl FilterRequest {
     }
 }
 
-/// An AWS call failed. The handler answers 503 and logs it.
-#[derive(Debug, thiserror::Error)]
-pub enum RedriveError {
-    #[error(transparent)]
-    Aws(#[from] NotifyAwsError),
-}
-
 /// Whether the caller carries the admin claim, per the JWT authorizer's claims. No authorizer at
 /// all (a misconfigured route) is no admin.
 pub fn is_admin(rule: &AdminRule, req: &Request) -> bool {
@@ -139,7 +132,9 @@ pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, st
     }
 }
 
-async fn route(state: &Redriver, req: &Request) -> Result<Response<Body>, RedriveError> {
+/// Serves the request; an AWS call that failed comes back as the error, which [`handle`] answers
+/// with a 503 and logs.
+async fn route(state: &Redriver, req: &Request) -> Result<Response<Body>, NotifyAwsError> {
     if req.uri().path().trim_end_matches('/') != ROUTE {
         return Ok(http::error(req, PublicError::code(ErrorCode::NotFound)));
     }
@@ -181,7 +176,7 @@ async fn route(state: &Redriver, req: &Request) -> Result<Response<Body>, Redriv
     }
 }
 
-async fn start_native(state: &Redriver, rate: Option<u32>) -> Result<Response<Body>, RedriveError> {
+async fn start_native(state: &Redriver, rate: Option<u32>) -> Result<Response<Body>, NotifyAwsError> {
     let dlq_arn = notify::queue_arn(&state.sqs, &state.queues.dlq_url).await?;
     let source_arn = notify::queue_arn(&state.sqs, &state.queues.source_url).await?;
     let rate = rate.map(|r| r.clamp(1, 500) as i32);
@@ -193,7 +188,7 @@ async fn start_native(state: &Redriver, rate: Option<u32>) -> Result<Response<Bo
     ))
 }
 
-async fn run_selective(state: &Redriver, filter: &RedriveFilter, request: &RedriveRequest) -> Result<Response<Body>, RedriveError> {
+async fn run_selective(state: &Redriver, filter: &RedriveFilter, request: &RedriveRequest) -> Result<Response<Body>, NotifyAwsError> {
     let options = RedriveOptions {
         dry_run: request.dry_run,
         rate: request.rate.map(f64::from),
