@@ -1474,7 +1474,7 @@ async fn formula_like_text_is_neutralised_in_csv_and_is_never_a_formula_in_xlsx(
         csv::Reader::from_reader(body).records().map(|r| r.expect("a record")).map(|r| (r[0].to_owned(), r[1].to_owned())).collect()
     };
 
-    let (_, csv) = exported(&e, params("csv")).await;
+    let (csv_id, csv) = exported(&e, params("csv")).await;
     let expected: Vec<(String, String)> = source.iter().map(|t| (escaped(t), "-5".to_owned())).collect();
     assert_eq!(csv_rows(&csv), expected, "text escaped, the number -5 not");
 
@@ -1492,6 +1492,45 @@ async fn formula_like_text_is_neutralised_in_csv_and_is_never_a_formula_in_xlsx(
     assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()), "no formulas: {formulas:?}");
     let job = JobTable::new(e.dynamo.clone(), e.settings.table.clone()).get(&id, job_invoker::settings::now_ms()).await.unwrap().unwrap();
     assert_eq!(job.result.map(|r| r.truncated_cells), Some(1), "the cut cell is noted in the result");
+    let view = e.status(&id).await;
+    assert_eq!(view["download"]["truncated_cells"], 1, "and shown with the download: {view}");
+    assert_eq!(e.status(&csv_id).await["download"]["truncated_cells"], 0, "nothing is cut in CSV");
+}
+
+/// A CSV dataset of `columns` columns `c0, c1...` and one row `0, 1...`.
+fn wide_csv(columns: usize) -> Vec<u8> {
+    let header: Vec<String> = (0..columns).map(|i| format!("c{i}")).collect();
+    let row: Vec<String> = (0..columns).map(|i| i.to_string()).collect();
+    format!("{}\n{}\n", header.join(","), row.join(",")).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_xlsx_wider_than_a_sheet_fails_before_writing_instead_of_dropping_columns() {
+    use calamine::Data;
+    let e = env().await;
+    let limit = ferry_core::cells::XLSX_MAX_COLUMNS;
+    let own = e.settings.bucket.clone();
+    let xlsx_of = |prefix: &str| json!({"source": {"type": "s3", "bucket": own, "prefix": prefix, "format": "csv"}, "format": "xlsx"});
+
+    // A sheet's full width: every column arrives.
+    e.put("datasets/full/part-1.csv", &wide_csv(limit)).await;
+    let (_, bytes) = exported(&e, xlsx_of("datasets/full/")).await;
+    let (cells, _) = first_sheet(&bytes);
+    assert_eq!(cells.width(), limit);
+    assert_eq!(cells.get((0, limit - 1)), Some(&Data::String(format!("c{}", limit - 1))));
+    assert_eq!(cells.get((1, limit - 1)), Some(&Data::Float((limit - 1) as f64)));
+
+    // One column more: the job fails naming the limit, and nothing is written.
+    e.put("datasets/wide/part-1.csv", &wide_csv(limit + 1)).await;
+    let before = ferry_tests::list_keys(&e.s3, &own, "exports/").await;
+    let v = failed_job(&e, &json!({"kind": "export", "params": xlsx_of("datasets/wide/")}).to_string()).await;
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("16385 columns, over xlsx's limit of 16384 columns"), "{message}");
+    assert_safe("too many columns", &v["error"], &["datasets/", &own]);
+    assert!(v.get("download").is_none(), "{v}");
+    assert_eq!(ferry_tests::list_keys(&e.s3, &own, "exports/").await, before, "no export or staged rows left behind");
+    assert_eq!(e.open_uploads().await, 0, "the multipart upload is abandoned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -389,6 +389,45 @@ fn a_cap_over_the_memory_refuses_to_start() {
     assert!(bad.starts_with("FERRY_MAX_CLOCK_SKEW: "), "{bad}");
 }
 
+/// Short distinct keys pack more keys into a byte than the size cap assumes: an upload under the cap
+/// that the function's memory cannot normalise is refused as bad input where its keys outgrow the
+/// memory, and the locale result it would have replaced stays as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_under_the_cap_with_more_keys_than_the_memory_holds_is_refused() {
+    // 65 MB: 1 MiB to spend past the reserve; the cap left unset, so lowered to what that holds.
+    let settings = settings(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "65")]);
+    assert_eq!(settings.memory_mb, Some(65));
+    assert!(settings.check_normalizer_memory().is_ok(), "{settings:?}");
+    let e = env_with(settings).await;
+    e.put("data/7/jp-prod-202611221500.csv", JP).await;
+    let first = votes::normalize_upload(&e.store(), &settings, "data/7/jp-prod-202611221500.csv").await.unwrap();
+    assert!(matches!(first, NormalizeOutcome::Written { .. }), "{first:?}");
+    let (before, etag, _) = e.get("result/7/prod/result-jp.csv").await.unwrap();
+
+    let key = "data/7/jp-prod-202611221600.csv";
+    let mut body = String::from("kseq,score\n");
+    for i in 0..20_000 {
+        body.push_str(&format!("k{i:05},1\n"));
+    }
+    assert!((body.len() as u64) < settings.max_input_bytes, "{} bytes is under the cap of {}", body.len(), settings.max_input_bytes);
+    e.put(key, body).await;
+    let err = votes::normalize_upload(&e.store(), &settings, key).await.unwrap_err();
+    assert_eq!(err.kind(), "BadInput", "{err}");
+    let votes::VoteError::Tally(t) = &err else { panic!("not a tally error: {err:?}") };
+    assert_eq!(t.source_name, key);
+    let tally::TallyErrorKind::OverMemory { keys, memory } = t.kind else { panic!("not OverMemory: {t:?}") };
+    assert_eq!(memory, ferry_core::budget::usable_bytes(Some(65)));
+    assert!(keys > 1000 && keys < 20_000, "refused where the keys outgrew the memory, not at the end: {keys}");
+    assert!(err.to_string().contains("need more than the 1048576 bytes of memory"), "{err}");
+    // Through the handler as well: a failed invocation naming the upload.
+    let handled = e.normalize_event(&[key]).await.unwrap_err();
+    assert!(handled.contains(key) && handled.contains("distinct keys"), "{handled}");
+    let (after, etag2, meta) = e.get("result/7/prod/result-jp.csv").await.unwrap();
+    assert_eq!((&after, &etag2), (&before, &etag), "a refused upload changed the result");
+    assert_eq!(meta[votes::META_SOURCE_KEY], "data/7/jp-prod-202611221500.csv");
+    assert_eq!(e.keys("result/").await, ["result/7/prod/result-jp.csv"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stage_over_the_merge_cap_is_refused_unread() {
     let settings = VoteSettings { max_merge_bytes: 50, ..VoteSettings::default() };

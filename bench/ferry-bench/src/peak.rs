@@ -80,8 +80,8 @@ fn report(what: &str, size: u64, rows: usize, start_kb: u64, peak_kb: u64) {
     );
 }
 
-/// A `kB` field of /proc/self/status (Linux).
-fn status_kb(field: &str) -> anyhow::Result<u64> {
+/// A `kB` field of /proc/self/status (Linux), such as `VmRSS` or `VmHWM`.
+pub fn status_kb(field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let value = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).with_context(|| format!("no {field}"))?;
     Ok(value.trim().trim_end_matches("kB").trim().parse()?)

@@ -55,13 +55,7 @@ fn parallel<T: Send>(inputs: &[(String, PathBuf)], work: impl Fn(usize) -> anyho
 
 /// The process's peak RSS since the last reset (`VmHWM`), in MiB; 0 where /proc is not there.
 fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    kb / 1024
+    crate::peak::status_kb("VmHWM").map_or(0, |kb| kb / 1024)
 }
 
 /// Starts a new peak: writing 5 to clear_refs resets `VmHWM` to the current RSS (Linux).

@@ -40,6 +40,7 @@ fn s3_error(store: &Store, key: &str, op: &'static str, e: impl std::error::Erro
         bucket: store.bucket().to_owned(),
         key: key.to_owned(),
         op,
+        code: None,
         message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
     }
 }

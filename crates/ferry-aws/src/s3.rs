@@ -15,6 +15,8 @@ pub struct S3Error {
     pub bucket: String,
     pub key: String,
     pub op: &'static str,
+    /// The service's error code (`NoSuchBucket`, `AccessDenied`...) when S3 answered with one.
+    pub code: Option<String>,
     pub message: String,
 }
 
@@ -122,11 +124,14 @@ impl Store {
         op: &'static str,
         e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> S3Error {
-        let message = match e.as_service_error() {
-            Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message")),
-            None => aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+        let (code, message) = match e.as_service_error() {
+            Some(s) => {
+                let message = format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message"));
+                (s.code().map(str::to_owned), message)
+            }
+            None => (None, aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()),
         };
-        S3Error { bucket: self.bucket.clone(), key: key.to_owned(), op, message }
+        S3Error { bucket: self.bucket.clone(), key: key.to_owned(), op, code, message }
     }
 
     /// HEAD; `None` when the object does not exist.
@@ -167,6 +172,7 @@ impl Store {
             bucket: self.bucket.clone(),
             key: key.to_owned(),
             op: "GetObject (body)",
+            code: None,
             message: e.to_string(),
         };
         let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ferry_core::merge::{self, LocaleScores};
-use ferry_core::normalize::{normalize, normalize_tally};
-use ferry_core::tally::{self, NormRow};
+use ferry_core::normalize::{locale_result, normalize_tally};
+use ferry_core::tally;
 use ferry_core::{Method, Tally};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -88,8 +88,7 @@ pub fn run(cmd: VotesCommand) -> anyhow::Result<()> {
     match cmd {
         VotesCommand::Normalize(a) => {
             let tally = read_tally(&a.file, a.max_input_bytes)?;
-            let rows: Vec<NormRow> = normalize(a.method, &tally);
-            write_output(a.output.as_deref(), &tally::write_locale_result(&rows))
+            write_output(a.output.as_deref(), &locale_result(a.method, &tally))
         }
         VotesCommand::Merge(a) => merge_files(a),
         VotesCommand::Push(a) => crate::edge::push(a),

@@ -35,13 +35,13 @@ pub const RESERVE_BYTES: u64 = 64 * MIB;
 /// Memory per distinct key while an upload is read: its offset and value, and its share of the key
 /// index, which grows by doubling (up to 2.3 slots a key, and the old table beside the new one
 /// while it grows).
-pub const READ_BYTES_PER_KEY: u64 = 48;
+const READ_BYTES_PER_KEY: u64 = 48;
 
 /// Memory per distinct key while the locale result is built: offset, raw and normalised value, sort
 /// order, and its row's quotes, numbers and separators in the result. With the key bytes counted
 /// twice (kept, and written again), [`normalize_peak`] came 4-7% above the measured peak on the
 /// uploads of [`NORMALIZE_PEAK_FACTOR`] and 5-35% above on uploads of 7-digit numeric keys.
-pub const WRITE_BYTES_PER_KEY: u64 = 66;
+const WRITE_BYTES_PER_KEY: u64 = 66;
 
 /// The normalizer's peak, without the reserve, on an upload of `input` bytes whose `keys` distinct
 /// keys take `key_bytes`: reading holds the body, the keys and their index; writing holds the keys,
@@ -59,7 +59,7 @@ pub fn usable_bytes(memory_mb: Option<u64>) -> u64 {
 
 /// The fewest bytes a realistic upload row takes (an opencsv-quoted key and score): a file's line
 /// count is believed only up to `bytes / ASSUMED_ROW_BYTES` when sizing its key table.
-pub const ASSUMED_ROW_BYTES: usize = 12;
+const ASSUMED_ROW_BYTES: usize = 12;
 
 /// Work whose peak memory grows with a capped input.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,7 +98,7 @@ impl Work {
     }
 
     /// The memory setting, in MB, that holds an input of `cap` bytes.
-    pub fn memory_mb_for(&self, cap: u64) -> u64 {
+    fn memory_mb_for(&self, cap: u64) -> u64 {
         self.needed_bytes(cap).div_ceil(MIB)
     }
 

@@ -15,10 +15,13 @@ use std::borrow::Cow;
 use serde_json::{Number, Value};
 
 /// The key of the one-key object that carries an exact number in a row.
-pub const NUMBER_KEY: &str = "$number";
+const NUMBER_KEY: &str = "$number";
 
 /// The most UTF-16 code units Excel keeps in one cell ("32,767 characters" in its documentation).
 pub const XLSX_MAX_TEXT: usize = 32_767;
+
+/// The most columns an Excel worksheet holds (A to XFD).
+pub const XLSX_MAX_COLUMNS: usize = 16_384;
 
 /// Whether a spreadsheet could take `text` for a formula: it starts with `=`, `+`, `-`, `@`, TAB or CR.
 pub fn needs_formula_escape(text: &str) -> bool {
@@ -121,7 +124,7 @@ pub fn json_number(text: &str) -> Option<Cow<'_, str>> {
 }
 
 /// Whether `text` is a number in JSON's grammar (so it can be written into JSON as it is).
-pub fn is_json_number(text: &str) -> bool {
+fn is_json_number(text: &str) -> bool {
     matches!(json_number(text), Some(Cow::Borrowed(_)))
 }
 

@@ -184,10 +184,7 @@ impl JobRecord {
         match self.status_at(now) {
             Status::Failed => Some(self.error.clone().unwrap_or_else(|| PublicError::code(ErrorCode::Internal))),
             Status::Lost => {
-                let when = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.lease_expires_at) * 1_000_000)
-                    .ok()
-                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-                    .unwrap_or_else(|| "an unknown time".into());
+                let when = rfc3339(self.lease_expires_at).unwrap_or_else(|| "an unknown time".into());
                 let message = format!("the worker stopped reporting progress; its lease ended at {when}");
                 Some(PublicError::new(ErrorCode::WorkerUnavailable, message))
             }
@@ -199,6 +196,13 @@ impl JobRecord {
     pub fn is_expired(&self, now: i64) -> bool {
         self.retain_until < now
     }
+}
+
+/// `ms` (milliseconds since the Unix epoch) as an RFC 3339 UTC time, or `None` when it is out of range.
+pub fn rfc3339(ms: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
 }
 
 /// What kinds of job exist.

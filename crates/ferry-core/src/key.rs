@@ -40,9 +40,20 @@ impl Stamp {
             return None;
         }
         let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
-        let (month, day, hour, minute) = (n(4..6)?, n(6..8)?, n(8..10)?, n(10..12)?);
-        let valid = (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24 && minute < 60;
+        let (year, month, day, hour, minute) = (n(0..4)?, n(4..6)?, n(6..8)?, n(8..10)?, n(10..12)?);
+        let valid = (1..=days_in_month(year, month)).contains(&day) && hour < 24 && minute < 60;
         valid.then(|| Stamp(s.parse().unwrap_or(0)))
+    }
+}
+
+/// Days of `month` (1 to 12) in `year` of the proleptic Gregorian calendar; 0 for any other month.
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
+        2 => 28,
+        _ => 0,
     }
 }
 
@@ -299,6 +310,7 @@ mod tests {
         check_upload("data/x/jp-prod-202611221530.csv", None);
         check_upload("data/7/JP-prod-202611221530.csv", None);
         check_upload("data/7/jp-prod-202613221530.csv", None);
+        check_upload("data/7/jp-prod-202602310000.csv", None);
         check_upload("data/7/jp-prod-20261122153.csv", None);
         check_upload("data/7/jp-prod-202611221530.txt", None);
         check_upload("data/7/jp-prod-x-202611221530.csv", None);
@@ -419,6 +431,32 @@ mod tests {
         let slashed = stored("/data/7/tw-prod-202611221600.csv", "y", NOW + 1700);
         check_current(&[same_minute.clone(), new.clone()], None, "build data/7/tw-prod-202611221600.csv@n");
         check_current(&[same_minute, slashed], None, "build data/7/tw-prod-202611221600.csv@x");
+    }
+
+    #[test]
+    fn stamps_are_real_dates_and_times() {
+        for ok in ["202601310000", "202602280000", "202402290000", "200002290000", "202604302359", "202612312359", "000002290000"] {
+            assert_eq!(Stamp::parse(ok).map(|s| s.to_string()).as_deref(), Some(ok));
+        }
+        for bad in [
+            "202602310000", // 31 February
+            "202602300000",
+            "202602290000", // 2026 is not a leap year
+            "190002290000", // nor is 1900
+            "202604310000", // 31 April
+            "202611310000",
+            "202613010000", // month 13
+            "202600010000", // month 0
+            "202601000000", // day 0
+            "202601320000",
+            "202601012400",
+            "202601010060",
+        ] {
+            assert_eq!(Stamp::parse(bad), None, "{bad}");
+        }
+        // Such a name is not an upload key: it is skipped like any other malformed one.
+        let e = UploadKey::parse("data/7/jp-prod-202602310000.csv").unwrap_err();
+        assert_eq!(e.reason, "the timestamp is not a valid yyyyMMddHHmm");
     }
 
     #[test]

@@ -159,10 +159,6 @@ impl TablePattern {
         }
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// Whether `name` matches, as IAM matches a resource: the whole name, case-sensitively.
     pub fn matches(&self, name: &str) -> bool {
         let (p, n) = (self.0.as_bytes(), name.as_bytes());

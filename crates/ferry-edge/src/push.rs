@@ -102,6 +102,7 @@ pub async fn push(
                 bucket: store.bucket().to_owned(),
                 key: upload,
                 op: "PutObject",
+                code: None,
                 message: "a concurrent conditional write won".to_owned(),
             }));
         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use ferry_aws::jobs::{InvokeError, JobStoreError, JobTable, NewJob, Refused, Submitted, WorkerPayload};
 use ferry_aws::s3::{S3Error, Store};
-use ferry_core::jobs::{self, JobRecord, ListCursor, Status, SubmitError};
+use ferry_core::jobs::{self, JobRecord, ListCursor, Status, SubmitError, rfc3339};
 use ferry_core::public::{ErrorCode, PublicError};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::request::RequestContext;
@@ -77,12 +77,17 @@ impl Caller {
         self.error_with(status, e, None)
     }
 
-    /// `e` with an explicit status and extra members beside `error` (the job it is about).
-    fn error_with(&self, status: StatusCode, mut e: PublicError, extra: Option<(&str, Value)>) -> Response<Body> {
-        if let Some(id) = &self.request_id {
-            e.request_id = Some(id.clone());
+    /// `e` with the request id to quote, when there is one.
+    fn stamp(&self, e: PublicError) -> PublicError {
+        match &self.request_id {
+            Some(id) => e.with_request_id(id.clone()),
+            None => e,
         }
-        let mut body = json!({ "error": e });
+    }
+
+    /// `e` with an explicit status and extra members beside `error` (the job it is about).
+    fn error_with(&self, status: StatusCode, e: PublicError, extra: Option<(&str, Value)>) -> Response<Body> {
+        let mut body = json!({ "error": self.stamp(e) });
         if let Some((k, v)) = extra {
             body[k] = v;
         }
@@ -137,13 +142,6 @@ fn status_url(req: &Request, id: &str) -> String {
     }
 }
 
-fn rfc3339(ms: i64) -> Value {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .map_or(Value::Null, Value::String)
-}
-
 /// A job as the API shows it. `download` is added for a succeeded job by [`Api::view`].
 fn summary(job: &JobRecord, now: i64) -> Value {
     let status = job.status_at(now);
@@ -178,6 +176,7 @@ impl Api {
                 "size": result.size,
                 "rows": result.rows,
                 "sheets": result.sheets,
+                "truncated_cells": result.truncated_cells,
             });
         }
         Ok(v)
@@ -290,13 +289,7 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
     };
     tracing::info!(job_id = job.id, owner, request_id = caller.request_id, kind = %job.kind, "job created");
     let payload = WorkerPayload { job_id: job.id.clone(), attempt: 0 };
-    let unstarted = || {
-        let e = PublicError::code(ErrorCode::WorkerUnavailable);
-        match &caller.request_id {
-            Some(id) => e.with_request_id(id.clone()),
-            None => e,
-        }
-    };
+    let unstarted = || caller.stamp(PublicError::code(ErrorCode::WorkerUnavailable));
     match api.settings.invoke_mode {
         InvokeMode::Await => {
             if let Err(e) = start_worker(api, &payload).await {

@@ -120,26 +120,26 @@ impl JobSettings {
         if let Some(v) = var("FERRY_JOB_RETENTION_HOURS") {
             s.retention = Duration::from_secs(number("FERRY_JOB_RETENTION_HOURS", v)? * 3600);
         }
+        // A whole number within `lo..=hi`; out of range is "{name}: must be {lo} to {hi}{why}".
+        let within = |name: &str, v: String, (lo, hi): (u64, u64), why: &str| -> Result<u64, String> {
+            let n = number(name, v)?;
+            if (lo..=hi).contains(&n) { Ok(n) } else { Err(format!("{name}: must be {lo} to {hi}{why}")) }
+        };
+        // Every bound below fits in a u32.
+        let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         if let Some(v) = var("FERRY_JOB_PAGE_SIZE") {
-            let n = number("FERRY_JOB_PAGE_SIZE", v)?;
-            s.page_size = u32::try_from(n).ok().filter(|n| (1..=10_000).contains(n)).ok_or("FERRY_JOB_PAGE_SIZE: must be 1 to 10000")?;
+            s.page_size = small(within("FERRY_JOB_PAGE_SIZE", v, (1, 10_000), "")?);
         }
         if let Some(v) = var("FERRY_JOB_LEASE_SECS") {
-            let n = number("FERRY_JOB_LEASE_SECS", v)?;
             // The worker heartbeats every third of the lease; below 3 s a slow DynamoDB call loses it.
-            s.lease = Some(n).filter(|n| (3..=900).contains(n)).map(Duration::from_secs).ok_or("FERRY_JOB_LEASE_SECS: must be 3 to 900")?;
+            s.lease = Duration::from_secs(within("FERRY_JOB_LEASE_SECS", v, (3, 900), "")?);
         }
         if let Some(v) = var("FERRY_JOB_START_LEASE_SECS") {
-            let n = number("FERRY_JOB_START_LEASE_SECS", v)?;
-            s.start_lease = Some(n)
-                .filter(|n| (10..=6 * 3600).contains(n))
-                .map(Duration::from_secs)
-                .ok_or("FERRY_JOB_START_LEASE_SECS: must be 10 to 21600 (Lambda keeps an async event at most 6 hours)")?;
+            let why = " (Lambda keeps an async event at most 6 hours)";
+            s.start_lease = Duration::from_secs(within("FERRY_JOB_START_LEASE_SECS", v, (10, 6 * 3600), why)?);
         }
         if let Some(v) = var("FERRY_JOB_MAX_RUNNING_PER_OWNER") {
-            let n = number("FERRY_JOB_MAX_RUNNING_PER_OWNER", v)?;
-            s.max_running_per_owner =
-                u32::try_from(n).ok().filter(|n| (1..=1000).contains(n)).ok_or("FERRY_JOB_MAX_RUNNING_PER_OWNER: must be 1 to 1000")?;
+            s.max_running_per_owner = small(within("FERRY_JOB_MAX_RUNNING_PER_OWNER", v, (1, 1000), "")?);
         }
         if let Some(v) = var("FERRY_JOB_CONTINUE_MARGIN_SECS") {
             s.continue_margin = Duration::from_secs(number("FERRY_JOB_CONTINUE_MARGIN_SECS", v)?);
@@ -233,6 +233,22 @@ mod tests {
             let e = from(&[(name, bad)]).unwrap_err();
             assert!(e.starts_with(name), "{name}={bad}: {e}");
         }
+        // The messages, word for word.
+        for (name, bad, message) in [
+            ("FERRY_JOB_PAGE_SIZE", "0", "FERRY_JOB_PAGE_SIZE: must be 1 to 10000"),
+            ("FERRY_JOB_PAGE_SIZE", "x", "FERRY_JOB_PAGE_SIZE: \"x\" is not a whole number"),
+            ("FERRY_JOB_LEASE_SECS", "901", "FERRY_JOB_LEASE_SECS: must be 3 to 900"),
+            (
+                "FERRY_JOB_START_LEASE_SECS",
+                "9",
+                "FERRY_JOB_START_LEASE_SECS: must be 10 to 21600 (Lambda keeps an async event at most 6 hours)",
+            ),
+            ("FERRY_JOB_MAX_RUNNING_PER_OWNER", "1001", "FERRY_JOB_MAX_RUNNING_PER_OWNER: must be 1 to 1000"),
+        ] {
+            assert_eq!(from(&[(name, bad)]).unwrap_err(), message);
+        }
+        let s = from(&[("FERRY_JOB_PAGE_SIZE", "10000"), ("FERRY_JOB_LEASE_SECS", "3"), ("FERRY_JOB_START_LEASE_SECS", "21600")]).unwrap();
+        assert_eq!((s.page_size, s.lease, s.start_lease), (10_000, Duration::from_secs(3), Duration::from_secs(21_600)));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use ferry_aws::exports::{self, Multipart, MultipartState, SourceErrorKind, TableRead};
 use ferry_aws::jobs::{Beat, DynamoClient, JobStoreError, JobTable, Refused};
 use ferry_aws::s3::{Fetched, S3Client, S3Error, Store};
+use ferry_core::cells::XLSX_MAX_COLUMNS;
 use ferry_core::jobs::{DatasetFormat, ExportParams, ExportResult, Filter, Format, JobRecord, Progress, Source, SubmitError};
 use ferry_core::public::{ErrorCode, PublicError, leaks_internals};
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,9 @@ pub enum ExportError {
     Xlsx(#[from] xlsx::XlsxBuildError),
     #[error("s3://{bucket}/{key}: {size} bytes is over the limit of {limit} for one dataset object")]
     ObjectTooLarge { bucket: String, key: String, size: u64, limit: u64 },
+    /// More output columns than an xlsx sheet holds.
+    #[error("{columns} columns, over xlsx's limit of {limit} columns a sheet")]
+    TooManyColumns { columns: usize, limit: usize },
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("local file {path}: {message}")]
@@ -97,6 +101,7 @@ impl ExportError {
             ExportError::DatasetUnavailable { .. } => "SourceUnavailable",
             ExportError::Source(_) => "SourceError",
             ExportError::Dataset(_) | ExportError::ObjectTooLarge { .. } => "BadDataset",
+            ExportError::TooManyColumns { .. } => "TooManyColumns",
             ExportError::S3(_) => "S3Error",
             ExportError::Store(_) => "StoreError",
             ExportError::Xlsx(_) => "XlsxError",
@@ -123,6 +128,13 @@ impl ExportError {
             ExportError::ObjectTooLarge { key, size, limit, .. } => guarded(
                 ErrorCode::TooLarge,
                 format!("{}: {size} bytes is over the limit of {limit} for one dataset object", object_name(params, key)),
+            ),
+            ExportError::TooManyColumns { columns, limit } => PublicError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the export has {columns} columns, over xlsx's limit of {limit} columns a sheet; \
+                     name at most {limit} in params.columns, or export as csv or jsonl"
+                ),
             ),
             ExportError::S3(_) | ExportError::Store(_) | ExportError::Xlsx(_) | ExportError::Checkpoint(_) | ExportError::Io { .. } => {
                 PublicError::code(ErrorCode::Internal)
@@ -152,8 +164,10 @@ fn object_name(params: &ExportParams, key: &str) -> String {
 /// Whether a failed S3 call on a dataset means it is missing or forbidden (the caller is not told
 /// which), rather than a failure of the service.
 fn dataset_unavailable(e: &S3Error) -> bool {
-    let code = e.message.split(':').next().unwrap_or_default().trim();
-    matches!(code, "NoSuchBucket" | "NoSuchKey" | "AccessDenied" | "AllAccessDisabled" | "PermanentRedirect" | "InvalidBucketName")
+    matches!(
+        e.code.as_deref(),
+        Some("NoSuchBucket" | "NoSuchKey" | "AccessDenied" | "AllAccessDisabled" | "PermanentRedirect" | "InvalidBucketName")
+    )
 }
 
 fn dataset_error(bucket: &str, prefix: &str, e: S3Error) -> ExportError {
@@ -313,12 +327,24 @@ fn align(row: Vec<Value>, from: &[String], to: &[String]) -> Vec<Value> {
     to.iter().map(|c| from.iter().position(|f| f == c).and_then(|i| row.get(i).cloned()).unwrap_or(Value::Null)).collect()
 }
 
-fn encoding(format: Format) -> Encoding {
+/// How an export's rows become bytes. `formula_escape` is for CSV only: JSON is not opened as a
+/// spreadsheet, and the xlsx writer keeps every text a string cell.
+fn encoding(format: Format, formula_escape: bool) -> Encoding {
     match format {
-        Format::Csv => Encoding::Csv,
+        Format::Csv if formula_escape => Encoding::Csv,
+        Format::Csv => Encoding::CsvPlain,
         Format::Jsonl => Encoding::Jsonl,
         Format::Xlsx => Encoding::Staged,
     }
+}
+
+/// Refuses output columns an xlsx sheet cannot hold, before anything is written: a wider row would
+/// otherwise lose the cells past the last column.
+fn check_width(format: Format, columns: &[String]) -> Result<(), ExportError> {
+    if format == Format::Xlsx && columns.len() > XLSX_MAX_COLUMNS {
+        return Err(ExportError::TooManyColumns { columns: columns.len(), limit: XLSX_MAX_COLUMNS });
+    }
+    Ok(())
 }
 
 /// The object the rows stream into: the export itself, or for xlsx the staged rows.
@@ -350,7 +376,7 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
         Err(e) => return Err(ExportError::Refused(e)),
     }
     let parts = partitions(env, params).await?;
-    let enc = encoding(params.format).with_formula_escape(params.formula_escape);
+    let enc = encoding(params.format, params.formula_escape);
     let (mut cp, mut writer) = match checkpoint {
         Some(text) => {
             let cp: Checkpoint = serde_json::from_str(text).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
@@ -366,6 +392,7 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
             (cp, writer)
         }
         None => {
+            check_width(params.format, params.columns.as_deref().unwrap_or_default())?;
             let total = estimate(env, params).await?;
             let upload = Multipart::begin(&env.store, &data_key(job), params.format.content_type()).await?;
             let mut writer = PartWriter::new(enc, upload, Vec::new(), env.settings.part_bytes);
@@ -399,6 +426,11 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
         if let Some(cols) = &batch.columns
             && cp.columns.is_empty()
         {
+            if let Err(e) = check_width(params.format, cols) {
+                drop(readers);
+                abandon(env, writer, &carry_key).await;
+                return Err(e);
+            }
             cp.columns = cols.as_ref().clone();
             writer.header(&cp.columns);
         }
@@ -506,6 +538,7 @@ async fn build_xlsx(env: &ExportEnv, job: &JobRecord, key: &str) -> Result<(u64,
             bucket: env.store.bucket().into(),
             key: staged_key.clone(),
             op: "GetObject",
+            code: None,
             message: aws_smithy_types_display(&e),
         })?;
         let mut body = obj.body;
@@ -514,6 +547,7 @@ async fn build_xlsx(env: &ExportEnv, job: &JobRecord, key: &str) -> Result<(u64,
             bucket: env.store.bucket().into(),
             key: staged_key.clone(),
             op: "GetObject (body)",
+            code: None,
             message: e.to_string(),
         })? {
             file.write_all(&chunk).await.map_err(|e| io(&staged, e))?;
@@ -577,14 +611,24 @@ mod tests {
         check(dataset("datasets/shop/a.csv", "near arn:aws:s3:::x"), ErrorCode::BadSourceData, ErrorCode::BadSourceData.default_message());
         let too_large = ExportError::ObjectTooLarge { bucket: "lake".into(), key: "datasets/shop/big.csv".into(), size: 9, limit: 8 };
         check(too_large, ErrorCode::TooLarge, "object \"big.csv\" under the prefix: 9 bytes is over the limit of 8 for one dataset object");
-        let s3 =
-            |message: &str| S3Error { bucket: "lake".into(), key: "datasets/shop/".into(), op: "ListObjectsV2", message: message.into() };
+        let s3 = |code: &str, message: &str| S3Error {
+            bucket: "lake".into(),
+            key: "datasets/shop/".into(),
+            op: "ListObjectsV2",
+            code: Some(code.into()),
+            message: format!("{code}: {message}"),
+        };
         let unavailable = ErrorCode::SourceUnavailable.default_message();
-        for m in ["AccessDenied: User: arn:aws:sts::123456789012:assumed-role/w", "NoSuchBucket: The specified bucket does not exist"] {
-            check(dataset_error("lake", "datasets/shop/", s3(m)), ErrorCode::SourceUnavailable, unavailable);
+        for (code, m) in
+            [("AccessDenied", "User: arn:aws:sts::123456789012:assumed-role/w"), ("NoSuchBucket", "The specified bucket does not exist")]
+        {
+            check(dataset_error("lake", "datasets/shop/", s3(code, m)), ErrorCode::SourceUnavailable, unavailable);
         }
+        // The code decides, not the text: a message that merely starts like a code is a service failure.
+        let lookalike = S3Error { code: None, ..s3("NoSuchBucket", "but S3 sent no code") };
+        check(dataset_error("lake", "datasets/shop/", lookalike), ErrorCode::Internal, ErrorCode::Internal.default_message());
         check(
-            dataset_error("lake", "datasets/shop/", s3("SlowDown: reduce your rate")),
+            dataset_error("lake", "datasets/shop/", s3("SlowDown", "reduce your rate")),
             ErrorCode::Internal,
             ErrorCode::Internal.default_message(),
         );

@@ -6,6 +6,7 @@
 //! [`ferry_core::cells::number_text`] and is written as that text (in JSON lines, as a number token).
 
 use std::borrow::Cow;
+use std::sync::{Mutex, PoisonError};
 
 use ferry_aws::exports::Multipart;
 use ferry_aws::s3::S3Error;
@@ -26,61 +27,6 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// CSV with or without formula escaping; other encodings are unaffected (JSON is not opened as
-    /// a spreadsheet, and the xlsx writer keeps every text a string cell).
-    pub fn with_formula_escape(self, on: bool) -> Encoding {
-        match (self, on) {
-            (Encoding::Csv | Encoding::CsvPlain, true) => Encoding::Csv,
-            (Encoding::Csv | Encoding::CsvPlain, false) => Encoding::CsvPlain,
-            (other, _) => other,
-        }
-    }
-
-    /// Appends the header (CSV and staged rows have one; JSON lines name columns in every row).
-    pub fn header(self, buf: &mut Vec<u8>, columns: &[String]) {
-        match self {
-            Encoding::Csv | Encoding::CsvPlain => {
-                let fields: Vec<Cow<'_, str>> = columns.iter().map(|c| self.csv_text(c)).collect();
-                csv_record(buf, &fields);
-            }
-            Encoding::Jsonl => {}
-            Encoding::Staged => json_line(buf, &Value::from(columns.to_vec())),
-        }
-    }
-
-    /// Appends one row (cells in column order).
-    pub fn row(self, buf: &mut Vec<u8>, columns: &[String], row: &[Value]) {
-        match self {
-            Encoding::Csv | Encoding::CsvPlain => {
-                let fields: Vec<Cow<'_, str>> = row.iter().map(|v| self.csv_field(v)).collect();
-                csv_record(buf, &fields);
-            }
-            Encoding::Jsonl => {
-                buf.push(b'{');
-                for (i, (c, v)) in columns.iter().zip(row).enumerate() {
-                    if i > 0 {
-                        buf.push(b',');
-                    }
-                    let _ = serde_json::to_writer(&mut *buf, c);
-                    buf.push(b':');
-                    json_cell(buf, v);
-                }
-                buf.extend_from_slice(b"}\n");
-            }
-            // Exact numbers stay `{"$number": text}` objects here; the xlsx step reads them back.
-            Encoding::Staged => {
-                buf.push(b'[');
-                for (i, v) in row.iter().enumerate() {
-                    if i > 0 {
-                        buf.push(b',');
-                    }
-                    let _ = serde_json::to_writer(&mut *buf, v);
-                }
-                buf.extend_from_slice(b"]\n");
-            }
-        }
-    }
-
     fn csv_text(self, text: &str) -> Cow<'_, str> {
         if self == Encoding::Csv { cells::formula_escaped(text) } else { Cow::Borrowed(text) }
     }
@@ -100,11 +46,116 @@ impl Encoding {
     }
 }
 
-fn csv_record(buf: &mut Vec<u8>, fields: &[Cow<'_, str>]) {
-    let mut w = csv::WriterBuilder::new().from_writer(std::mem::take(buf));
-    // Writing to a Vec cannot fail.
-    let _ = w.write_record(fields.iter().map(|f| f.as_bytes()));
-    *buf = w.into_inner().unwrap_or_default();
+/// What the reused CSV writer writes into; each record is moved out of it as soon as it is written.
+#[derive(Debug, Default)]
+struct Sink(Mutex<Vec<u8>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.get_mut().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes rows in one [`Encoding`], reusing what every row would otherwise build again: one CSV
+/// writer (and its buffer) for every record, and for JSON lines each column's `"name":`, escaped
+/// once per set of columns. Each record is written whole, exactly as a writer of its own would
+/// write it.
+#[derive(Debug)]
+pub struct RowEncoder {
+    encoding: Encoding,
+    csv: csv::Writer<Sink>,
+    /// The columns `keys` were encoded for.
+    columns: Vec<String>,
+    /// `"name":` of each column back to back, each after the first preceded by `,`.
+    keys: Vec<u8>,
+    /// Where each column's part of `keys` ends.
+    key_ends: Vec<usize>,
+}
+
+impl RowEncoder {
+    pub fn new(encoding: Encoding) -> RowEncoder {
+        // Flexible: records are independent, as when each had a writer of its own.
+        let csv = csv::WriterBuilder::new().flexible(true).from_writer(Sink::default());
+        RowEncoder { encoding, csv, columns: Vec::new(), keys: Vec::new(), key_ends: Vec::new() }
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Appends the header (CSV and staged rows have one; JSON lines name columns in every row).
+    pub fn header(&mut self, buf: &mut Vec<u8>, columns: &[String]) {
+        let enc = self.encoding;
+        match enc {
+            Encoding::Csv | Encoding::CsvPlain => self.csv_record(buf, columns.iter().map(|c| enc.csv_text(c))),
+            Encoding::Jsonl => {}
+            Encoding::Staged => json_line(buf, &Value::from(columns.to_vec())),
+        }
+    }
+
+    /// Names the columns of the rows that follow (JSON lines key every cell by them).
+    pub fn columns(&mut self, columns: &[String]) {
+        if self.encoding != Encoding::Jsonl || self.columns == columns {
+            return;
+        }
+        self.columns = columns.to_vec();
+        self.keys.clear();
+        self.key_ends.clear();
+        for (i, c) in columns.iter().enumerate() {
+            if i > 0 {
+                self.keys.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut self.keys, c);
+            self.keys.push(b':');
+            self.key_ends.push(self.keys.len());
+        }
+    }
+
+    /// Appends one row (cells in the order of [`RowEncoder::columns`]).
+    pub fn row(&mut self, buf: &mut Vec<u8>, row: &[Value]) {
+        let enc = self.encoding;
+        match enc {
+            Encoding::Csv | Encoding::CsvPlain => self.csv_record(buf, row.iter().map(|v| enc.csv_field(v))),
+            Encoding::Jsonl => {
+                buf.push(b'{');
+                let mut start = 0;
+                for (&end, v) in self.key_ends.iter().zip(row) {
+                    buf.extend_from_slice(&self.keys[start..end]);
+                    json_cell(buf, v);
+                    start = end;
+                }
+                buf.extend_from_slice(b"}\n");
+            }
+            // Exact numbers stay `{"$number": text}` objects here; the xlsx step reads them back.
+            Encoding::Staged => {
+                buf.push(b'[');
+                for (i, v) in row.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    let _ = serde_json::to_writer(&mut *buf, v);
+                }
+                buf.extend_from_slice(b"]\n");
+            }
+        }
+    }
+
+    fn csv_record<'a>(&mut self, buf: &mut Vec<u8>, fields: impl Iterator<Item = Cow<'a, str>>) {
+        // Writing to memory cannot fail, and a flexible writer takes records of any length.
+        for field in fields {
+            let _ = self.csv.write_field(field.as_bytes());
+        }
+        let _ = self.csv.write_record(None::<&[u8]>);
+        let _ = self.csv.flush();
+        let mut written = self.csv.get_ref().0.lock().unwrap_or_else(PoisonError::into_inner);
+        buf.extend_from_slice(&written);
+        written.clear();
+    }
 }
 
 fn json_line(buf: &mut Vec<u8>, v: &Value) {
@@ -125,7 +176,7 @@ fn json_cell(buf: &mut Vec<u8>, v: &Value) {
 /// Encodes rows into a buffer and uploads it as a part whenever it holds `part_bytes`.
 #[derive(Debug)]
 pub struct PartWriter {
-    encoding: Encoding,
+    encoder: RowEncoder,
     upload: Multipart,
     buf: Vec<u8>,
     part_bytes: usize,
@@ -134,7 +185,7 @@ pub struct PartWriter {
 impl PartWriter {
     /// `carry` is what the previous run had encoded but not yet uploaded.
     pub fn new(encoding: Encoding, upload: Multipart, carry: Vec<u8>, part_bytes: usize) -> PartWriter {
-        PartWriter { encoding, upload, buf: carry, part_bytes }
+        PartWriter { encoder: RowEncoder::new(encoding), upload, buf: carry, part_bytes }
     }
 
     pub fn upload(&self) -> &Multipart {
@@ -148,13 +199,14 @@ impl PartWriter {
 
     /// Writes the header (CSV and staged rows have one; JSON lines name columns in every row).
     pub fn header(&mut self, columns: &[String]) {
-        self.encoding.header(&mut self.buf, columns);
+        self.encoder.header(&mut self.buf, columns);
     }
 
     /// Encodes rows (cells in column order) and uploads every full part.
     pub async fn write(&mut self, columns: &[String], rows: &[Vec<Value>]) -> Result<(), S3Error> {
+        self.encoder.columns(columns);
         for row in rows {
-            self.encoding.row(&mut self.buf, columns, row);
+            self.encoder.row(&mut self.buf, row);
             if self.buf.len() >= self.part_bytes {
                 let part = std::mem::take(&mut self.buf);
                 self.upload.upload_part(part).await?;
@@ -181,9 +233,11 @@ mod tests {
     fn encode(enc: Encoding, columns: &[&str], rows: &[Vec<Value>]) -> String {
         let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
         let mut buf = Vec::new();
-        enc.header(&mut buf, &columns);
+        let mut encoder = RowEncoder::new(enc);
+        encoder.header(&mut buf, &columns);
+        encoder.columns(&columns);
         for row in rows {
-            enc.row(&mut buf, &columns, row);
+            encoder.row(&mut buf, row);
         }
         String::from_utf8(buf).unwrap_or_default()
     }
@@ -218,11 +272,62 @@ mod tests {
 
     #[test]
     fn csv_without_formula_escape_writes_text_as_it_is() {
-        let enc = Encoding::Csv.with_formula_escape(false);
+        use ferry_core::jobs::Format;
+        let enc = super::super::encoding(Format::Csv, false);
         assert_eq!(enc, Encoding::CsvPlain);
         assert_eq!(encode(enc, &["=h", "n"], &[vec![json!("=1+1"), json!(-5)], vec![json!("@x"), json!("-y")]]), "=h,n\n=1+1,-5\n@x,-y\n");
-        assert_eq!(enc.with_formula_escape(true), Encoding::Csv);
-        assert_eq!(Encoding::Jsonl.with_formula_escape(false), Encoding::Jsonl);
+        assert_eq!(super::super::encoding(Format::Csv, true), Encoding::Csv);
+        assert_eq!(super::super::encoding(Format::Jsonl, false), Encoding::Jsonl);
+    }
+
+    /// What each record was before the writer was reused: a CSV writer of its own.
+    fn record_alone(fields: &[String]) -> Vec<u8> {
+        let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+        w.write_record(fields).unwrap();
+        w.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_reused_writer_writes_each_record_as_a_writer_of_its_own_would() {
+        // Records of every length (none, one empty field, long ones past the writer's 8 KiB buffer),
+        // quoting that must not carry over from one record to the next.
+        let long = format!("\"{}\"", "x,".repeat(6_000));
+        let rows: Vec<Vec<Value>> = vec![
+            vec![json!("a"), json!("b,c"), json!(1)],
+            vec![],
+            vec![Value::Null],
+            vec![json!("line\nbreak"), json!("=1"), json!("q\"uote")],
+            vec![json!(long), Value::Null, json!(-5)],
+            vec![json!(""), json!("")],
+            vec![json!("\r"), json!({ "$number": "123456789012345678901234567890" })],
+            vec![json!(true)],
+        ];
+        for enc in [Encoding::Csv, Encoding::CsvPlain] {
+            let mut expected = record_alone(&["h".to_owned(), "=i".to_owned()].map(|h| enc.csv_text(&h).into_owned()));
+            for row in &rows {
+                expected.extend(record_alone(&row.iter().map(|v| enc.csv_field(v).into_owned()).collect::<Vec<_>>()));
+            }
+            let got = encode(enc, &["h", "=i"], &rows);
+            assert_eq!(got.as_bytes(), expected.as_slice(), "{enc:?}");
+        }
+    }
+
+    #[test]
+    fn json_lines_key_each_row_by_the_columns_of_its_batch() {
+        let mut encoder = RowEncoder::new(Encoding::Jsonl);
+        let mut buf = Vec::new();
+        let first = ["a\"b".to_owned(), "ü\n".to_owned()];
+        encoder.columns(&first);
+        encoder.row(&mut buf, &[json!(1), json!("x")]);
+        encoder.row(&mut buf, &[]);
+        encoder.row(&mut buf, &[json!(null)]);
+        encoder.columns(&["c".to_owned()]);
+        encoder.row(&mut buf, &[json!({ "$number": "1.50" })]);
+        encoder.columns(&[]);
+        encoder.row(&mut buf, &[json!(2)]);
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(text, "{\"a\\\"b\":1,\"ü\\n\":\"x\"}\n{}\n{\"a\\\"b\":null}\n{\"c\":1.50}\n{}\n");
+        assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{text}");
     }
 
     #[test]

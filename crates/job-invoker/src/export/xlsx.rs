@@ -60,6 +60,14 @@ impl Cells {
         Ok(())
     }
 
+    /// Writes `values` as row `row`, from the first column; [`check_width`] has held them to a sheet's width.
+    fn row(&mut self, sheet: &mut Worksheet, row: u32, values: &[Value]) -> Result<(), XlsxError> {
+        for (col, v) in (0..=u16::MAX).zip(values) {
+            self.write(sheet, row, col, v)?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, sheet: &mut Worksheet, row: u32, col: u16, v: &Value) -> Result<(), XlsxError> {
         match v {
             Value::Null => {}
@@ -90,6 +98,21 @@ impl Cells {
     }
 }
 
+/// Refuses a staged line wider than a sheet: its cells past the last column would be lost.
+fn check_width(line: u64, values: &[Value]) -> Result<(), XlsxBuildError> {
+    if values.len() > cells::XLSX_MAX_COLUMNS {
+        let message = format!("{} cells, over xlsx's limit of {} columns", values.len(), cells::XLSX_MAX_COLUMNS);
+        return Err(XlsxBuildError::BadLine { line, message });
+    }
+    Ok(())
+}
+
+/// Starts a worksheet with the header as its first row.
+fn new_sheet(workbook: &mut Workbook, cells: &mut Cells, header: &[Value]) -> Result<(), XlsxError> {
+    let sheet = workbook.add_worksheet_with_constant_memory()?;
+    cells.row(sheet, 0, header)
+}
+
 /// Reads staged rows (a JSON array per line, the header first) from `staged` and writes the
 /// workbook to `out`. Temporary sheet data goes to `tmp`.
 pub fn build(staged: &Path, out: &Path, tmp: &Path, sheet_rows: u32) -> Result<Built, XlsxBuildError> {
@@ -106,32 +129,26 @@ pub fn build(staged: &Path, out: &Path, tmp: &Path, sheet_rows: u32) -> Result<B
         Some(first) => parse(1, first)?,
         None => Vec::new(),
     };
+    check_width(1, &header)?;
     let mut rows = 0u64;
     let mut sheets = 0u32;
     let mut row_in_sheet = sheet_rows;
     for (n, text) in (2..).zip(lines) {
         let values = parse(n, text)?;
+        check_width(n, &values)?;
         if row_in_sheet == sheet_rows {
-            let sheet = workbook.add_worksheet_with_constant_memory()?;
-            for (c, h) in header.iter().enumerate().take(16_384) {
-                cells.write(sheet, 0, c as u16, h)?;
-            }
+            new_sheet(&mut workbook, &mut cells, &header)?;
             sheets += 1;
             row_in_sheet = 1;
         }
         let sheet = workbook.worksheet_from_index(sheets as usize - 1)?;
-        for (c, v) in values.iter().enumerate().take(16_384) {
-            cells.write(sheet, row_in_sheet, c as u16, v)?;
-        }
+        cells.row(sheet, row_in_sheet, &values)?;
         row_in_sheet += 1;
         rows += 1;
     }
     if sheets == 0 {
         // No rows: one sheet with the header, so the file still opens.
-        let sheet = workbook.add_worksheet_with_constant_memory()?;
-        for (c, h) in header.iter().enumerate().take(16_384) {
-            cells.write(sheet, 0, c as u16, h)?;
-        }
+        new_sheet(&mut workbook, &mut cells, &header)?;
         sheets = 1;
     }
     workbook.save(out)?;
@@ -254,6 +271,25 @@ mod tests {
         assert_eq!(cells.get((1, 0)), Some(&Data::String("x".repeat(32_767))));
         assert_eq!(cells.get((2, 0)), Some(&Data::String("😀".repeat(16_383))));
         assert_eq!(cells.get((3, 0)), Some(&Data::String("short".into())));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_wider_than_a_sheet_is_refused_not_cut() {
+        let dir = scratch("wide");
+        let names: Vec<String> = (0..=cells::XLSX_MAX_COLUMNS).map(|i| format!("c{i}")).collect();
+        let columns: Vec<&str> = names.iter().map(String::as_str).collect();
+        let err = build_rows(&dir, &columns, &[], 1000).unwrap_err().to_string();
+        assert!(err.contains("line 1: 16385 cells, over xlsx's limit of 16384 columns"), "{err}");
+        let row = vec![vec![json!(1); cells::XLSX_MAX_COLUMNS + 1]];
+        let err = build_rows(&dir, &columns[..2], &row, 1000).unwrap_err().to_string();
+        assert!(err.contains("line 2: 16385 cells"), "{err}");
+        // A sheet's full width is written whole.
+        let row = vec![(0..cells::XLSX_MAX_COLUMNS).map(|i| json!(i)).collect::<Vec<_>>()];
+        build_rows(&dir, &columns[..cells::XLSX_MAX_COLUMNS], &row, 1000).unwrap();
+        let (sheet, _) = first_sheet(&dir);
+        assert_eq!(sheet.get((0, cells::XLSX_MAX_COLUMNS - 1)), Some(&Data::String("c16383".into())));
+        assert_eq!(sheet.get((1, cells::XLSX_MAX_COLUMNS - 1)), Some(&Data::Float(16_383.0)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
