@@ -570,6 +570,142 @@ async fn an_s3_parquet_dataset_exports_selected_and_filtered_rows_in_key_order()
     assert_eq!((v["status"].as_str(), v["download"]["rows"].as_u64()), (Some("succeeded"), Some(4)), "{v}");
 }
 
+/// A CSV dataset object of rows `id, name`.
+fn id_rows(ids: &[i64]) -> Vec<u8> {
+    let rows: String = ids.iter().map(|i| format!("{i},n{i}\n")).collect();
+    format!("id,name\n{rows}").into_bytes()
+}
+
+/// An env whose worker runs only when the test delivers an attempt ([`Env::deliver`]), and then
+/// hands over after every object but the last. `staged`: the dataset snapshot goes to a staging
+/// object however short it is.
+async fn snapshot_env(staged: bool) -> (Env, job_invoker::Worker) {
+    let e = env_with(Duration::from_secs(900), |s| {
+        // More margin than any run has: every run reads one page (one object here) and hands over.
+        s.continue_margin = Duration::from_secs(3600);
+        s.max_continuations = 100;
+        if staged {
+            s.snapshot_inline_bytes = 0;
+        }
+    })
+    .await;
+    e.lambda.invocations.hold.store(true, Ordering::SeqCst);
+    let conf = sdk_config();
+    let (_, make) = api_and_worker(&conf, e.settings.clone(), e.lambda.client(&conf));
+    let w = make(e.lambda.client(&conf));
+    (e, w)
+}
+
+impl Env {
+    /// Runs the held delivery of `attempt` (of the env's only job) through `w`; the job's view after.
+    async fn deliver(&self, w: &job_invoker::Worker, attempt: usize) -> Value {
+        let payload =
+            self.lambda.invocations.received.lock().expect("the deliveries").get(attempt).cloned().expect("a delivery of that attempt");
+        assert_eq!(payload["attempt"], attempt as u64, "{payload}");
+        self.run_worker(w, payload).await
+    }
+
+    /// The checkpoint stored with job `id`.
+    async fn checkpoint(&self, id: &str) -> Value {
+        let item = self
+            .dynamo
+            .get_item()
+            .table_name(&self.settings.table)
+            .key("pk", AttributeValue::S(format!("JOB#{id}")))
+            .send()
+            .await
+            .expect("GetItem");
+        let text = item.item().and_then(|i| i.get("checkpoint")).and_then(|c| c.as_s().ok()).expect("a checkpoint");
+        serde_json::from_str(text).expect("checkpoint JSON")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_added_under_the_prefix_between_continuations_are_not_exported() {
+    for staged in [false, true] {
+        let (e, w) = snapshot_env(staged).await;
+        let own = e.settings.bucket.clone();
+        let prefix = format!("datasets/{}/", unique("snap"));
+        for (name, ids) in [("b.csv", [3, 4]), ("d.csv", [5, 6]), ("f.csv", [7, 8])] {
+            e.put(&format!("{prefix}{name}"), &id_rows(&ids)).await;
+        }
+        let (code, v) = e.post(&s3_export(&own, &prefix), OWNER).await;
+        assert_eq!(code, 202, "{v}");
+        let id = v["job"]["id"].as_str().unwrap().to_owned();
+        let v = e.deliver(&w, 0).await;
+        assert_eq!(e.lambda.invocations.count(), 2, "the first run handed over after one object: {v}");
+        let snapshot_key = ferry_core::jobs::staging_key("seller-0001", &id, ferry_core::jobs::Format::Csv, "snapshot");
+        let cp = e.checkpoint(&id).await;
+        if staged {
+            assert_eq!(cp["snapshot"], json!({"staged": snapshot_key}), "{cp}");
+            assert!(e.object(&snapshot_key).await.is_some(), "the staged snapshot is written");
+        } else {
+            let keys: Vec<&str> =
+                cp["snapshot"]["inline"].as_array().expect("an inline snapshot").iter().map(|o| o["key"].as_str().unwrap()).collect();
+            assert_eq!(keys, [format!("{prefix}b.csv"), format!("{prefix}d.csv"), format!("{prefix}f.csv")], "{cp}");
+        }
+        // Objects added before, between and after those listed, while the job waits to continue.
+        for (name, ids) in [("a.csv", [1, 2]), ("c.csv", [90, 91]), ("z.csv", [92, 93])] {
+            e.put(&format!("{prefix}{name}"), &id_rows(&ids)).await;
+        }
+        let mut attempt = 1;
+        while attempt < e.lambda.invocations.count() {
+            e.deliver(&w, attempt).await;
+            attempt += 1;
+        }
+        assert_eq!(attempt, 3, "one continuation for each listed object left");
+        let v = e.status(&id).await;
+        assert_eq!((v["status"].as_str(), v["download"]["rows"].as_u64()), (Some("succeeded"), Some(6)), "{v}");
+        let body = e.object(&ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Csv)).await.expect("the export");
+        let ids: Vec<String> = csv::Reader::from_reader(&body[..]).records().map(|r| r.expect("a record")[0].to_owned()).collect();
+        assert_eq!(ids, ["3", "4", "5", "6", "7", "8"], "exactly the listed objects' rows, once each (staged: {staged})");
+        assert_eq!(ferry_tests::list_keys(&e.s3, &own, ferry_core::jobs::STAGING_PREFIX).await, Vec::<String>::new(), "staged: {staged}");
+        assert_eq!(e.open_uploads().await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_removed_or_overwritten_after_the_listing_fails_the_job_naming_it() {
+    for (removed, staged) in [(true, false), (false, true)] {
+        let (e, w) = snapshot_env(staged).await;
+        let own = e.settings.bucket.clone();
+        let prefix = format!("datasets/{}/", unique("snap"));
+        for (name, ids) in [("b.csv", [3, 4]), ("c.csv", [5, 6]), ("d.csv", [7, 8])] {
+            e.put(&format!("{prefix}{name}"), &id_rows(&ids)).await;
+        }
+        let (code, v) = e.post(&s3_export(&own, &prefix), OWNER).await;
+        assert_eq!(code, 202, "{v}");
+        let id = v["job"]["id"].as_str().unwrap().to_owned();
+        let v = e.deliver(&w, 0).await;
+        assert_eq!(e.lambda.invocations.count(), 2, "the first run handed over after b.csv: {v}");
+        let snapshot_key = ferry_core::jobs::staging_key("seller-0001", &id, ferry_core::jobs::Format::Csv, "snapshot");
+        assert_eq!(e.object(&snapshot_key).await.is_some(), staged);
+        // c.csv, listed but not read yet, goes away or is replaced before the continuation reads it.
+        let c = format!("{prefix}c.csv");
+        if removed {
+            e.s3.delete_object().bucket(&own).key(&c).send().await.expect("DeleteObject");
+        } else {
+            e.put(&c, &id_rows(&[50, 60, 70])).await;
+        }
+        let v = e.deliver(&w, 1).await;
+        assert_eq!(v["status"], "failed", "{v}");
+        let what = if removed { "was removed" } else { "changed" };
+        assert_eq!(v["error"]["code"], "bad_source_data", "{v}");
+        assert_eq!(
+            v["error"]["message"],
+            format!("object \"c.csv\" under the prefix {what} during the export; submit the job again to export the dataset as it is now"),
+            "{v}"
+        );
+        assert_safe(what, &v["error"], &["datasets/", &own]);
+        assert!(v.get("download").is_none(), "{v}");
+        assert!(e.object(&ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Csv)).await.is_none(), "no export");
+        assert_eq!(e.lambda.invocations.count(), 2, "no further continuation");
+        // The upload is abandoned, and the carried bytes and the staged snapshot deleted.
+        assert_eq!(ferry_tests::list_keys(&e.s3, &own, ferry_core::jobs::STAGING_PREFIX).await, Vec::<String>::new(), "{what}");
+        assert_eq!(e.open_uploads().await, 0, "{what}");
+    }
+}
+
 /// Turns the first answer its client receives into a 500 (DynamoDB applied the request, the answer
 /// was lost), so that the SDK sends the same request again; and records what was sent.
 #[derive(Debug, Default)]

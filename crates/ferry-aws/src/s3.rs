@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 
 /// The SDK's S3 client, named here so callers hold one without depending on the SDK.
@@ -57,6 +58,15 @@ pub enum Fetched {
     TooLarge {
         size: u64,
     },
+}
+
+/// The outcome of [`Store::get_capped_if_match`].
+#[derive(Debug)]
+pub enum Pinned {
+    /// The object with the ETag asked for, or none at all ([`Fetched::Missing`]), or one over the cap.
+    Read(Fetched),
+    /// The object exists but no longer has the ETag asked for (412): it was overwritten.
+    Changed,
 }
 
 /// A condition on a put, so that concurrent writers cannot overwrite each other unseen.
@@ -152,11 +162,25 @@ impl Store {
     /// Reads a whole object unless it is larger than `cap` bytes. The body goes straight into one
     /// buffer of its size, so reading an object costs its size in memory once, not twice.
     pub async fn get_capped(&self, key: &str, cap: u64) -> Result<Fetched, S3Error> {
-        let mut out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(o) => o,
-            Err(e) if status(&e) == Some(404) => return Ok(Fetched::Missing),
-            Err(e) => return Err(self.error(key, "GetObject", e)),
-        };
+        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => self.read_capped(key, cap, out).await,
+            Err(e) if status(&e) == Some(404) => Ok(Fetched::Missing),
+            Err(e) => Err(self.error(key, "GetObject", e)),
+        }
+    }
+
+    /// [`Store::get_capped`] of the object only while it has ETag `etag` (`If-Match`): a read of
+    /// exactly the version that was listed or read before, never of one written since.
+    pub async fn get_capped_if_match(&self, key: &str, cap: u64, etag: &str) -> Result<Pinned, S3Error> {
+        match self.client.get_object().bucket(&self.bucket).key(key).if_match(format!("\"{etag}\"")).send().await {
+            Ok(out) => Ok(Pinned::Read(self.read_capped(key, cap, out).await?)),
+            Err(e) if status(&e) == Some(404) => Ok(Pinned::Read(Fetched::Missing)),
+            Err(e) if status(&e) == Some(412) => Ok(Pinned::Changed),
+            Err(e) => Err(self.error(key, "GetObject", e)),
+        }
+    }
+
+    async fn read_capped(&self, key: &str, cap: u64, mut out: GetObjectOutput) -> Result<Fetched, S3Error> {
         let size = out.content_length().unwrap_or(0).max(0) as u64;
         if size > cap {
             return Ok(Fetched::TooLarge { size });

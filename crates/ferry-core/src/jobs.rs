@@ -9,6 +9,8 @@
 //!   requests take the same lock.
 //! - [`ListCursor`]: the opaque cursor of `GET /jobs`.
 //! - [`export_key`] and [`staging_key`]: where an export and the worker's temporary objects lie.
+//! - [`DatasetObject`] and [`place_snapshot`]: the object list an S3-dataset export reads, and whether its
+//!   checkpoint holds it inline or in a staging object.
 //!
 //! Every time is milliseconds since the Unix epoch and is passed in: nothing here reads a clock.
 
@@ -496,9 +498,49 @@ pub fn export_key(owner: &str, id: &str, format: Format) -> String {
     format!("exports/{}/{id}.{}", owner_segment(owner), format.extension())
 }
 
-/// A temporary object of job `id` (`what`: `rows`, `carry`), under [`STAGING_PREFIX`].
+/// A temporary object of job `id` (`what`: `rows`, `carry`, `snapshot`), under [`STAGING_PREFIX`].
 pub fn staging_key(owner: &str, id: &str, format: Format, what: &str) -> String {
     format!("{STAGING_PREFIX}{}/{id}.{}.{what}", owner_segment(owner), format.extension())
+}
+
+/// One object of an S3 dataset as the export listed it when it started. The export reads exactly
+/// these objects, each only while it still has this ETag: a dataset is a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetObject {
+    pub key: String,
+    pub size: u64,
+    /// Without surrounding quotes.
+    pub etag: String,
+}
+
+/// Where a checkpoint keeps the dataset snapshot: in itself, or in a staging object (its key) when
+/// the list is too long for the job's DynamoDB item (400 KB at most, the checkpoint included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Snapshot {
+    Inline(Vec<DatasetObject>),
+    Staged(String),
+}
+
+/// Largest snapshot (its JSON) a checkpoint holds inline.
+pub const SNAPSHOT_INLINE_MAX_BYTES: usize = 200 * 1024;
+
+/// How a checkpoint carries `objects`: inline when their JSON takes at most `inline_max` bytes;
+/// otherwise as the object `staged_key`, whose body is returned to be written there first.
+pub fn place_snapshot(objects: Vec<DatasetObject>, inline_max: usize, staged_key: &str) -> (Snapshot, Option<Vec<u8>>) {
+    let body = snapshot_bytes(&objects);
+    if body.len() <= inline_max { (Snapshot::Inline(objects), None) } else { (Snapshot::Staged(staged_key.to_owned()), Some(body)) }
+}
+
+/// The body of a staged snapshot.
+pub fn snapshot_bytes(objects: &[DatasetObject]) -> Vec<u8> {
+    // Strings and numbers only: serialising cannot fail.
+    serde_json::to_vec(objects).unwrap_or_default()
+}
+
+/// Reads back a staged snapshot's body.
+pub fn parse_snapshot(body: &[u8]) -> Result<Vec<DatasetObject>, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
 /// The owner as one key segment. A leading `.` is encoded too, so that no owner's segment is
@@ -789,5 +831,28 @@ mod tests {
         for owner in [".staging", "%2Estaging", "./.staging", "/.staging", ".", "", "..staging"] {
             assert!(!export_key(owner, "j", Format::Csv).starts_with(STAGING_PREFIX), "{owner:?}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_stays_inline_until_it_would_crowd_the_checkpoint() {
+        let objects = |n: usize| -> Vec<DatasetObject> {
+            (0..n)
+                .map(|i| DatasetObject { key: format!("datasets/shop/part-{i:06}.csv"), size: 1 << 20, etag: format!("{i:032x}") })
+                .collect()
+        };
+        let staged = staging_key("user-1", "j", Format::Csv, "snapshot");
+        let small = objects(3);
+        let len = snapshot_bytes(&small).len();
+        assert_eq!(place_snapshot(small.clone(), len, &staged), (Snapshot::Inline(small.clone()), None), "at the limit: inline");
+        let (placed, body) = place_snapshot(small.clone(), len - 1, &staged);
+        assert_eq!(placed, Snapshot::Staged(staged.clone()), "one byte over: staged");
+        assert_eq!(parse_snapshot(&body.expect("the staged body")).unwrap(), small, "the staged body reads back");
+        // With the default limit, thousands of objects stay inline; tens of thousands are staged.
+        assert!(matches!(place_snapshot(objects(1000), SNAPSHOT_INLINE_MAX_BYTES, &staged), (Snapshot::Inline(_), None)));
+        assert!(matches!(place_snapshot(objects(20_000), SNAPSHOT_INLINE_MAX_BYTES, &staged), (Snapshot::Staged(_), Some(_))));
+        // A checkpoint stores it tagged, and an empty list is still a snapshot (not "none recorded").
+        assert_eq!(serde_json::to_string(&Snapshot::Staged("k".into())).unwrap(), r#"{"staged":"k"}"#);
+        assert_eq!(serde_json::to_string(&Snapshot::Inline(Vec::new())).unwrap(), r#"{"inline":[]}"#);
+        assert!(parse_snapshot(b"{").is_err());
     }
 }

@@ -48,6 +48,9 @@ pub struct JobSettings {
     pub read_ahead: usize,
     /// Largest S3 dataset object read (it is parsed whole).
     pub max_object_bytes: u64,
+    /// Largest dataset snapshot (its JSON) a checkpoint holds inline; a longer one is written to a
+    /// staging object and the checkpoint names it.
+    pub snapshot_inline_bytes: usize,
     /// Where S3 datasets may be read (`FERRY_EXPORT_DATASETS`); `None`: `datasets/` of `bucket`.
     pub dataset_locations: Option<Vec<DatasetLocation>>,
     /// DynamoDB tables exports may read (`FERRY_EXPORT_SOURCE_TABLES`); none by default.
@@ -77,6 +80,7 @@ impl Default for JobSettings {
             part_bytes: ferry_aws::exports::MIN_PART_BYTES,
             read_ahead: 4,
             max_object_bytes: 512 * 1024 * 1024,
+            snapshot_inline_bytes: ferry_core::jobs::SNAPSHOT_INLINE_MAX_BYTES,
             dataset_locations: None,
             source_tables: Vec::new(),
             notify_table: None,

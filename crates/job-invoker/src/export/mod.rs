@@ -11,6 +11,13 @@
 //! (under `ferry_core::jobs::STAGING_PREFIX`, the only part of `exports/` the worker reads back), and
 //! the last invocation turns them into the workbook ([`xlsx::build`]).
 //!
+//! A dataset is a snapshot: the first run lists the prefix once and records each object's key, size
+//! and ETag; every read of an object, in that run and in every continuation, is a GET with
+//! `If-Match` on that ETag, and continuations read the recorded list instead of listing again. An
+//! object changed or removed meanwhile fails the job ([`ExportError::DatasetChanged`]) rather than
+//! skipping or repeating rows. The checkpoint holds the list inline, or names the staging object it
+//! was written to when it is long ([`ferry_core::jobs::place_snapshot`]).
+//!
 //! Before reading, the source is checked against the allowlist again ([`JobSettings::source_policy`]):
 //! the API checked it at submit, and the settings may have changed since. A failure reaches the job's
 //! owner only as [`ExportError::public`]: a code and a message that names nothing outside their source.
@@ -24,9 +31,11 @@ use std::sync::Arc;
 
 use ferry_aws::exports::{self, Multipart, MultipartState, SourceErrorKind, TableRead};
 use ferry_aws::jobs::{Beat, DynamoClient, JobStoreError, JobTable, Refused};
-use ferry_aws::s3::{Fetched, S3Client, S3Error, Store};
+use ferry_aws::s3::{Fetched, Pinned, S3Client, S3Error, Store};
 use ferry_core::cells::XLSX_MAX_COLUMNS;
-use ferry_core::jobs::{DatasetFormat, ExportParams, ExportResult, Filter, Format, JobRecord, Progress, Source, SubmitError};
+use ferry_core::jobs::{
+    DatasetFormat, DatasetObject, ExportParams, ExportResult, Filter, Format, JobRecord, Progress, Snapshot, Source, SubmitError,
+};
 use ferry_core::public::{ErrorCode, PublicError, leaks_internals};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -51,6 +60,10 @@ pub struct Checkpoint {
     pub upload: MultipartState,
     /// Where the bytes encoded but not yet uploaded were saved.
     pub carry: Option<String>,
+    /// The dataset objects the export reads (S3 sources). `None` for tables, and in checkpoints
+    /// written before snapshots were recorded: those list the prefix again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
 }
 
 /// How an export run ended.
@@ -83,6 +96,9 @@ pub enum ExportError {
     Store(#[from] JobStoreError),
     #[error(transparent)]
     Xlsx(#[from] xlsx::XlsxBuildError),
+    /// A dataset object was overwritten or removed after the export listed it.
+    #[error("s3://{bucket}/{key}: {} since the export listed it (ETag {etag})", if *.removed { "removed" } else { "changed" })]
+    DatasetChanged { bucket: String, key: String, etag: String, removed: bool },
     #[error("s3://{bucket}/{key}: {size} bytes is over the limit of {limit} for one dataset object")]
     ObjectTooLarge { bucket: String, key: String, size: u64, limit: u64 },
     /// More output columns than an xlsx sheet holds.
@@ -101,6 +117,7 @@ impl ExportError {
             ExportError::DatasetUnavailable { .. } => "SourceUnavailable",
             ExportError::Source(_) => "SourceError",
             ExportError::Dataset(_) | ExportError::ObjectTooLarge { .. } => "BadDataset",
+            ExportError::DatasetChanged { .. } => "DatasetChanged",
             ExportError::TooManyColumns { .. } => "TooManyColumns",
             ExportError::S3(_) => "S3Error",
             ExportError::Store(_) => "StoreError",
@@ -125,6 +142,16 @@ impl ExportError {
                 SourceErrorKind::Other => PublicError::code(ErrorCode::Internal),
             },
             ExportError::Dataset(e) => guarded(ErrorCode::BadSourceData, format!("{}: {}", object_name(params, &e.key), e.message)),
+            // Not `source_unavailable`: that one message stands for every missing or forbidden source
+            // and names nothing, while this object was there when the export began.
+            ExportError::DatasetChanged { key, removed, .. } => guarded(
+                ErrorCode::BadSourceData,
+                format!(
+                    "{} {} during the export; submit the job again to export the dataset as it is now",
+                    object_name(params, key),
+                    if *removed { "was removed" } else { "changed" }
+                ),
+            ),
             ExportError::ObjectTooLarge { key, size, limit, .. } => guarded(
                 ErrorCode::TooLarge,
                 format!("{}: {size} bytes is over the limit of {limit} for one dataset object", object_name(params, key)),
@@ -195,7 +222,7 @@ pub struct ExportEnv {
 enum Partition {
     Scan { table: String, segment: u32, total: u32 },
     Query { table: String, key: String, value: Value },
-    Object { bucket: String, key: String, format: DatasetFormat },
+    Object { bucket: String, object: DatasetObject, format: DatasetFormat },
 }
 
 /// A page of rows from one partition.
@@ -207,27 +234,54 @@ struct Batch {
     next: Option<String>,
 }
 
-async fn partitions(env: &ExportEnv, params: &ExportParams) -> Result<Vec<Partition>, ExportError> {
-    Ok(match &params.source {
+/// The objects under `prefix` now, in key order.
+async fn list_dataset(env: &ExportEnv, bucket: &str, prefix: &str) -> Result<Vec<DatasetObject>, ExportError> {
+    let store = Store::new(env.s3.clone(), bucket);
+    let listed = store.list(prefix).await.map_err(|e| dataset_error(bucket, prefix, e))?;
+    let mut objects: Vec<DatasetObject> =
+        listed.into_iter().filter(|h| !h.key.ends_with('/')).map(|h| DatasetObject { key: h.key, size: h.size, etag: h.etag }).collect();
+    if objects.is_empty() {
+        // S3 has no empty folders: nothing under the prefix is a dataset that does not exist.
+        let message = "no objects under the prefix".into();
+        return Err(ExportError::DatasetUnavailable { bucket: bucket.into(), prefix: prefix.into(), message });
+    }
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(objects)
+}
+
+/// The dataset objects this run reads (S3 sources): the checkpoint's snapshot; on a first run, or
+/// resuming a checkpoint written before snapshots were recorded, a listing made now.
+async fn dataset_snapshot(
+    env: &ExportEnv,
+    params: &ExportParams,
+    cp: Option<&Checkpoint>,
+) -> Result<Option<Vec<DatasetObject>>, ExportError> {
+    let Source::S3 { bucket, prefix, .. } = &params.source else { return Ok(None) };
+    Ok(Some(match cp.and_then(|c| c.snapshot.as_ref()) {
+        Some(Snapshot::Inline(objects)) => objects.clone(),
+        Some(Snapshot::Staged(key)) => match env.store.get_capped(key, u64::MAX).await? {
+            Fetched::Object(o) => ferry_core::jobs::parse_snapshot(&o.body)
+                .map_err(|e| ExportError::Checkpoint(format!("the dataset snapshot {key}: {e}")))?,
+            _ => return Err(ExportError::Checkpoint(format!("the dataset snapshot {key} is gone"))),
+        },
+        None => list_dataset(env, bucket, prefix).await?,
+    }))
+}
+
+fn partitions(params: &ExportParams, snapshot: Option<&[DatasetObject]>) -> Vec<Partition> {
+    match &params.source {
         Source::DynamodbScan { table, segments } => {
             (0..*segments).map(|segment| Partition::Scan { table: table.clone(), segment, total: *segments }).collect()
         }
         Source::DynamodbQuery { table, key, value } => {
             vec![Partition::Query { table: table.clone(), key: key.clone(), value: value.clone() }]
         }
-        Source::S3 { bucket, prefix, format } => {
-            let store = Store::new(env.s3.clone(), bucket.clone());
-            let listed = store.list(prefix).await.map_err(|e| dataset_error(bucket, prefix, e))?;
-            let mut keys: Vec<String> = listed.into_iter().map(|h| h.key).filter(|k| !k.ends_with('/')).collect();
-            if keys.is_empty() {
-                // S3 has no empty folders: nothing under the prefix is a dataset that does not exist.
-                let message = "no objects under the prefix".into();
-                return Err(ExportError::DatasetUnavailable { bucket: bucket.clone(), prefix: prefix.clone(), message });
-            }
-            keys.sort();
-            keys.into_iter().map(|key| Partition::Object { bucket: bucket.clone(), key, format: *format }).collect()
-        }
-    })
+        Source::S3 { bucket, format, .. } => snapshot
+            .unwrap_or_default()
+            .iter()
+            .map(|object| Partition::Object { bucket: bucket.clone(), object: object.clone(), format: *format })
+            .collect(),
+    }
 }
 
 /// Reads `part` from `start`, page by page, into a small channel: readers run ahead of the writer by
@@ -249,7 +303,7 @@ fn spawn_reader(
             Partition::Query { table, key, value } => {
                 read_table(&env, &table, TableRead::Query { key: &key, value: &value }, start, &columns.unwrap_or_default(), &tx).await
             }
-            Partition::Object { bucket, key, format } => read_object(&env, &bucket, &key, format, start, columns, filter, &tx).await,
+            Partition::Object { bucket, object, format } => read_object(&env, &bucket, &object, format, start, columns, filter, &tx).await,
         };
         if let Err(e) = result {
             let _ = tx.send(Err(e)).await;
@@ -280,19 +334,27 @@ async fn read_table(
 async fn read_object(
     env: &ExportEnv,
     bucket: &str,
-    key: &str,
+    object: &DatasetObject,
     format: DatasetFormat,
     start: Option<String>,
     columns: Option<Vec<String>>,
     filter: Option<Filter>,
     tx: &mpsc::Sender<Result<Batch, ExportError>>,
 ) -> Result<(), ExportError> {
-    let limit = env.settings.max_object_bytes;
-    let fetched = Store::new(env.s3.clone(), bucket).get_capped(key, limit).await.map_err(|e| dataset_error(bucket, key, e))?;
+    let (key, limit) = (object.key.as_str(), env.settings.max_object_bytes);
+    // Exactly the version in the snapshot, or nothing.
+    let fetched = Store::new(env.s3.clone(), bucket)
+        .get_capped_if_match(key, limit, &object.etag)
+        .await
+        .map_err(|e| dataset_error(bucket, key, e))?;
+    let changed = |removed| ExportError::DatasetChanged { bucket: bucket.into(), key: key.into(), etag: object.etag.clone(), removed };
     let body = match fetched {
-        Fetched::Object(o) => o.body,
-        Fetched::Missing => Vec::new(),
-        Fetched::TooLarge { size } => return Err(ExportError::ObjectTooLarge { bucket: bucket.into(), key: key.into(), size, limit }),
+        Pinned::Read(Fetched::Object(o)) => o.body,
+        Pinned::Read(Fetched::Missing) => return Err(changed(true)),
+        Pinned::Changed => return Err(changed(false)),
+        Pinned::Read(Fetched::TooLarge { size }) => {
+            return Err(ExportError::ObjectTooLarge { bucket: bucket.into(), key: key.into(), size, limit });
+        }
     };
     let (b, k) = (bucket.to_owned(), key.to_owned());
     let selected = columns.is_some();
@@ -375,11 +437,13 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
         Ok(_) => return Err(ExportError::Refused(SubmitError::new("params.source.prefix", "is not in normal form"))),
         Err(e) => return Err(ExportError::Refused(e)),
     }
-    let parts = partitions(env, params).await?;
+    let resumed: Option<Checkpoint> =
+        checkpoint.map(serde_json::from_str).transpose().map_err(|e| ExportError::Checkpoint(e.to_string()))?;
+    let snapshot = dataset_snapshot(env, params, resumed.as_ref()).await?;
+    let parts = partitions(params, snapshot.as_deref());
     let enc = encoding(params.format, params.formula_escape);
-    let (mut cp, mut writer) = match checkpoint {
-        Some(text) => {
-            let cp: Checkpoint = serde_json::from_str(text).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
+    let (mut cp, mut writer) = match resumed {
+        Some(cp) => {
             let carry = match &cp.carry {
                 Some(key) => match env.store.get_capped(key, u64::MAX).await? {
                     Fetched::Object(o) => o.body,
@@ -400,12 +464,13 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
             if !columns.is_empty() {
                 writer.header(&columns);
             }
-            let cp =
-                Checkpoint { partition: 0, start: None, rows: 0, total, columns, upload: writer.upload().state().clone(), carry: None };
+            let upload = writer.upload().state().clone();
+            let cp = Checkpoint { partition: 0, start: None, rows: 0, total, columns, upload, carry: None, snapshot: None };
             (cp, writer)
         }
     };
     let carry_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "carry");
+    let snapshot_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "snapshot");
     let beat = |cp: &Checkpoint, phase: &str| Progress { phase: phase.into(), done: cp.rows, total: cp.total };
 
     // Readers for the current partition and the next few, in order.
@@ -420,7 +485,15 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
         }
         let Some(rx) = readers.front_mut() else { break };
         let batch = match rx.recv().await {
-            Some(b) => b?,
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                if matches!(e, ExportError::DatasetChanged { .. }) {
+                    // The snapshot can no longer be read, so nothing will resume this export.
+                    drop(readers);
+                    abandon(env, writer, &temporaries(&cp, &carry_key)).await;
+                }
+                return Err(e);
+            }
             None => return Err(ExportError::Checkpoint(format!("partition {} ended without its last page", cp.partition))),
         };
         if let Some(cols) = &batch.columns
@@ -428,7 +501,7 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
         {
             if let Err(e) = check_width(params.format, cols) {
                 drop(readers);
-                abandon(env, writer, &carry_key).await;
+                abandon(env, writer, &temporaries(&cp, &carry_key)).await;
                 return Err(e);
             }
             cp.columns = cols.as_ref().clone();
@@ -463,18 +536,31 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
                     .await?;
                 cp.carry = Some(carry_key.clone());
             }
+            // The first hand-over records the snapshot; later ones pass on the one they resumed from.
+            if cp.snapshot.is_none()
+                && let Some(objects) = &snapshot
+            {
+                let inline_max = env.settings.snapshot_inline_bytes;
+                let (placed, staged) = ferry_core::jobs::place_snapshot(objects.clone(), inline_max, &snapshot_key);
+                if let Some(body) = staged {
+                    env.store
+                        .put(&snapshot_key, ferry_aws::s3::NewObject { body, content_type: "application/json", ..Default::default() })
+                        .await?;
+                }
+                cp.snapshot = Some(placed);
+            }
             let text = serde_json::to_string(&cp).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
             let progress = beat(&cp, "continuing");
             return match env.table.checkpoint(Beat { progress: &progress, ..b }, &text).await? {
                 Ok(_) => Ok(Outcome::Continued(cp)),
                 Err(refused) => {
-                    abandon(env, writer, &carry_key).await;
+                    abandon(env, writer, &temporaries(&cp, &carry_key)).await;
                     Ok(Outcome::Stopped(refused))
                 }
             };
         }
         if let Err(refused) = env.table.heartbeat(b).await? {
-            abandon(env, writer, &carry_key).await;
+            abandon(env, writer, &temporaries(&cp, &carry_key)).await;
             return Ok(Outcome::Stopped(refused));
         }
     }
@@ -496,15 +582,29 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
         }
         _ => (written, 1, 0),
     };
-    delete_quietly(&env.store, &carry_key).await;
+    for key in temporaries(&cp, &carry_key) {
+        delete_quietly(&env.store, &key).await;
+    }
     Ok(Outcome::Finished(ExportResult { bucket: env.store.bucket().to_owned(), key, size, rows: cp.rows, sheets, truncated_cells }))
 }
 
-async fn abandon(env: &ExportEnv, writer: PartWriter, carry_key: &str) {
+/// The staging objects a finished or abandoned export has no more use for: the carried bytes, and
+/// the snapshot when it was staged.
+fn temporaries(cp: &Checkpoint, carry_key: &str) -> Vec<String> {
+    let mut keys = vec![carry_key.to_owned()];
+    if let Some(Snapshot::Staged(key)) = &cp.snapshot {
+        keys.push(key.clone());
+    }
+    keys
+}
+
+async fn abandon(env: &ExportEnv, writer: PartWriter, temporaries: &[String]) {
     if let Err(e) = writer.abort().await {
         tracing::warn!(error = %e, "abandoning the multipart upload failed; a lifecycle rule cleans it up");
     }
-    delete_quietly(&env.store, carry_key).await;
+    for key in temporaries {
+        delete_quietly(&env.store, key).await;
+    }
 }
 
 async fn delete_quietly(store: &Store, key: &str) {
@@ -591,6 +691,22 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_carry_the_snapshot_and_old_ones_without_it_still_resume() {
+        // As stored before snapshots were recorded: no `snapshot` field.
+        let old = r#"{"partition":2,"start":"5","rows":7,"total":null,"columns":["id"],
+            "upload":{"key":"exports/u/j.csv","upload_id":"up","parts":[],"bytes":0},"carry":null}"#;
+        let cp: Checkpoint = serde_json::from_str(old).unwrap();
+        assert_eq!((cp.partition, &cp.snapshot), (2, &None));
+        let objects = vec![DatasetObject { key: "datasets/a.csv".into(), size: 3, etag: "e1".into() }];
+        for snapshot in [Snapshot::Inline(objects), Snapshot::Staged("exports/.staging/u/j.csv.snapshot".into())] {
+            let cp = Checkpoint { snapshot: Some(snapshot), ..serde_json::from_str(old).unwrap() };
+            assert_eq!(serde_json::from_str::<Checkpoint>(&serde_json::to_string(&cp).unwrap()).unwrap(), cp);
+        }
+        // A table export's checkpoint has none, and does not store the field.
+        assert!(!serde_json::to_string(&cp).unwrap().contains("snapshot"));
+    }
+
+    #[test]
     fn failures_reach_the_owner_as_codes_naming_only_their_own_objects() {
         let params: ExportParams = serde_json::from_value(serde_json::json!({
             "source": {"type": "s3", "bucket": "lake", "prefix": "datasets/shop/", "format": "csv"},
@@ -611,6 +727,19 @@ mod tests {
         check(dataset("datasets/shop/a.csv", "near arn:aws:s3:::x"), ErrorCode::BadSourceData, ErrorCode::BadSourceData.default_message());
         let too_large = ExportError::ObjectTooLarge { bucket: "lake".into(), key: "datasets/shop/big.csv".into(), size: 9, limit: 8 };
         check(too_large, ErrorCode::TooLarge, "object \"big.csv\" under the prefix: 9 bytes is over the limit of 8 for one dataset object");
+        let changed =
+            |key: &str, removed| ExportError::DatasetChanged { bucket: "lake".into(), key: key.into(), etag: "e1".into(), removed };
+        let again = "during the export; submit the job again to export the dataset as it is now";
+        check(
+            changed("datasets/shop/2026/b.csv", true),
+            ErrorCode::BadSourceData,
+            &format!("object \"2026/b.csv\" under the prefix was removed {again}"),
+        );
+        check(
+            changed("datasets/shop/c.csv", false),
+            ErrorCode::BadSourceData,
+            &format!("object \"c.csv\" under the prefix changed {again}"),
+        );
         let s3 = |code: &str, message: &str| S3Error {
             bucket: "lake".into(),
             key: "datasets/shop/".into(),
