@@ -454,29 +454,55 @@ def bench_startup(args, md):
 
 
 def bench_memory(args, bench_bin, md):
-    """The normalizer's peak RSS on the largest upload its cap allows, beside the memory it is given."""
+    """Each capped function's peak RSS on the largest input its caps allow, beside the memory it is given."""
     template = (ROOT / "infra" / "template.yaml").read_text()
+
+    def memory_of(function):
+        return int(re.search(rf"\n  {function}:\n(?:    .*\n|\n)*?      MemorySize: (\d+)", template).group(1))
+
+    def worker_setting(name):
+        return int(re.search(rf"\n  JobWorkerFunction:\n(?:    .*\n|\n)*?          {name}: \"(\d+)\"", template).group(1))
+
+    def row(function, what, size, r, memory):
+        return [function, what, mib(r.rss), f"{r.rss / size:.2f}x", f"{memory:,} MB", f"{1 - r.rss / (memory * 2**20):.0%}"]
+
     cap = int(re.search(r"\n  MaxInputBytes:\n(?:    .*\n)*?    Default: (\d+)", template).group(1))
-    memory = int(re.search(r"\n  NormalizerFunction:\n(?:    .*\n|\n)*?      MemorySize: (\d+)", template).group(1))
+    memory = memory_of("NormalizerFunction")
     size = cap // 64 if args.quick else cap
     d = DATA / ("memory-quick" if args.quick else "memory")
     # gen-votes rows take about 21.5 bytes: an upload just under the cap.
     run([bench_bin, "gen-votes", "--seed", "1", "--keys", str(size // 22), "--locales", "jp", "--out", d])
     upload = d / "jp.csv"
     r = run([bench_bin, "normalize-peak", upload])
-    md.append("## 6. The normalizer's memory at its cap\n")
+    rows = [row("`NormalizerFunction`", f"one upload of {mib(upload.stat().st_size)}", upload.stat().st_size, r, memory)]
+    notes = [r.stdout.strip()]
+
+    # The export worker at the template's caps: FERRY_JOB_READ_AHEAD objects held at once, each just
+    # under FERRY_JOB_MAX_OBJECT_BYTES (the Parquet ones by what they decode to: their rows take
+    # about 1.27x as many bytes decoded as in CSV).
+    read_ahead, object_cap = worker_setting("FERRY_JOB_READ_AHEAD"), worker_setting("FERRY_JOB_MAX_OBJECT_BYTES")
+    worker_memory = memory_of("JobWorkerFunction")
+    object_size = object_cap // 64 if args.quick else object_cap
+    run([bench_bin, "gen-dataset", "--seed", "1", "--bytes", str(object_size - (1 << 20)), "--out", d, "--name", "csv"])
+    run([bench_bin, "gen-dataset", "--seed", "2", "--bytes", str(int(object_size * 0.75)), "--out", d, "--name", "pq"])
+    for fmt, f in [("csv", d / "csv.csv"), ("parquet", d / "pq.parquet")]:
+        r = run([bench_bin, "dataset-peak", "--format", fmt] + [f] * read_ahead)
+        decoded = int(re.search(r"decoded (\d+) bytes", r.stdout).group(1))
+        rows.append(row("`JobWorkerFunction`", f"{read_ahead} {fmt} objects of {mib(decoded // read_ahead)}{' decoded' if fmt == 'parquet' else ''}", decoded, r, worker_memory))
+        notes.append(r.stdout.strip())
+    md.append("## 6. Memory at the caps\n")
     md.append(
-        f"`ferry-bench normalize-peak` (the normalizer's `ferry-core` calls, in its order) on one upload "
-        f"{'of 1/64 of' if args.quick else 'just under'} `MaxInputBytes` ({mib(cap)}), beside the memory "
-        f"`infra/template.yaml` gives `NormalizerFunction`; `ferry_core::budget` sizes that memory.\n"
+        f"Peak RSS beside the memory `infra/template.yaml` gives each function; `ferry_core::budget` sizes that memory "
+        f"from the caps the template sets. `ferry-bench normalize-peak` (the normalizer's `ferry-core` calls, in its "
+        f"order) on one upload {'of 1/64 of' if args.quick else 'just under'} `MaxInputBytes` ({mib(cap)}). "
+        f"`ferry-bench dataset-peak` (the export worker's `job_invoker::export::dataset` read of each object, as "
+        f"`read_object` takes it) on `FERRY_JOB_READ_AHEAD` = {read_ahead} objects at once, each "
+        f"{'1/64 of' if args.quick else 'just under'} `FERRY_JOB_MAX_OBJECT_BYTES` ({mib(object_cap)}): "
+        f"order rows of 10 columns, every frame held until all are parsed (the read-ahead's worst case). "
+        f"Per input byte is per byte of the upload or CSV, per decoded byte of Parquet.\n"
     )
-    md.append(
-        table(
-            ["upload", "peak RSS", "per upload byte", "configured memory", "headroom"],
-            [[mib(upload.stat().st_size), mib(r.rss), f"{r.rss / upload.stat().st_size:.2f}x", f"{memory:,} MB", f"{1 - r.rss / (memory * 2**20):.0%}"]],
-        )
-    )
-    md.append(f"\n{r.stdout.strip()}\n")
+    md.append(table(["function", "input", "peak RSS", "per input byte", "configured memory", "headroom"], rows))
+    md.append("\n" + "\n\n".join(notes) + "\n")
 
 
 # ---------------------------------------------------------------- consumer (case 5)

@@ -314,6 +314,25 @@ def vote_memory_problems(t: dict) -> list[str]:
     return out
 
 
+def worker_memory_problems(t: dict) -> list[str]:
+    """job-worker memory that cannot hold the dataset objects it reads ahead: it would refuse to start."""
+    props = t["Resources"]["JobWorkerFunction"]["Properties"]
+    variables = props["Environment"]["Variables"]
+    missing = [v for v in ("FERRY_JOB_READ_AHEAD", "FERRY_JOB_MAX_OBJECT_BYTES") if v not in variables]
+    if missing:
+        # Unset, the worker's defaults apply; the template states the caps its memory follows from.
+        return [f"JobWorkerFunction: no {v}" for v in missing]
+    read_ahead, cap = int(variables["FERRY_JOB_READ_AHEAD"]), int(variables["FERRY_JOB_MAX_OBJECT_BYTES"])
+    need = budget_constant("WORKER_RESERVE_BYTES") + read_ahead * cap * budget_constant("DATASET_PEAK_FACTOR")
+    need_mb = math.ceil(need / 2**20)
+    if props["MemorySize"] < need_mb:
+        return [
+            f"JobWorkerFunction: MemorySize {props['MemorySize']} MB is under the {need_mb} MB that "
+            f"FERRY_JOB_READ_AHEAD = {read_ahead} x FERRY_JOB_MAX_OBJECT_BYTES = {cap} needs"
+        ]
+    return []
+
+
 class Template(unittest.TestCase):
     def mutated(self) -> dict:
         return copy.deepcopy(TEMPLATE)
@@ -381,6 +400,20 @@ class Template(unittest.TestCase):
                 "MergerFunction: MemorySize 6976 MB is under the 18496 MB that FERRY_MAX_MERGE_BYTES = 4294967296 needs",
             ],
         )
+
+    def test_job_worker_has_the_memory_its_dataset_caps_need(self) -> None:
+        self.assertEqual(worker_memory_problems(TEMPLATE), [])
+        t = self.mutated()
+        t["Resources"]["JobWorkerFunction"]["Properties"]["MemorySize"] = 2048
+        self.assertEqual(
+            worker_memory_problems(t),
+            ["JobWorkerFunction: MemorySize 2048 MB is under the 6272 MB that FERRY_JOB_READ_AHEAD = 4 x FERRY_JOB_MAX_OBJECT_BYTES = 536870912 needs"],
+        )
+        t = self.mutated()
+        t["Resources"]["JobWorkerFunction"]["Properties"]["Environment"]["Variables"]["FERRY_JOB_READ_AHEAD"] = "8"
+        self.assertEqual(len(worker_memory_problems(t)), 1)
+        del t["Resources"]["JobWorkerFunction"]["Properties"]["Environment"]["Variables"]["FERRY_JOB_MAX_OBJECT_BYTES"]
+        self.assertEqual(worker_memory_problems(t), ["JobWorkerFunction: no FERRY_JOB_MAX_OBJECT_BYTES"])
 
     def test_every_function_has_expiring_logs_and_an_errors_alarm(self) -> None:
         self.assertEqual(observability_problems(TEMPLATE), [])

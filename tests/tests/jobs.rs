@@ -570,6 +570,44 @@ async fn an_s3_parquet_dataset_exports_selected_and_filtered_rows_in_key_order()
     assert_eq!((v["status"].as_str(), v["download"]["rows"].as_u64()), (Some("succeeded"), Some(4)), "{v}");
 }
 
+/// A Parquet "bomb": a few KB that decode to tens of MB. Refused by its footer, before decoding,
+/// as too large, the object named only under the caller's prefix; nothing is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parquet_object_that_decodes_past_the_cap_fails_too_large_before_decoding() {
+    use polars::prelude::*;
+    let data = unique("lake");
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.max_object_bytes = 1 << 20;
+        s.dataset_locations = Some(vec![DatasetLocation::new(&data, "orders/").unwrap()]);
+    })
+    .await;
+    e.s3.create_bucket().bucket(&data).send().await.unwrap();
+    let n = 2_000_000;
+    let mut df = df!("id" => vec![7i64; n], "status" => vec!["paid"; n], "amount" => vec![1.5f64; n]).expect("a frame");
+    let mut bomb = Vec::new();
+    ParquetWriter::new(&mut bomb).finish(&mut df).expect("writing parquet");
+    assert!(bomb.len() < 64 * 1024, "the bomb is small: {} bytes", bomb.len());
+    let files = [("orders/part-0000.parquet", parquet(&[1, 2], &["paid", "open"], &[1.0, 2.0])), ("orders/part-0001.parquet", bomb)];
+    for (key, body) in files {
+        e.s3.put_object().bucket(&data).key(key).body(body.into()).send().await.unwrap();
+    }
+    let body = json!({
+        "kind": "export",
+        "params": {"source": {"type": "s3", "bucket": data, "prefix": "orders/", "format": "parquet"}, "format": "csv"}
+    });
+    let v = failed_job(&e, &body.to_string()).await;
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    let message = v["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.starts_with("object \"part-0001.parquet\" under the prefix: decodes to ")
+            && message.ends_with(" bytes, over the limit of 1048576 for one dataset object"),
+        "{v}"
+    );
+    assert_safe("a parquet bomb", &v["error"], &["orders/", &data]);
+    let id = v["id"].as_str().expect("the job id");
+    assert!(e.object(&ferry_core::jobs::export_key("seller-0001", id, ferry_core::jobs::Format::Csv)).await.is_none(), "nothing exported");
+}
+
 /// A CSV dataset object of rows `id, name`.
 fn id_rows(ids: &[i64]) -> Vec<u8> {
     let rows: String = ids.iter().map(|i| format!("{i},n{i}\n")).collect();

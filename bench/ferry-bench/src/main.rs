@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 #[cfg(feature = "consumer")]
 mod consumer;
+#[cfg(feature = "xlsx")]
+mod dataset;
 mod floor;
 mod gen_votes;
 mod peak;
@@ -35,6 +37,12 @@ enum Command {
     NormalizePeak(peak::NormalizeArgs),
     /// The global merger's work on locale results (LOCALE=FILE...), and its peak RSS per byte of input.
     MergePeak { inputs: Vec<String> },
+    /// Writes a seeded CSV dataset object of at least `--bytes`, and the same rows as Parquet.
+    #[cfg(feature = "xlsx")]
+    GenDataset(dataset::GenDatasetArgs),
+    /// The export worker's dataset reads of objects read ahead at once, and their peak RSS per decoded byte.
+    #[cfg(feature = "xlsx")]
+    DatasetPeak(dataset::DatasetPeakArgs),
     /// Writes seeded staged export rows (10 columns) as JSON lines.
     #[cfg(feature = "xlsx")]
     GenRows(xlsx::GenRowsArgs),
@@ -57,6 +65,10 @@ fn main() -> anyhow::Result<()> {
         Command::MergePhases { inputs } => phases::run(&inputs),
         Command::NormalizePeak(a) => peak::normalize(&a),
         Command::MergePeak { inputs } => peak::merge(&inputs),
+        #[cfg(feature = "xlsx")]
+        Command::GenDataset(a) => dataset::generate(&a),
+        #[cfg(feature = "xlsx")]
+        Command::DatasetPeak(a) => dataset::peak(&a),
         #[cfg(feature = "xlsx")]
         Command::GenRows(a) => xlsx::gen_rows(&a),
         #[cfg(feature = "xlsx")]

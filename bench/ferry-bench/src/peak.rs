@@ -62,7 +62,7 @@ pub fn merge(inputs: &[String]) -> anyhow::Result<()> {
 }
 
 /// Into one buffer of the file's size, as `Store::get_capped` reads a body.
-fn read_whole(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub fn read_whole(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut body = Vec::with_capacity(file.metadata()?.len() as usize);
     file.read_to_end(&mut body)?;

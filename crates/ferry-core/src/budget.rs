@@ -4,7 +4,8 @@
 //! A vote function holds its input and everything built from it at once, so its peak memory is a
 //! multiple of the input bytes (measured, below) on top of what the process uses before any input.
 //! A cap that cannot fit is refused at start-up ([`Work::check`]) instead of surfacing as an
-//! out-of-memory kill on the first large input.
+//! out-of-memory kill on the first large input. The export worker likewise holds each dataset object
+//! it reads ahead whole ([`check_read_ahead`]).
 
 /// Lambda's memory setting counts MB of 2^20 bytes.
 pub const MIB: u64 = 1 << 20;
@@ -26,6 +27,22 @@ pub const NORMALIZE_PEAK_FACTOR: f64 = 4.75;
 /// common (350 MB and 1.06 GB: each global row then carries three zero contributions). Rounded up
 /// over the last.
 pub const MERGE_PEAK_FACTOR: f64 = 4.5;
+
+/// Peak RSS per byte of one dataset object of the export worker's read of it
+/// (`job_invoker::export::dataset`: the whole body, parsed with polars into a frame, then pages of
+/// JSON cells): per byte of a CSV object, per decoded byte (`dataset::decoded_bytes`, from the
+/// footer) of a Parquet one. Measured with `ferry-bench dataset-peak` (debug build; dependencies at
+/// opt-level 1) on `ferry-bench gen-dataset` objects (10 columns of order rows, about 105 bytes a
+/// row): CSV 2.86x, 2.66x and 2.61x on objects of 32, 128 and 512 MiB; the same rows as Parquet
+/// 1.60x, 1.45x and 1.39x of their decoded 42-684 MB. Four 128 MiB objects at once: 2.12x and 1.41x
+/// of their total. Rounded up over the largest. CSV rows of narrower cells take more per byte
+/// (five one-digit integers a row: 5.1x; five one-letter strings: 9.1x), so this holds for rows like
+/// the measured ones, not for every CSV.
+pub const DATASET_PEAK_FACTOR: f64 = 3.0;
+
+/// What the export worker uses besides the dataset objects it holds: the runtime, SDK clients, the
+/// upload part being filled and the one being sent, pages of rows waiting in the read-ahead channels.
+pub const WORKER_RESERVE_BYTES: u64 = 128 * MIB;
 
 /// What a vote function uses besides its input and what it builds from it: the runtime, SDK
 /// clients, connection buffers, threads. Both binaries sit at 15 MB RSS waiting for their first
@@ -68,13 +85,23 @@ pub struct Work {
     pub setting: &'static str,
     /// Peak memory per byte of input.
     pub peak_factor: f64,
+    /// Memory used besides the input and what is built from it.
+    pub reserve: u64,
 }
 
 /// The regional normalizer: one upload, capped by `FERRY_MAX_INPUT_BYTES`.
-pub const NORMALIZE: Work = Work { setting: "FERRY_MAX_INPUT_BYTES", peak_factor: NORMALIZE_PEAK_FACTOR };
+pub const NORMALIZE: Work = Work { setting: "FERRY_MAX_INPUT_BYTES", peak_factor: NORMALIZE_PEAK_FACTOR, reserve: RESERVE_BYTES };
 
 /// The global merger: every locale result of a stage, their total capped by `FERRY_MAX_MERGE_BYTES`.
-pub const MERGE: Work = Work { setting: "FERRY_MAX_MERGE_BYTES", peak_factor: MERGE_PEAK_FACTOR };
+pub const MERGE: Work = Work { setting: "FERRY_MAX_MERGE_BYTES", peak_factor: MERGE_PEAK_FACTOR, reserve: RESERVE_BYTES };
+
+/// The export worker reading a dataset: each object capped by `FERRY_JOB_MAX_OBJECT_BYTES`, and
+/// `FERRY_JOB_READ_AHEAD` of them held at once ([`check_read_ahead`]).
+pub const EXPORT_READ: Work =
+    Work { setting: "FERRY_JOB_MAX_OBJECT_BYTES", peak_factor: DATASET_PEAK_FACTOR, reserve: WORKER_RESERVE_BYTES };
+
+/// The setting of how many dataset objects the export worker reads ahead, each held whole.
+pub const READ_AHEAD_SETTING: &str = "FERRY_JOB_READ_AHEAD";
 
 /// A cap that cannot fit in the function's memory. Names both numbers and what would fit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +121,7 @@ pub struct BudgetError {
 impl Work {
     /// Peak memory, in bytes, of this work on an input of `input_bytes`.
     pub fn needed_bytes(&self, input_bytes: u64) -> u64 {
-        RESERVE_BYTES.saturating_add((input_bytes as f64 * self.peak_factor).ceil() as u64)
+        self.reserve.saturating_add((input_bytes as f64 * self.peak_factor).ceil() as u64)
     }
 
     /// The memory setting, in MB, that holds an input of `cap` bytes.
@@ -104,7 +131,7 @@ impl Work {
 
     /// The largest input that fits in `memory_mb`.
     pub fn max_input(&self, memory_mb: u64) -> u64 {
-        (usable_bytes(Some(memory_mb)) as f64 / self.peak_factor).floor() as u64
+        (memory_mb.saturating_mul(MIB).saturating_sub(self.reserve) as f64 / self.peak_factor).floor() as u64
     }
 
     /// Refuses a `cap` whose input would not fit in `memory_mb`. `None` (not running on Lambda, as
@@ -116,6 +143,49 @@ impl Work {
         }
         Err(BudgetError { setting: self.setting, cap, memory_mb, needed_mb: self.memory_mb_for(cap), max_cap: self.max_input(memory_mb) })
     }
+}
+
+/// Objects read ahead that cannot fit in the function's memory at once. Names both settings, the
+/// memory, and what would fit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{READ_AHEAD_SETTING} = {read_ahead} objects of up to {setting} = {cap} bytes do not fit in the function's {memory_mb} MB \
+     (AWS_LAMBDA_FUNCTION_MEMORY_SIZE): holding them at once peaks near {needed_mb} MB; lower {setting} to at most \
+     {max_cap} bytes{}, or give the function at least {needed_mb} MB",
+    if *max_read_ahead > 0 { format!(" or {READ_AHEAD_SETTING} to at most {max_read_ahead}") } else { String::new() }
+)]
+pub struct ReadAheadError {
+    pub setting: &'static str,
+    pub read_ahead: u64,
+    pub cap: u64,
+    pub memory_mb: u64,
+    pub needed_mb: u64,
+    /// The largest object cap that fits with this read-ahead.
+    pub max_cap: u64,
+    /// The most objects of this cap that fit (0: not even one).
+    pub max_read_ahead: u64,
+}
+
+/// Refuses a read-ahead of `read_ahead` objects of up to `max_object_bytes` each that `memory_mb`
+/// cannot hold at once (`None`: not on Lambda, nothing to check against). Each reader holds its
+/// whole object, parsed, until its rows are written, so every object read ahead may be held at once.
+pub fn check_read_ahead(read_ahead: u64, max_object_bytes: u64, memory_mb: Option<u64>) -> Result<(), ReadAheadError> {
+    let Some(memory_mb) = memory_mb else { return Ok(()) };
+    let read_ahead = read_ahead.max(1);
+    let work = EXPORT_READ;
+    let fits = work.max_input(memory_mb);
+    if max_object_bytes.saturating_mul(read_ahead) <= fits {
+        return Ok(());
+    }
+    Err(ReadAheadError {
+        setting: work.setting,
+        read_ahead,
+        cap: max_object_bytes,
+        memory_mb,
+        needed_mb: work.memory_mb_for(max_object_bytes.saturating_mul(read_ahead)),
+        max_cap: fits / read_ahead,
+        max_read_ahead: fits.checked_div(max_object_bytes).unwrap_or(u64::MAX),
+    })
 }
 
 /// How many keys to reserve room for when reading a CSV of `bytes` bytes and `lines` lines.
@@ -151,13 +221,42 @@ mod tests {
 
     #[test]
     fn memory_follows_the_cap() {
-        for work in [NORMALIZE, MERGE] {
+        for work in [NORMALIZE, MERGE, EXPORT_READ] {
             for cap in [MIB, 100 * MIB, 512 * MIB, 2048 * MIB] {
                 let mb = work.memory_mb_for(cap);
                 assert!(work.check(cap, Some(mb)).is_ok(), "{work:?} {cap}");
                 assert!(work.check(cap, Some(mb - 1)).is_err(), "{work:?} {cap}");
             }
         }
+    }
+
+    #[test]
+    fn objects_read_ahead_that_cannot_fit_at_once_refuse_to_start() {
+        let cap = 512 * MIB;
+        // The defaults: four objects of 512 MiB need 128 MB + 4 x 512 MiB x the factor.
+        let needed = EXPORT_READ.memory_mb_for(4 * cap);
+        assert_eq!(needed, 128 + (4.0 * 512.0 * DATASET_PEAK_FACTOR).ceil() as u64);
+        assert!(check_read_ahead(4, cap, Some(needed)).is_ok());
+        let e = check_read_ahead(4, cap, Some(2048)).unwrap_err();
+        assert_eq!((e.read_ahead, e.cap, e.memory_mb, e.needed_mb), (4, cap, 2048, needed));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("FERRY_JOB_READ_AHEAD = 4 objects of up to FERRY_JOB_MAX_OBJECT_BYTES = 536870912 bytes do not fit in the function's 2048 MB"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("at least {needed} MB")) && text.contains("FERRY_JOB_READ_AHEAD to at most 1"), "{text}");
+        // What the message proposes does fit, and a byte more does not.
+        assert!(check_read_ahead(4, e.max_cap, Some(2048)).is_ok());
+        assert!(check_read_ahead(4, e.max_cap + 1, Some(2048)).is_err());
+        assert!(check_read_ahead(e.max_read_ahead, cap, Some(2048)).is_ok());
+        assert!(check_read_ahead(e.max_read_ahead + 1, cap, Some(2048)).is_err());
+        // Not even one object of the cap fits: only the cap or the memory can change.
+        let e = check_read_ahead(1, 4096 * MIB, Some(2048)).unwrap_err();
+        assert_eq!(e.max_read_ahead, 0);
+        assert!(!e.to_string().contains("FERRY_JOB_READ_AHEAD to at most"), "{e}");
+        // A read-ahead of 0 reads one at a time; off Lambda there is nothing to check.
+        assert_eq!(check_read_ahead(0, cap, Some(1024)).unwrap_err().read_ahead, 1);
+        assert!(check_read_ahead(u64::MAX, u64::MAX, None).is_ok());
     }
 
     #[test]

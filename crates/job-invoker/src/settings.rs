@@ -44,10 +44,14 @@ pub struct JobSettings {
     pub sheet_rows: u32,
     /// Size of the multipart upload's parts (at least 5 MiB).
     pub part_bytes: usize,
-    /// How many partitions are read ahead in parallel.
+    /// How many partitions are read ahead in parallel (`FERRY_JOB_READ_AHEAD`). Each dataset object
+    /// read ahead is held whole, parsed, until its rows are written.
     pub read_ahead: usize,
-    /// Largest S3 dataset object read (it is parsed whole).
+    /// Largest S3 dataset object read (`FERRY_JOB_MAX_OBJECT_BYTES`): its bytes, and for Parquet
+    /// also what it decodes to (it is parsed whole).
     pub max_object_bytes: u64,
+    /// The function's memory in MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`); `None` off Lambda.
+    pub memory_mb: Option<u64>,
     /// Largest dataset snapshot (its JSON) a checkpoint holds inline; a longer one is written to a
     /// staging object and the checkpoint names it.
     pub snapshot_inline_bytes: usize,
@@ -80,6 +84,7 @@ impl Default for JobSettings {
             part_bytes: ferry_aws::exports::MIN_PART_BYTES,
             read_ahead: 4,
             max_object_bytes: 512 * 1024 * 1024,
+            memory_mb: None,
             snapshot_inline_bytes: ferry_core::jobs::SNAPSHOT_INLINE_MAX_BYTES,
             dataset_locations: None,
             source_tables: Vec::new(),
@@ -93,7 +98,8 @@ impl JobSettings {
     /// Reads `FERRY_JOBS_TABLE`, `FERRY_EXPORT_BUCKET`, `FERRY_JOB_WORKER_FUNCTION`, `FERRY_JOB_INVOKE`
     /// (`await` or `detached`), `FERRY_JOB_RETENTION_HOURS`, `FERRY_JOB_PAGE_SIZE`,
     /// `FERRY_JOB_CONTINUE_MARGIN_SECS`, `FERRY_JOB_LEASE_SECS`, `FERRY_JOB_START_LEASE_SECS`,
-    /// `FERRY_JOB_MAX_RUNNING_PER_OWNER`, `FERRY_EXPORT_DATASETS` (comma-separated `bucket/prefix`),
+    /// `FERRY_JOB_MAX_RUNNING_PER_OWNER`, `FERRY_JOB_READ_AHEAD`, `FERRY_JOB_MAX_OBJECT_BYTES`,
+    /// Lambda's `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, `FERRY_EXPORT_DATASETS` (comma-separated `bucket/prefix`),
     /// `FERRY_EXPORT_SOURCE_TABLES` (comma-separated names or patterns) and `FERRY_NOTIFY_TABLE`;
     /// unset ones keep their defaults, malformed ones are an error naming the variable.
     pub fn from_env() -> Result<JobSettings, String> {
@@ -145,6 +151,15 @@ impl JobSettings {
         if let Some(v) = var("FERRY_JOB_MAX_RUNNING_PER_OWNER") {
             s.max_running_per_owner = small(within("FERRY_JOB_MAX_RUNNING_PER_OWNER", v, (1, 1000), "")?);
         }
+        if let Some(v) = var("FERRY_JOB_READ_AHEAD") {
+            s.read_ahead = small(within("FERRY_JOB_READ_AHEAD", v, (1, 64), "")?) as usize;
+        }
+        if let Some(v) = var("FERRY_JOB_MAX_OBJECT_BYTES") {
+            s.max_object_bytes = within("FERRY_JOB_MAX_OBJECT_BYTES", v, (1, u64::MAX), "")?;
+        }
+        if let Some(v) = var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
+            s.memory_mb = Some(v.parse().map_err(|_| format!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE: {v:?} is not a whole number of MB"))?);
+        }
         if let Some(v) = var("FERRY_JOB_CONTINUE_MARGIN_SECS") {
             s.continue_margin = Duration::from_secs(number("FERRY_JOB_CONTINUE_MARGIN_SECS", v)?);
         }
@@ -157,6 +172,12 @@ impl JobSettings {
         }
         s.notify_table = var("FERRY_NOTIFY_TABLE");
         Ok(s)
+    }
+
+    /// Refuses a read-ahead and object cap whose objects the worker's memory cannot hold at once:
+    /// better not to start than to be killed reading a large dataset.
+    pub fn check_worker_memory(&self) -> Result<(), ferry_core::budget::ReadAheadError> {
+        ferry_core::budget::check_read_ahead(self.read_ahead as u64, self.max_object_bytes, self.memory_mb)
     }
 
     /// What exports may read: the allowlist, minus the stack's own bucket prefixes and tables.
@@ -253,6 +274,32 @@ mod tests {
         }
         let s = from(&[("FERRY_JOB_PAGE_SIZE", "10000"), ("FERRY_JOB_LEASE_SECS", "3"), ("FERRY_JOB_START_LEASE_SECS", "21600")]).unwrap();
         assert_eq!((s.page_size, s.lease, s.start_lease), (10_000, Duration::from_secs(3), Duration::from_secs(21_600)));
+    }
+
+    #[test]
+    fn the_read_ahead_and_object_cap_are_checked_against_the_memory() {
+        let d = from(&[]).unwrap();
+        assert_eq!((d.read_ahead, d.max_object_bytes, d.memory_mb), (4, 512 << 20, None));
+        assert!(d.check_worker_memory().is_ok(), "off Lambda nothing is checked");
+        let s = from(&[
+            ("FERRY_JOB_READ_AHEAD", "2"),
+            ("FERRY_JOB_MAX_OBJECT_BYTES", "268435456"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048"),
+        ])
+        .unwrap();
+        assert_eq!((s.read_ahead, s.max_object_bytes, s.memory_mb), (2, 256 << 20, Some(2048)));
+        assert!(s.check_worker_memory().is_ok());
+        // The defaults in 2048 MB: refused, naming both numbers.
+        let e = from(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")]).unwrap().check_worker_memory().unwrap_err().to_string();
+        assert!(e.contains("FERRY_JOB_MAX_OBJECT_BYTES = 536870912 bytes") && e.contains("2048 MB"), "{e}");
+        for (name, bad, message) in [
+            ("FERRY_JOB_READ_AHEAD", "0", "FERRY_JOB_READ_AHEAD: must be 1 to 64"),
+            ("FERRY_JOB_MAX_OBJECT_BYTES", "0", "FERRY_JOB_MAX_OBJECT_BYTES: must be 1 to 18446744073709551615"),
+            ("FERRY_JOB_MAX_OBJECT_BYTES", "512MiB", "FERRY_JOB_MAX_OBJECT_BYTES: \"512MiB\" is not a whole number"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE: \"lots\" is not a whole number of MB"),
+        ] {
+            assert_eq!(from(&[(name, bad)]).unwrap_err(), message);
+        }
     }
 
     #[test]

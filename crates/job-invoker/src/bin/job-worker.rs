@@ -8,6 +8,12 @@ use lambda_runtime::{Error, run, service_fn};
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let settings = Arc::new(JobSettings::from_env()?);
+    // Objects read ahead that the memory cannot hold at once would end in an out-of-memory kill on
+    // the first large dataset.
+    if let Err(e) = settings.check_worker_memory() {
+        tracing::error!(error = %e, "refusing to start");
+        return Err(e.into());
+    }
     let conf = ferry_aws::load_config().await;
     let s3 = ferry_aws::clients::s3(&conf);
     let dynamo = ferry_aws::clients::dynamodb(&conf);

@@ -36,6 +36,46 @@ impl Frame {
     }
 }
 
+/// What `body` takes once decoded, as far as can be told before decoding it: the body itself for
+/// CSV; for Parquet, from the footer alone, each column chunk's decompressed size or its values at
+/// their decoded width, whichever is larger (a column of one repeated value compresses, and
+/// dictionary- or run-length-encodes, to almost nothing). The worker refuses an object over its cap
+/// by this size, and `ferry_core::budget::DATASET_PEAK_FACTOR` is its peak per byte of it.
+pub fn decoded_bytes(bucket: &str, key: &str, body: &[u8], format: DatasetFormat) -> Result<u64, DatasetError> {
+    match format {
+        DatasetFormat::Csv => Ok(body.len() as u64),
+        DatasetFormat::Parquet => {
+            let mut reader = ParquetReader::new(Cursor::new(body));
+            let meta = reader.get_metadata().map_err(|e| DatasetError {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                message: format!("not readable as {format:?}: {e}"),
+            })?;
+            Ok(parquet_decoded_bytes(meta))
+        }
+    }
+}
+
+fn parquet_decoded_bytes(meta: &FileMetadata) -> u64 {
+    use polars_parquet::parquet::schema::types::PhysicalType;
+    let chunks = meta.row_groups.iter().flat_map(|g| g.parquet_columns());
+    chunks
+        .map(|c| {
+            // Per value once decoded: Arrow's primitives, 16-byte views for (fixed-length) binary
+            // and decimals, INT96 as 8-byte timestamps.
+            let width: u64 = match c.physical_type() {
+                PhysicalType::Boolean => 1,
+                PhysicalType::Int32 | PhysicalType::Float => 4,
+                PhysicalType::Int64 | PhysicalType::Double | PhysicalType::Int96 => 8,
+                PhysicalType::ByteArray => 16,
+                PhysicalType::FixedLenByteArray(n) => (n as u64).max(16),
+            };
+            let values = u64::try_from(c.num_values()).unwrap_or(0).saturating_mul(width);
+            values.max(u64::try_from(c.uncompressed_size()).unwrap_or(0))
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// Parses `body` and applies the export's column selection and filter.
 pub fn read(
     bucket: &str,
@@ -152,5 +192,31 @@ mod tests {
         assert_eq!(f.height(), 2);
         let err = read("b", "k.csv", body, DatasetFormat::Csv, Some(&["nope".to_owned()]), None).unwrap_err();
         assert_eq!(err.to_string(), "s3://b/k.csv: column \"nope\" does not exist");
+        assert_eq!(decoded_bytes("b", "k.csv", b"id\n1\n", DatasetFormat::Csv).unwrap(), 5);
+    }
+
+    fn parquet(df: &mut DataFrame) -> Vec<u8> {
+        let mut body = Vec::new();
+        ParquetWriter::new(&mut body).finish(df).unwrap();
+        body
+    }
+
+    #[test]
+    fn parquet_is_sized_by_what_it_decodes_to_not_by_its_bytes() {
+        // A million rows of one value: a few KB on disk, 8 MB of i64 and 16 MB of string views decoded.
+        let n = 1_000_000;
+        let body = parquet(&mut df!("id" => vec![7i64; n], "s" => vec!["same"; n]).unwrap());
+        assert!(body.len() < 64 * 1024, "{}", body.len());
+        let decoded = decoded_bytes("b", "k.parquet", &body, DatasetFormat::Parquet).unwrap();
+        assert!(decoded >= 24 * n as u64, "{decoded}");
+        // Varied data: at least its decompressed size, and what the frame holds.
+        let ids: Vec<i64> = (0..n as i64).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("customer-{i:012}")).collect();
+        let mut df = df!("id" => &ids, "name" => &names).unwrap();
+        let body = parquet(&mut df);
+        let decoded = decoded_bytes("b", "k.parquet", &body, DatasetFormat::Parquet).unwrap();
+        assert!(decoded as usize >= df.estimated_size() && decoded < 3 * df.estimated_size() as u64, "{decoded} {}", df.estimated_size());
+        let err = decoded_bytes("b", "k.parquet", b"not parquet", DatasetFormat::Parquet).unwrap_err();
+        assert!(err.message.starts_with("not readable as Parquet"), "{err}");
     }
 }

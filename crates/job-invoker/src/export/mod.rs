@@ -101,6 +101,9 @@ pub enum ExportError {
     DatasetChanged { bucket: String, key: String, etag: String, removed: bool },
     #[error("s3://{bucket}/{key}: {size} bytes is over the limit of {limit} for one dataset object")]
     ObjectTooLarge { bucket: String, key: String, size: u64, limit: u64 },
+    /// A dataset object under the cap whose footer says it decodes to more (a Parquet "bomb").
+    #[error("s3://{bucket}/{key}: decodes to {decoded} bytes, over the limit of {limit} for one dataset object")]
+    DecodesTooLarge { bucket: String, key: String, decoded: u64, limit: u64 },
     /// More output columns than an xlsx sheet holds.
     #[error("{columns} columns, over xlsx's limit of {limit} columns a sheet")]
     TooManyColumns { columns: usize, limit: usize },
@@ -116,7 +119,7 @@ impl ExportError {
             ExportError::Refused(_) => "SourceRefused",
             ExportError::DatasetUnavailable { .. } => "SourceUnavailable",
             ExportError::Source(_) => "SourceError",
-            ExportError::Dataset(_) | ExportError::ObjectTooLarge { .. } => "BadDataset",
+            ExportError::Dataset(_) | ExportError::ObjectTooLarge { .. } | ExportError::DecodesTooLarge { .. } => "BadDataset",
             ExportError::DatasetChanged { .. } => "DatasetChanged",
             ExportError::TooManyColumns { .. } => "TooManyColumns",
             ExportError::S3(_) => "S3Error",
@@ -155,6 +158,10 @@ impl ExportError {
             ExportError::ObjectTooLarge { key, size, limit, .. } => guarded(
                 ErrorCode::TooLarge,
                 format!("{}: {size} bytes is over the limit of {limit} for one dataset object", object_name(params, key)),
+            ),
+            ExportError::DecodesTooLarge { key, decoded, limit, .. } => guarded(
+                ErrorCode::TooLarge,
+                format!("{}: decodes to {decoded} bytes, over the limit of {limit} for one dataset object", object_name(params, key)),
             ),
             ExportError::TooManyColumns { columns, limit } => PublicError::new(
                 ErrorCode::TooLarge,
@@ -361,9 +368,17 @@ async fn read_object(
     let frame = if body.is_empty() {
         None
     } else {
-        let parsed = tokio::task::spawn_blocking(move || dataset::read(&b, &k, body, format, columns.as_deref(), filter.as_ref()))
-            .await
-            .map_err(|e| dataset::DatasetError { bucket: bucket.into(), key: key.into(), message: e.to_string() })??;
+        // The cap bounds what the object decodes to, not only its bytes: a small Parquet object can
+        // hold gigabytes. Its footer tells, before anything is decoded.
+        let parsed = tokio::task::spawn_blocking(move || -> Result<dataset::Frame, ExportError> {
+            let decoded = dataset::decoded_bytes(&b, &k, &body, format)?;
+            if decoded > limit {
+                return Err(ExportError::DecodesTooLarge { bucket: b, key: k, decoded, limit });
+            }
+            Ok(dataset::read(&b, &k, body, format, columns.as_deref(), filter.as_ref())?)
+        })
+        .await
+        .map_err(|e| dataset::DatasetError { bucket: bucket.into(), key: key.into(), message: e.to_string() })??;
         Some(parsed)
     };
     let Some(frame) = frame else {
@@ -727,6 +742,12 @@ mod tests {
         check(dataset("datasets/shop/a.csv", "near arn:aws:s3:::x"), ErrorCode::BadSourceData, ErrorCode::BadSourceData.default_message());
         let too_large = ExportError::ObjectTooLarge { bucket: "lake".into(), key: "datasets/shop/big.csv".into(), size: 9, limit: 8 };
         check(too_large, ErrorCode::TooLarge, "object \"big.csv\" under the prefix: 9 bytes is over the limit of 8 for one dataset object");
+        let bomb = ExportError::DecodesTooLarge { bucket: "lake".into(), key: "datasets/shop/bomb.parquet".into(), decoded: 90, limit: 8 };
+        check(
+            bomb,
+            ErrorCode::TooLarge,
+            "object \"bomb.parquet\" under the prefix: decodes to 90 bytes, over the limit of 8 for one dataset object",
+        );
         let changed =
             |key: &str, removed| ExportError::DatasetChanged { bucket: "lake".into(), key: key.into(), etag: "e1".into(), removed };
         let again = "during the export; submit the job again to export the dataset as it is now";
