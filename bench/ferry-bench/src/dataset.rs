@@ -13,6 +13,8 @@ use clap::Args;
 use ferry_core::jobs::DatasetFormat;
 use job_invoker::export::dataset;
 
+use crate::orders::{COLUMNS, Order};
+
 #[derive(Debug, Args)]
 pub struct GenDatasetArgs {
     #[arg(long, default_value_t = 1)]
@@ -27,9 +29,6 @@ pub struct GenDatasetArgs {
     name: String,
 }
 
-const STATUSES: [&str; 5] = ["placed", "paid", "packed", "shipped", "returned"];
-const NAMES: [&str; 8] = ["Kim Minji", "Sato Yui", "Chen Wei", "Alex Moore", "Park Jisoo", "Lin Mei", "Ito Ren", "Sam Lee"];
-
 /// Order rows of 10 columns (as `gen-rows` stages them) as a CSV dataset object, and the same rows
 /// as Parquet.
 pub fn generate(a: &GenDatasetArgs) -> anyhow::Result<()> {
@@ -38,34 +37,15 @@ pub fn generate(a: &GenDatasetArgs) -> anyhow::Result<()> {
     let csv_path = a.out.join(format!("{}.csv", a.name));
     let file = std::fs::File::create(&csv_path).with_context(|| format!("creating {}", csv_path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let header = "id,order_no,customer,email,sku,qty,unit_price,total,status,created_at\n";
+    let header = format!("{}\n", COLUMNS.join(","));
     w.write_all(header.as_bytes())?;
     let (mut written, mut id) = (header.len() as u64, 0u64);
     let mut rng = crate::gen_votes::Rng::new(a.seed);
     let mut line = String::new();
     while written < a.bytes {
-        use std::fmt::Write as _;
         id += 1;
         line.clear();
-        let qty = 1 + rng.below(9) as u64;
-        let cents = 100 + rng.below(99_900) as u64;
-        let secs = 1_767_225_600 + rng.below(31_536_000) as u64;
-        let (day, rem) = (secs / 86_400, secs % 86_400);
-        writeln!(
-            line,
-            "{id},ORD-{id:08},{name},user{u}@example.com,SKU-{sku:05},{qty},{p}.{pc:02},{t}.{tc:02},{status},day {day} {h:02}:{m:02}:{s:02}",
-            name = NAMES[rng.below(NAMES.len())],
-            u = rng.below(200_000),
-            sku = rng.below(50_000),
-            p = cents / 100,
-            pc = cents % 100,
-            t = cents * qty / 100,
-            tc = cents * qty % 100,
-            status = STATUSES[rng.below(STATUSES.len())],
-            h = rem / 3600,
-            m = rem % 3600 / 60,
-            s = rem % 60,
-        )?;
+        Order::random(&mut rng, id).csv_line(&mut line);
         w.write_all(line.as_bytes())?;
         written += line.len() as u64;
     }

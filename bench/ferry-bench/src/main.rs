@@ -11,6 +11,7 @@ mod consumer;
 mod dataset;
 mod floor;
 mod gen_votes;
+mod orders;
 mod peak;
 mod phases;
 #[cfg(feature = "xlsx")]

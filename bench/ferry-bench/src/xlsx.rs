@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use crate::orders::{COLUMNS, Order};
+
 #[derive(Debug, Args)]
 pub struct GenRowsArgs {
     #[arg(long, default_value_t = 1)]
@@ -17,34 +19,16 @@ pub struct GenRowsArgs {
     out: PathBuf,
 }
 
-const STATUSES: [&str; 5] = ["placed", "paid", "packed", "shipped", "returned"];
-const NAMES: [&str; 8] = ["Kim Minji", "Sato Yui", "Chen Wei", "Alex Moore", "Park Jisoo", "Lin Mei", "Ito Ren", "Sam Lee"];
-
 pub fn gen_rows(a: &GenRowsArgs) -> anyhow::Result<()> {
     let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    writeln!(w, r#"["id","order_no","customer","email","sku","qty","unit_price","total","status","created_at"]"#)?;
+    writeln!(w, "[{}]", COLUMNS.map(|c| format!("\"{c}\"")).join(","))?;
     let mut rng = crate::gen_votes::Rng::new(a.seed);
+    let mut line = String::new();
     for id in 1..=a.rows {
-        let name = NAMES[rng.below(NAMES.len())];
-        let qty = 1 + rng.below(9) as u64;
-        let cents = 100 + rng.below(99_900) as u64;
-        let status = STATUSES[rng.below(STATUSES.len())];
-        let secs = 1_767_225_600 + rng.below(31_536_000) as u64;
-        let (day, rem) = (secs / 86_400, secs % 86_400);
-        writeln!(
-            w,
-            r#"[{id},"ORD-{id:08}","{name}","user{u}@example.com","SKU-{sku:05}",{qty},{p}.{pc:02},{t}.{tc:02},"{status}","day {day} {h:02}:{m:02}:{s:02}"]"#,
-            u = rng.below(200_000),
-            sku = rng.below(50_000),
-            p = cents / 100,
-            pc = cents % 100,
-            t = cents * qty / 100,
-            tc = cents * qty % 100,
-            h = rem / 3600,
-            m = rem % 3600 / 60,
-            s = rem % 60,
-        )?;
+        line.clear();
+        Order::random(&mut rng, id).json_line(&mut line);
+        w.write_all(line.as_bytes())?;
     }
     w.flush()?;
     println!("wrote {} rows to {}", a.rows, a.out.display());
