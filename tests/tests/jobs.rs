@@ -1944,3 +1944,32 @@ async fn a_submit_that_died_between_its_writes_blocks_nothing_once_the_grace_pas
     assert_eq!(code, 202, "{v}");
     assert_ne!(v["job"]["id"].as_str(), Some(id.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_csv_object_of_narrow_cells_under_the_byte_cap_weighs_over_it() {
+    let data = unique("lake");
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.max_object_bytes = 1 << 20;
+        s.dataset_locations = Some(vec![DatasetLocation::new(&data, "orders/").unwrap()]);
+    })
+    .await;
+    e.s3.create_bucket().bucket(&data).send().await.unwrap();
+    // 600 KB of one-digit cells: under the 1 MiB cap in bytes, but holding it decoded takes about
+    // nine times its bytes, past what the cap budgets for.
+    let narrow = format!("a,b,c,d,e\n{}", "1,2,3,4,5\n".repeat(60_000));
+    assert!(narrow.len() < 1 << 20);
+    let files = [("orders/part-0000.csv", id_rows(&[1, 2])), ("orders/part-0001.csv", narrow.into_bytes())];
+    for (key, body) in files {
+        e.s3.put_object().bucket(&data).key(key).body(body.into()).send().await.unwrap();
+    }
+    let body = json!({
+        "kind": "export",
+        "params": {"source": {"type": "s3", "bucket": data, "prefix": "orders/", "format": "csv"}, "format": "csv"}
+    });
+    let v = failed_job(&e, &body.to_string()).await;
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    let message = v["error"]["message"].as_str().expect("a message");
+    assert!(message.starts_with("object \"part-0001.csv\" under the prefix: decodes to "), "{v}");
+    let id = v["id"].as_str().expect("the job id");
+    assert!(e.object(&ferry_core::jobs::export_key("seller-0001", id, ferry_core::jobs::Format::Csv)).await.is_none(), "nothing exported");
+}

@@ -37,8 +37,22 @@ pub const MERGE_PEAK_FACTOR: f64 = 4.5;
 /// 1.60x, 1.45x and 1.39x of their decoded 42-684 MB. Four 128 MiB objects at once: 2.12x and 1.41x
 /// of their total. Rounded up over the largest. CSV rows of narrower cells take more per byte
 /// (five one-digit integers a row: 5.1x; five one-letter strings: 9.1x), so this holds for rows like
-/// the measured ones, not for every CSV.
+/// the measured ones; [`csv_weight`] makes a CSV object of narrow cells count for more than its bytes.
 pub const DATASET_PEAK_FACTOR: f64 = 3.0;
+
+/// Peak RSS of reading a CSV dataset object is close to its bytes plus this much per cell (the same
+/// `ferry-bench dataset-peak` runs: order rows, one-digit integers and one-letter strings alike,
+/// within about 5%). Narrow cells are what make a CSV object cost more than its bytes.
+pub const CSV_PEAK_BYTES_PER_CELL: u64 = 16;
+
+/// What a CSV dataset object of `bytes` bytes and `cells` cells weighs against the object cap: its
+/// bytes, or, when its cells are narrow enough that its peak (bytes + [`CSV_PEAK_BYTES_PER_CELL`]
+/// per cell) would pass [`DATASET_PEAK_FACTOR`] times its bytes, the size whose budget that peak
+/// needs. So no CSV object within the cap peaks above the factor times the cap.
+pub fn csv_weight(bytes: u64, cells: u64) -> u64 {
+    let peak = bytes.saturating_add(cells.saturating_mul(CSV_PEAK_BYTES_PER_CELL));
+    bytes.max((peak as f64 / DATASET_PEAK_FACTOR).ceil() as u64)
+}
 
 /// What the export worker uses besides the dataset objects it holds: the runtime, SDK clients, the
 /// upload part being filled and the one being sent, pages of rows waiting in the read-ahead channels.
@@ -200,6 +214,19 @@ pub fn key_capacity(bytes: usize, lines: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::{DATASET_PEAK_FACTOR, csv_weight};
+
+    #[test]
+    fn a_csv_object_of_narrow_cells_weighs_more_than_its_bytes() {
+        // Order rows, about 10 bytes a cell: the bytes themselves.
+        assert_eq!(csv_weight(1_050, 100), 1_050);
+        // One-digit cells (2 bytes each with their separator): bytes + 16 a cell, over the factor.
+        let w = csv_weight(2_000, 1_000);
+        assert_eq!(w, ((2_000.0 + 16_000.0) / DATASET_PEAK_FACTOR).ceil() as u64);
+        assert!(w > 2_000 * 2);
+        assert_eq!(csv_weight(u64::MAX, u64::MAX), u64::MAX, "no overflow");
+    }
+
     use super::*;
 
     #[test]

@@ -36,14 +36,18 @@ impl Frame {
     }
 }
 
-/// What `body` takes once decoded, as far as can be told before decoding it: the body itself for
-/// CSV; for Parquet, from the footer alone, each column chunk's decompressed size or its values at
+/// What `body` takes once decoded, as far as can be told before decoding it: for CSV, its bytes
+/// weighted by how narrow its cells are ([`ferry_core::budget::csv_weight`]; a cell is counted per
+/// separator and line end, so a quoted comma only overcounts); for Parquet, from the footer alone, each column chunk's decompressed size or its values at
 /// their decoded width, whichever is larger (a column of one repeated value compresses, and
 /// dictionary- or run-length-encodes, to almost nothing). The worker refuses an object over its cap
 /// by this size, and `ferry_core::budget::DATASET_PEAK_FACTOR` is its peak per byte of it.
 pub fn decoded_bytes(bucket: &str, key: &str, body: &[u8], format: DatasetFormat) -> Result<u64, DatasetError> {
     match format {
-        DatasetFormat::Csv => Ok(body.len() as u64),
+        DatasetFormat::Csv => {
+            let cells = body.iter().filter(|&&b| b == b',' || b == b'\n').count() as u64;
+            Ok(ferry_core::budget::csv_weight(body.len() as u64, cells))
+        }
         DatasetFormat::Parquet => {
             let mut reader = ParquetReader::new(Cursor::new(body));
             let meta = reader.get_metadata().map_err(|e| DatasetError {
@@ -192,7 +196,13 @@ mod tests {
         assert_eq!(f.height(), 2);
         let err = read("b", "k.csv", body, DatasetFormat::Csv, Some(&["nope".to_owned()]), None).unwrap_err();
         assert_eq!(err.to_string(), "s3://b/k.csv: column \"nope\" does not exist");
-        assert_eq!(decoded_bytes("b", "k.csv", b"id\n1\n", DatasetFormat::Csv).unwrap(), 5);
+        // Cells of ten bytes, like order rows: the bytes themselves.
+        assert_eq!(decoded_bytes("b", "k.csv", b"customer_a,order_no_b\nKim_Minji_,ORD-000001\n", DatasetFormat::Csv).unwrap(), 44);
+        // Cells of one digit: a body of 2 bytes a cell weighs as bytes + 16 a cell over the factor.
+        let narrow = "1,".repeat(5_000) + "1\n";
+        let weight = decoded_bytes("b", "k.csv", narrow.as_bytes(), DatasetFormat::Csv).unwrap();
+        assert_eq!(weight, ferry_core::budget::csv_weight(10_001, 5_001));
+        assert!(weight > 3 * 10_001, "{weight}");
     }
 
     fn parquet(df: &mut DataFrame) -> Vec<u8> {
