@@ -575,27 +575,13 @@ async fn an_s3_parquet_dataset_exports_selected_and_filtered_rows_in_key_order()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_parquet_object_that_decodes_past_the_cap_fails_too_large_before_decoding() {
     use polars::prelude::*;
-    let data = unique("lake");
-    let e = env_with(Duration::from_secs(900), |s| {
-        s.max_object_bytes = 1 << 20;
-        s.dataset_locations = Some(vec![DatasetLocation::new(&data, "orders/").unwrap()]);
-    })
-    .await;
-    e.s3.create_bucket().bucket(&data).send().await.unwrap();
     let n = 2_000_000;
     let mut df = df!("id" => vec![7i64; n], "status" => vec!["paid"; n], "amount" => vec![1.5f64; n]).expect("a frame");
     let mut bomb = Vec::new();
     ParquetWriter::new(&mut bomb).finish(&mut df).expect("writing parquet");
     assert!(bomb.len() < 64 * 1024, "the bomb is small: {} bytes", bomb.len());
-    let files = [("orders/part-0000.parquet", parquet(&[1, 2], &["paid", "open"], &[1.0, 2.0])), ("orders/part-0001.parquet", bomb)];
-    for (key, body) in files {
-        e.s3.put_object().bucket(&data).key(key).body(body.into()).send().await.unwrap();
-    }
-    let body = json!({
-        "kind": "export",
-        "params": {"source": {"type": "s3", "bucket": data, "prefix": "orders/", "format": "parquet"}, "format": "csv"}
-    });
-    let v = failed_job(&e, &body.to_string()).await;
+    let files = vec![("orders/part-0000.parquet", parquet(&[1, 2], &["paid", "open"], &[1.0, 2.0])), ("orders/part-0001.parquet", bomb)];
+    let (e, data, v) = export_under_a_1_mib_cap("parquet", files).await;
     assert_eq!(v["error"]["code"], "too_large", "{v}");
     let message = v["error"]["message"].as_str().expect("a message");
     assert!(
@@ -606,6 +592,27 @@ async fn a_parquet_object_that_decodes_past_the_cap_fails_too_large_before_decod
     assert_safe("a parquet bomb", &v["error"], &["orders/", &data]);
     let id = v["id"].as_str().expect("the job id");
     assert!(e.object(&ferry_core::jobs::export_key("seller-0001", id, ferry_core::jobs::Format::Csv)).await.is_none(), "nothing exported");
+}
+
+/// Exports the dataset `files` (under `orders/` of a bucket of their own) as CSV with a 1 MiB object
+/// cap, and waits for the job to fail: the env, the dataset bucket and the failed job.
+async fn export_under_a_1_mib_cap(format: &str, files: Vec<(&str, Vec<u8>)>) -> (Env, String, Value) {
+    let data = unique("lake");
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.max_object_bytes = 1 << 20;
+        s.dataset_locations = Some(vec![DatasetLocation::new(&data, "orders/").expect("a location")]);
+    })
+    .await;
+    e.s3.create_bucket().bucket(&data).send().await.expect("creating the dataset bucket");
+    for (key, body) in files {
+        e.s3.put_object().bucket(&data).key(key).body(body.into()).send().await.expect("putting a dataset object");
+    }
+    let body = json!({
+        "kind": "export",
+        "params": {"source": {"type": "s3", "bucket": data, "prefix": "orders/", "format": format}, "format": "csv"}
+    });
+    let v = failed_job(&e, &body.to_string()).await;
+    (e, data, v)
 }
 
 /// A CSV dataset object of rows `id, name`.
@@ -1947,26 +1954,12 @@ async fn a_submit_that_died_between_its_writes_blocks_nothing_once_the_grace_pas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_csv_object_of_narrow_cells_under_the_byte_cap_weighs_over_it() {
-    let data = unique("lake");
-    let e = env_with(Duration::from_secs(900), |s| {
-        s.max_object_bytes = 1 << 20;
-        s.dataset_locations = Some(vec![DatasetLocation::new(&data, "orders/").unwrap()]);
-    })
-    .await;
-    e.s3.create_bucket().bucket(&data).send().await.unwrap();
     // 600 KB of one-digit cells: under the 1 MiB cap in bytes, but holding it decoded takes about
     // nine times its bytes, past what the cap budgets for.
     let narrow = format!("a,b,c,d,e\n{}", "1,2,3,4,5\n".repeat(60_000));
     assert!(narrow.len() < 1 << 20);
-    let files = [("orders/part-0000.csv", id_rows(&[1, 2])), ("orders/part-0001.csv", narrow.into_bytes())];
-    for (key, body) in files {
-        e.s3.put_object().bucket(&data).key(key).body(body.into()).send().await.unwrap();
-    }
-    let body = json!({
-        "kind": "export",
-        "params": {"source": {"type": "s3", "bucket": data, "prefix": "orders/", "format": "csv"}, "format": "csv"}
-    });
-    let v = failed_job(&e, &body.to_string()).await;
+    let files = vec![("orders/part-0000.csv", id_rows(&[1, 2])), ("orders/part-0001.csv", narrow.into_bytes())];
+    let (e, _, v) = export_under_a_1_mib_cap("csv", files).await;
     assert_eq!(v["error"]["code"], "too_large", "{v}");
     let message = v["error"]["message"].as_str().expect("a message");
     assert!(message.starts_with("object \"part-0001.csv\" under the prefix: decodes to "), "{v}");
