@@ -6,17 +6,21 @@ binaries built (the `bench` make target does that). Nothing here is a test: no s
 
     python bench/run.py [--quick] [--out BENCHMARKS.md]
 
-`--quick` shrinks every input and run count, to try the harness itself in a minute.
+`--quick` shrinks every input and run count, to try the harness itself in a minute. `--bin-dir`
+points at another build (a debug one tries the harness without a release build; its numbers mean
+nothing).
 """
 
 import argparse
 import csv
 import datetime
 import http.server
+import json
 import math
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -453,12 +457,14 @@ def bench_startup(args, md):
 # ---------------------------------------------------------------- memory (case 6)
 
 
+def memory_of(template, function):
+    """The `MemorySize` (MB) `infra/template.yaml` gives `function`."""
+    return int(re.search(rf"\n  {function}:\n(?:    .*\n|\n)*?      MemorySize: (\d+)", template).group(1))
+
+
 def bench_memory(args, bench_bin, md):
     """Each capped function's peak RSS on the largest input its caps allow, beside the memory it is given."""
     template = (ROOT / "infra" / "template.yaml").read_text()
-
-    def memory_of(function):
-        return int(re.search(rf"\n  {function}:\n(?:    .*\n|\n)*?      MemorySize: (\d+)", template).group(1))
 
     def worker_setting(name):
         return int(re.search(rf"\n  JobWorkerFunction:\n(?:    .*\n|\n)*?          {name}: \"(\d+)\"", template).group(1))
@@ -467,7 +473,7 @@ def bench_memory(args, bench_bin, md):
         return [function, what, mib(r.rss), f"{r.rss / size:.2f}x", f"{memory:,} MB", f"{1 - r.rss / (memory * 2**20):.0%}"]
 
     cap = int(re.search(r"\n  MaxInputBytes:\n(?:    .*\n)*?    Default: (\d+)", template).group(1))
-    memory = memory_of("NormalizerFunction")
+    memory = memory_of(template, "NormalizerFunction")
     size = cap // 64 if args.quick else cap
     d = DATA / ("memory-quick" if args.quick else "memory")
     # gen-votes rows take about 21.5 bytes: an upload just under the cap.
@@ -481,7 +487,7 @@ def bench_memory(args, bench_bin, md):
     # under FERRY_JOB_MAX_OBJECT_BYTES (the Parquet ones by what they decode to: their rows take
     # about 1.27x as many bytes decoded as in CSV).
     read_ahead, object_cap = worker_setting("FERRY_JOB_READ_AHEAD"), worker_setting("FERRY_JOB_MAX_OBJECT_BYTES")
-    worker_memory = memory_of("JobWorkerFunction")
+    worker_memory = memory_of(template, "JobWorkerFunction")
     object_size = object_cap // 64 if args.quick else object_cap
     run([bench_bin, "gen-dataset", "--seed", "1", "--bytes", str(object_size - (1 << 20)), "--out", d, "--name", "csv"])
     run([bench_bin, "gen-dataset", "--seed", "2", "--bytes", str(int(object_size * 0.75)), "--out", d, "--name", "pq"])
@@ -542,6 +548,213 @@ def bench_consumer(args, bench_bin, md):
     )
 
 
+# ---------------------------------------------------------------- batch (case 7)
+
+# Published prices, US East (N. Virginia): aws.amazon.com/step-functions/pricing and
+# aws.amazon.com/lambda/pricing. Free tiers left out.
+SFN_PER_TRANSITION = 0.025 / 1000  # Standard workflows: $0.025 per 1,000 state transitions
+SFN_EXPRESS_PER_REQUEST = 1.00 / 1e6  # Express workflows: $1.00 per million requests
+SFN_EXPRESS_PER_GB_S = 0.00001667  # Express duration, first 1,000 GB-hours a month ($0.06 per GB-hour)
+LAMBDA_ARM_PER_GB_S = 0.0000133334  # Lambda duration, arm64 (the deploy target), first 6 billion GB-s
+LAMBDA_PER_REQUEST = 0.20 / 1e6
+TARGET_DELAY_MS = 20
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu(pid):
+    """User plus system CPU seconds of a running process so far (from /proc, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Moto:
+    """A fresh moto (the local AWS) from the project's .venv on a free loopback port, started as
+    scripts/with-moto.sh starts it, but beside the measured process rather than around it: GNU time
+    then measures the driver alone."""
+
+    def __enter__(self):
+        port = free_port()
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=self.log, stderr=self.log
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.__exit__()
+                    raise SystemExit("bench: moto did not start")
+                time.sleep(0.1)
+
+    def __exit__(self, *_):
+        stop(self.proc)
+        self.log.close()
+
+
+def batch_once(bench_bin, target, items_file, concurrency, per_call):
+    with Moto() as moto:
+        env = dict(
+            os.environ,
+            AWS_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+            AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+        )
+        cpu0 = proc_cpu(moto.proc.pid), proc_cpu(target.pid)
+        r = run([bench_bin, "batch", "--target", target.url, "--items-file", items_file,
+                 "--concurrency", concurrency, "--items-per-request", per_call], env)
+        cpu1 = proc_cpu(moto.proc.pid), proc_cpu(target.pid)
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    summary.update(rss=r.rss, moto_cpu=cpu1[0] - cpu0[0], target_cpu=cpu1[1] - cpu0[1])
+    return summary
+
+
+def usd(x):
+    """Cents, or two significant digits below a cent."""
+    if x >= 0.01 or x <= 0:
+        return f"${x:,.2f}"
+    return f"${x:.{1 - math.floor(math.log10(x))}f}"
+
+
+def bench_batch(args, bench_bin, md):
+    q = args.quick
+    d = DATA / ("batch-quick" if q else "batch")
+    cases = [
+        (10, 1, 500 if q else 5_000, args.runs),
+        (100, 1, 2_000 if q else 20_000, args.runs),
+        # The memory case: a large item file, 100 items a call.
+        (100, 100, 20_000 if q else 1_000_000, 1),
+    ]
+    target = subprocess.Popen(
+        [str(bench_bin), "batch-target", "--delay-ms", str(TARGET_DELAY_MS)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    target.url = target.stdout.readline().strip()
+    rows = []
+    try:
+        if not target.url.startswith("http://"):
+            raise SystemExit(f"bench: the batch target did not start: {target.url!r}")
+        for concurrency, per_call, items, runs in cases:
+            items_file = d / f"items-{items}.jsonl"
+            run([bench_bin, "gen-items", "--seed", "1", "--items", items, "--out", items_file])
+            results = []
+            for i in range(runs):
+                s = batch_once(bench_bin, target, items_file, concurrency, per_call)
+                results.append(s)
+                print(
+                    f"  batch {items:,} items, concurrency {concurrency}, {per_call} a call, run {i + 1}/{runs}: "
+                    f"{s['items_per_s']:,.0f} items/s, {s['cpu_us_per_item']:.1f} µs CPU per item, {s['wall_s']:.2f} s, "
+                    f"{s['rss'] / 2**20:.0f} MiB; moto {s['moto_cpu']:.1f} s CPU, target {s['target_cpu']:.1f} s CPU",
+                    flush=True,
+                )
+            results.sort(key=lambda s: s["items_per_s"])
+            rows.append((results[len(results) // 2], max(s["rss"] for s in results), runs))
+    finally:
+        stop(target)
+
+    template = (ROOT / "infra" / "template.yaml").read_text()
+    try:
+        worker_mb = memory_of(template, "JobWorkerFunction")
+    except AttributeError:
+        worker_mb = None
+    md.append(f"## 7. Batch jobs against a target answering in {TARGET_DELAY_MS} ms\n")
+    md.append(
+        "One `batch` job per run through the real handlers: `job_invoker::api::handle` admits it (`POST /jobs`, "
+        "which reads the item file whole to check every line) and `job_invoker::worker::handle` runs it, behind "
+        "the local Lambda `Invoke` endpoint the tests use, both in the `ferry-bench batch` process, against a "
+        "fresh moto (S3 and DynamoDB on loopback) per run. The items are a seeded JSON lines item file under "
+        "`datasets/` of the job bucket (`ferry-bench gen-items`). The target runs in a process of its own "
+        f"(`ferry-bench batch-target`: axum on 127.0.0.1, every call answered 200 after {TARGET_DELAY_MS} ms), so "
+        "its CPU is not counted. Wall time and CPU run from the `POST /jobs` to the end of the last worker run; "
+        "CPU is `getrusage(RUSAGE_SELF)` user + system of the driver process, so it includes the handlers' AWS "
+        "SDK calls to moto (signing, HTTP, S3 range reads and multipart uploads, DynamoDB progress writes), "
+        "which is their real work, and not moto's or the target's own CPU. Before it prints, the driver checks "
+        "that the job succeeded, that the results file has one line per item with `seq` 0..N-1 and the "
+        "input's ids in input order, all succeeded, and that the target saw exactly N / items-per-call calls "
+        "carrying N items, no idempotency key twice, never more calls in flight than the concurrency.\n"
+    )
+    header = ["items", "concurrency", "items a call", "runs", "items/s", "ceiling", "CPU per item", "of which `POST /jobs`",
+              "wall", "peak RSS", "most calls in flight", "worker runs"]
+    table_rows = []
+    for s, rss, runs in rows:
+        ceiling = s["concurrency"] * s["items_per_request"] * 1000 / TARGET_DELAY_MS
+        table_rows.append([
+            f"{s['items']:,}", s["concurrency"], s["items_per_request"], runs, f"{s['items_per_s']:,.0f}", f"{ceiling:,.0f}",
+            f"{s['cpu_us_per_item']:.1f} µs", f"{s['cpu_submit_s'] * 1e6 / s['items']:.1f} µs", secs(s["wall_s"]), mib(rss),
+            s["target_max_in_flight"], s["worker_runs"],
+        ])
+    md.append(table(header, table_rows))
+    memory_note = f" The worker is given {worker_mb:,} MB (`infra/template.yaml`)." if worker_mb else ""
+    md.append(
+        f"\nWith more than one run, the row is the run with the median items/s; peak RSS is the largest of its runs "
+        f"(GNU `time`, the whole driver process: API, worker, the item file's upload in 8 MiB parts and the "
+        f"streamed check of the results).{memory_note} `ceiling` is concurrency x items a call / {TARGET_DELAY_MS} ms, "
+        "what the target's latency allows. `most calls in flight` is the target's count; below the concurrency, "
+        "the worker never filled every slot at once. moto, the target and the driver share this machine's cores; "
+        "moto answers S3 and DynamoDB from Python on loopback, not at the service's latency.\n"
+    )
+    moto_notes = "; ".join(
+        f"{s['items']:,} items: moto {s['moto_cpu']:.1f} s, target {s['target_cpu']:.1f} s" for s, _, _ in rows
+    )
+    md.append(f"CPU outside the driver during the run shown (whole process life, upload and check included): {moto_notes}.\n")
+
+    md.append("### The same runs as a Step Functions Distributed Map\n")
+    md.append(
+        "Published prices, US East (N. Virginia), free tiers left out. The Distributed Map reads the same item "
+        "file (ItemReader) and starts one child workflow execution per call (per item, or per ItemBatcher batch "
+        "of as many items as ferry sends in a call); the child is one Task state that makes the call (an HTTP "
+        "Task, or a Lambda invoke whose own price is not counted here). Transitions assumed: 1 for the parent's Map state, then per child 1 for its start (Step "
+        "Functions charges a transition for each child execution a Distributed Map starts) and 1 for its Task "
+        "state; every call here succeeded first time, and each retry would add 1. Standard: $0.025 per 1,000 "
+        "transitions. Express children instead: per child the start's transition ($0.000025), one request "
+        "($1.00 per million) and its duration, a 20 ms call billed as 100 ms (rounded up) at the 64 MB minimum "
+        "($0.00001667 per GB-second). Not counted on either side: S3 and DynamoDB requests, and the API's own "
+        "price.\n"
+    )
+    price_rows = []
+    for s, _, _ in rows:
+        children = -(-s["items"] // s["items_per_request"])
+        transitions = 1 + 2 * children
+        standard = transitions * SFN_PER_TRANSITION
+        express_child = SFN_PER_TRANSITION + SFN_EXPRESS_PER_REQUEST + 0.1 * (64 / 1024) * SFN_EXPRESS_PER_GB_S
+        express = SFN_PER_TRANSITION + children * express_child
+        row = [
+            f"{s['items']:,}", f"{s['items_per_request']}", f"{children:,}",
+            f"1 + 2 x {children:,} = {transitions:,} x $0.025 / 1,000 = **{usd(standard)}**",
+            f"$0.000025 + {children:,} x ${express_child:.9f} = **{usd(express)}**",
+        ]
+        if worker_mb:
+            gb_s = s["wall_s"] * worker_mb / 1024
+            lam = gb_s * LAMBDA_ARM_PER_GB_S + s["worker_runs"] * LAMBDA_PER_REQUEST
+            row.append(f"{s['wall_s']:.1f} s x {worker_mb / 1024:.3f} GB x $0.0000133334 + {s['worker_runs']} request = {usd(lam)}")
+        price_rows.append(row)
+    header = ["items", "items a child", "child executions", "Standard children", "Express children"]
+    if worker_mb:
+        header.append("ferry's job-worker Lambda for this run's wall time (arm64)")
+    md.append(table(header, price_rows))
+    unbatched = (1 + 2 * rows[-1][0]["items"]) * SFN_PER_TRANSITION
+    md.append(
+        f"\nWithout an ItemBatcher the last row is one child per item: 1 + 2 x {rows[-1][0]['items']:,} transitions, "
+        f"{usd(unbatched)} Standard. The Lambda column prices the wall time measured here against moto at the "
+        "worker's configured memory; on AWS it follows the target's latency and S3's, not moto's.\n"
+    )
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -556,23 +769,30 @@ def machine():
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
-    import pandas, numpy, xlsxwriter, openpyxl  # noqa: E401
-
+    versions = []
+    for name, module in [("pandas", "pandas"), ("numpy", "numpy"), ("XlsxWriter", "xlsxwriter"), ("openpyxl", "openpyxl")]:
+        # Only the Python baselines need them: a run of the Rust cases alone may go without.
+        try:
+            versions.append(f"{name} {__import__(module).__version__}")
+        except ImportError:
+            versions.append(f"{name} not installed")
     return (
         f"{os.cpu_count()} x {cpu}, {mem / 2**30:.0f} GiB, {platform.system()} {platform.release()}; "
-        f"{rustc}; Python {platform.python_version()}, pandas {pandas.__version__}, numpy {numpy.__version__}, "
-        f"XlsxWriter {xlsxwriter.__version__}, openpyxl {openpyxl.__version__}"
+        f"{rustc}; Python {platform.python_version()}, {', '.join(versions)}"
     )
 
 
 def main():
+    global REL
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="small inputs, few runs: try the harness")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--runs", type=int, help="runs of each fast side (default 5; 3 for xlsx)")
     p.add_argument("--slow-runs", type=int, help="runs of each slow Python side (default 3; 2 for XlsxWriter)")
-    p.add_argument("--skip", action="append", default=[], choices=["votes", "xlsx", "startup", "consumer", "memory"])
+    p.add_argument("--skip", action="append", default=[], choices=["votes", "xlsx", "startup", "consumer", "memory", "batch"])
+    p.add_argument("--bin-dir", default=str(REL), help="the built binaries (default: the release build)")
     args = p.parse_args()
+    REL = Path(args.bin_dir).resolve()
     q = args.quick
     args.keys = 20_000 if q else 1_000_000
     args.runs, args.slow_runs = (2, 1) if q else (args.runs or 5, args.slow_runs or 3)
@@ -597,6 +817,9 @@ def main():
         f"- Machine: {machine()}",
         "- Inputs: generated by `ferry-bench` from fixed seeds under `target/bench-data/` (not committed).\n",
     ]
+    if REL != ROOT / "target" / "release":
+        shown = REL.relative_to(ROOT) if REL.is_relative_to(ROOT) else REL
+        md.insert(-1, f"- Binaries: `{shown}`, not the release build: these numbers say nothing about ferry's speed.")
     if "votes" not in args.skip:
         bench_votes(args, bench_bin, md)
     if "xlsx" not in args.skip:
@@ -607,6 +830,8 @@ def main():
         bench_consumer(args, bench_bin, md)
     if "memory" not in args.skip:
         bench_memory(args, bench_bin, md)
+    if "batch" not in args.skip:
+        bench_batch(args, bench_bin, md)
     notes = ROOT / "bench" / "FINDINGS.md"
     if notes.exists():
         md.append(notes.read_text())

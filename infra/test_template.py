@@ -205,8 +205,10 @@ def notification_intake_problems(t: dict) -> list[str]:
 
 # Prefixes of the stack's bucket no export may read: other owners' exports and the pipeline's data.
 RESERVED_PREFIXES = ["exports/", "data/", "result/", "global/", "/data/"]
-# The worker's own temporary objects: the only part of exports/ it may read back.
+# The worker's own temporary objects, and earlier batch jobs' failed-items files (a retry reads
+# them): the only parts of exports/ it may read back.
 STAGING_PREFIX = "exports/.staging/"
+FAILED_ITEMS_KEYS = "exports/*.failed.jsonl"
 JOB_FUNCTIONS = ["JobApiFunction", "JobWorkerFunction"]
 ALLOWLIST_VARIABLES = ["FERRY_EXPORT_BUCKET", "FERRY_EXPORT_DATASETS", "FERRY_EXPORT_SOURCE_TABLES", "FERRY_NOTIFY_TABLE"]
 
@@ -236,8 +238,10 @@ def worker_source_problems(t: dict) -> list[str]:
         if "s3:GetObject" in actions:
             for key in own_bucket_keys(t, s):
                 reserved = [p for p in RESERVED_PREFIXES if overlaps(key, p)]
-                if reserved and not key.startswith(STAGING_PREFIX):
+                if reserved and not key.startswith(STAGING_PREFIX) and key != FAILED_ITEMS_KEYS:
                     out.append(f"s3:GetObject on {key} reaches {reserved}")
+                if key == FAILED_ITEMS_KEYS and actions != {"s3:GetObject"}:
+                    out.append(f"{FAILED_ITEMS_KEYS} is granted {sorted(actions - {'s3:GetObject'})}, not only read")
         if "s3:ListBucket" in actions:
             prefixes = s.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
             if prefixes is None:
@@ -276,17 +280,116 @@ VOTE_CAPS = {
 }
 
 
-# What job-api calls (crates/job-invoker/src/api.rs through ferry_aws::jobs and ::exports): nothing
-# else may be granted. Cancelling leaves the file to the lifecycle rule, so no s3:DeleteObject.
+# What job-api calls (crates/job-invoker/src/api.rs through ferry_aws::jobs, ::exports and ::events):
+# nothing else may be granted. Cancelling leaves the file to the lifecycle rule, so no s3:DeleteObject;
+# a batch item file is read by key, so no s3:ListBucket.
 JOB_API_ACTIONS = {
     "logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
     "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
-    "lambda:InvokeFunction", "s3:GetObject",
+    "lambda:InvokeFunction", "s3:GetObject", "events:PutEvents",
 }
+# What job-worker calls (crates/job-invoker/src/worker.rs and export/): the jobs table, its own
+# continuation, the failure queues, the sources and the export, job events, the batch credentials.
+JOB_WORKER_ACTIONS = {
+    "logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
+    "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+    "dynamodb:DescribeTable", "dynamodb:Query", "dynamodb:Scan",
+    "lambda:InvokeFunction",
+    "s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject",
+    "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility",
+    "events:PutEvents", "ssm:GetParameter",
+}
+JOB_ROLES = {"JobApiFunction": "JobApiRole", "JobWorkerFunction": "JobWorkerRole"}
+# The SSM parameters job-worker may read: those under BatchSecretsPath.
+BATCH_SECRETS_ARN = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${BatchSecretsPath}*"
 
 
 def granted_actions(role: dict) -> set[str]:
     return {a for s in statements(role) if s.get("Effect") == "Allow" for a in as_list(s["Action"])}
+
+
+def policy_statements(t: dict, role_id: str) -> list:
+    """The role's one policy's statement list itself (conditional ones as written), to change."""
+    return t["Resources"][role_id]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+
+
+def grants(role: dict, action: str) -> list[dict]:
+    return [s for s in statements(role) if s.get("Effect") == "Allow" and action in as_list(s["Action"])]
+
+
+def variables(t: dict, function_id: str) -> dict:
+    return t["Resources"][function_id]["Properties"].get("Environment", {}).get("Variables", {})
+
+
+def job_event_problems(t: dict) -> list[str]:
+    """Job functions that cannot publish job events, or roles that may publish elsewhere."""
+    out = []
+    buses = resources(t, "AWS::Events::EventBus")
+    if len(buses) != 1:
+        return [f"{len(buses)} event buses, expected the one for job events"]
+    bus = next(iter(buses))
+    for f, role_id in JOB_ROLES.items():
+        env = variables(t, f).get("FERRY_JOB_EVENT_BUS")
+        if env is None or not (isinstance(env, cf._Tagged) and env.tag == "!Ref" and target(env) == bus):
+            out.append(f"{f}: FERRY_JOB_EVENT_BUS is {env!r}, not !Ref {bus}")
+        if not grants(t["Resources"][role_id], "events:PutEvents"):
+            out.append(f"{role_id}: no events:PutEvents")
+    for role_id, role in resources(t, "AWS::IAM::Role").items():
+        for s in grants(role, "events:PutEvents"):
+            others = [target(r) for r in as_list(s["Resource"]) if not (isinstance(r, cf._Tagged) and r.tag == "!GetAtt" and r.value == f"{bus}.Arn")]
+            if others:
+                out.append(f"{role_id}: events:PutEvents on {others}, not only {bus}")
+    return out
+
+
+def batch_settings_problems(t: dict) -> list[str]:
+    """The batch targets and their credentials: settings on both job functions, SSM reads held to
+    BatchSecretsPath, no KMS grant (the notify provider's SecureString needs none either)."""
+    out = []
+    for f in JOB_ROLES:
+        if target(variables(t, f).get("FERRY_BATCH_TARGETS")) != "BatchTargets":
+            out.append(f"{f}: FERRY_BATCH_TARGETS is not !Ref BatchTargets")
+    if target(variables(t, "JobWorkerFunction").get("FERRY_BATCH_SECRETS_PATH")) != "BatchSecretsPath":
+        out.append("JobWorkerFunction: FERRY_BATCH_SECRETS_PATH is not !Ref BatchSecretsPath")
+    if "FERRY_BATCH_SECRETS_PATH" in variables(t, "JobApiFunction"):
+        out.append("JobApiFunction: FERRY_BATCH_SECRETS_PATH, but job-api reads no credentials")
+    for role_id, role in resources(t, "AWS::IAM::Role").items():
+        for s in grants(role, "ssm:GetParameter"):
+            if role_id == "JobWorkerRole":
+                wrong = [target(r) for r in as_list(s["Resource"]) if target(r) != BATCH_SECRETS_ARN]
+                if wrong:
+                    out.append(f"JobWorkerRole: ssm:GetParameter on {wrong}, not only under BatchSecretsPath")
+        if grants(role, "kms:Decrypt"):
+            out.append(f"{role_id}: kms:Decrypt")
+    if not any(target(r) == BATCH_SECRETS_ARN for s in grants(t["Resources"]["JobWorkerRole"], "ssm:GetParameter") for r in as_list(s["Resource"])):
+        out.append("JobWorkerRole: no ssm:GetParameter under BatchSecretsPath")
+    return out
+
+
+def resource_texts(statement: dict) -> list[str]:
+    """A statement's resources as written, both branches of a conditional one (`!Ref AWS::NoValue` left out)."""
+    out = []
+    for r in as_list(statement["Resource"]):
+        branches = r.value[1:] if isinstance(r, cf._Tagged) and r.tag == "!If" else [r]
+        out.extend(target(b) for b in branches if not (isinstance(b, cf._Tagged) and b.tag == "!Ref" and b.value == "AWS::NoValue"))
+    return out
+
+
+def dataset_reads(t: dict, role_id: str) -> set[str]:
+    """Where a role may s3:GetObject outside exports/ (its dataset locations), as written."""
+    return {r for s in grants(t["Resources"][role_id], "s3:GetObject") for r in resource_texts(s) if "/exports/" not in r}
+
+
+def job_api_read_problems(t: dict) -> list[str]:
+    """job-api reads batch item files at submit: exactly the worker's dataset locations, by key."""
+    out = []
+    api, worker = dataset_reads(t, "JobApiRole"), dataset_reads(t, "JobWorkerRole")
+    if api != worker:
+        out.append(f"JobApiRole reads {sorted(api)}, job-worker's datasets are {sorted(worker)}")
+    api_exports = {r for s in grants(t["Resources"]["JobApiRole"], "s3:GetObject") for r in resource_texts(s)} - api
+    if any(not k.endswith("/exports/*") for k in api_exports):
+        out.append(f"JobApiRole reads exports beyond the presigned downloads: {sorted(api_exports)}")
+    return out
 
 
 def budget_constant(name: str) -> float:
@@ -453,6 +556,89 @@ class Template(unittest.TestCase):
         grant = next(s for s in statements(t["Resources"]["JobApiRole"]) if s.get("Action") == "s3:GetObject")
         grant["Action"] = ["s3:GetObject", "s3:DeleteObject"]
         self.assertEqual(granted_actions(t["Resources"]["JobApiRole"]) - JOB_API_ACTIONS, {"s3:DeleteObject"})
+
+    def test_job_worker_role_grants_only_what_the_worker_calls(self) -> None:
+        self.assertEqual(granted_actions(TEMPLATE["Resources"]["JobWorkerRole"]), JOB_WORKER_ACTIONS)
+        t = self.mutated()
+        grant = next(s for s in statements(t["Resources"]["JobWorkerRole"]) if s.get("Action") == "ssm:GetParameter")
+        grant["Action"] = ["ssm:GetParameter", "ssm:GetParametersByPath"]
+        self.assertEqual(granted_actions(t["Resources"]["JobWorkerRole"]) - JOB_WORKER_ACTIONS, {"ssm:GetParametersByPath"})
+
+    def test_job_events_go_to_the_stack_bus_only(self) -> None:
+        self.assertEqual(job_event_problems(TEMPLATE), [])
+        t = self.mutated()
+        api = next(s for s in statements(t["Resources"]["JobApiRole"]) if s.get("Action") == "events:PutEvents")
+        api["Resource"] = cf._Tagged("!Sub", "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/*")
+        worker = policy_statements(t, "JobWorkerRole")
+        worker.remove(next(s for s in worker if isinstance(s, dict) and s.get("Action") == "events:PutEvents"))
+        del t["Resources"]["JobWorkerFunction"]["Properties"]["Environment"]["Variables"]["FERRY_JOB_EVENT_BUS"]
+        problems = job_event_problems(t)
+        self.assertEqual(len(problems), 3, problems)
+        self.assertTrue(any("JobApiRole: events:PutEvents on" in p and "event-bus/*" in p for p in problems), problems)
+        self.assertIn("JobWorkerRole: no events:PutEvents", problems)
+        self.assertTrue(any(p.startswith("JobWorkerFunction: FERRY_JOB_EVENT_BUS") for p in problems), problems)
+
+    def test_batch_settings_and_credentials_under_their_path_only(self) -> None:
+        self.assertEqual(batch_settings_problems(TEMPLATE), [])
+        path = re.compile(TEMPLATE["Parameters"]["BatchSecretsPath"]["AllowedPattern"])
+        self.assertTrue(path.fullmatch(TEMPLATE["Parameters"]["BatchSecretsPath"]["Default"]))
+        for ok in ["/ferry/batch/", "/a/", "/shop.prod/batch_v2/"]:
+            self.assertTrue(path.fullmatch(ok), ok)
+        for bad in ["", "/", "//", "ferry/batch/", "/ferry/batch", "/ferry/*/", "/ferry//batch/"]:
+            self.assertIsNone(path.fullmatch(bad), bad)
+        targets = re.compile(TEMPLATE["Parameters"]["BatchTargets"]["AllowedPattern"])
+        self.assertTrue(targets.fullmatch(TEMPLATE["Parameters"]["BatchTargets"]["Default"]))
+        self.assertIsNone(targets.fullmatch("[]"))
+        t = self.mutated()
+        ssm = next(s for s in statements(t["Resources"]["JobWorkerRole"]) if s.get("Action") == "ssm:GetParameter")
+        ssm["Resource"] = cf._Tagged("!Sub", "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/*")
+        policy_statements(t, "JobWorkerRole").append({"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"})
+        del t["Resources"]["JobApiFunction"]["Properties"]["Environment"]["Variables"]["FERRY_BATCH_TARGETS"]
+        problems = batch_settings_problems(t)
+        self.assertEqual(
+            problems,
+            [
+                "JobApiFunction: FERRY_BATCH_TARGETS is not !Ref BatchTargets",
+                "JobWorkerRole: ssm:GetParameter on ['arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/*'], not only under BatchSecretsPath",
+                "JobWorkerRole: kms:Decrypt",
+                "JobWorkerRole: no ssm:GetParameter under BatchSecretsPath",
+            ],
+        )
+
+    def test_job_api_reads_the_worker_datasets_only(self) -> None:
+        self.assertEqual(job_api_read_problems(TEMPLATE), [])
+        self.assertEqual(len(dataset_reads(TEMPLATE, "JobApiRole")), 2)
+        self.assertNotIn("s3:ListBucket", granted_actions(TEMPLATE["Resources"]["JobApiRole"]))
+        t = self.mutated()
+        datasets = next(s for s in statements(t["Resources"]["JobApiRole"]) if any("ExportDatasetPrefix" in r for r in resource_texts(s)))
+        original = list(datasets["Resource"])
+        # The optional other bucket dropped: job-api could not validate items the worker may read.
+        datasets["Resource"] = original[:1]
+        self.assertEqual(len(job_api_read_problems(t)), 1, job_api_read_problems(t))
+        # The datasets' prefix widened to the whole bucket.
+        datasets["Resource"] = cf._Tagged("!Sub", "arn:${AWS::Partition}:s3:::${NamePrefix}-${Stage}-${AWS::AccountId}-${AWS::Region}/*")
+        problems = job_api_read_problems(t)
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("JobApiRole reads", problems[0])
+        # Another export read beyond the presigned downloads.
+        datasets["Resource"] = [
+            *original,
+            cf._Tagged("!Sub", "arn:${AWS::Partition}:s3:::${NamePrefix}-${Stage}-${AWS::AccountId}-${AWS::Region}/exports/.staging/*"),
+        ]
+        self.assertEqual(len(job_api_read_problems(t)), 1, job_api_read_problems(t))
+        self.assertIn("beyond the presigned downloads", job_api_read_problems(t)[0])
+
+    def test_job_worker_reads_failed_items_of_exports_and_nothing_else_there(self) -> None:
+        worker = statements(TEMPLATE["Resources"]["JobWorkerRole"])
+        failed = [s for s in worker if FAILED_ITEMS_KEYS in own_bucket_keys(TEMPLATE, s)]
+        self.assertEqual([s["Action"] for s in failed], ["s3:GetObject"])
+        t = self.mutated()
+        failed = next(s for s in statements(t["Resources"]["JobWorkerRole"]) if FAILED_ITEMS_KEYS in own_bucket_keys(t, s))
+        failed["Action"] = ["s3:GetObject", "s3:DeleteObject"]
+        self.assertEqual(worker_source_problems(t), [f"{FAILED_ITEMS_KEYS} is granted ['s3:DeleteObject'], not only read"])
+        failed["Action"] = "s3:GetObject"
+        failed["Resource"] = cf._Tagged("!Sub", "arn:${AWS::Partition}:s3:::${NamePrefix}-${Stage}-${AWS::AccountId}-${AWS::Region}/exports/*.jsonl")
+        self.assertEqual(worker_source_problems(t), ["s3:GetObject on exports/*.jsonl reaches ['exports/']"])
 
     def test_job_worker_deliveries_lambda_gives_up_on_come_back_to_it(self) -> None:
         worker = TEMPLATE["Resources"]["JobWorkerFunction"]["Properties"]

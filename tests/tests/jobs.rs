@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use ferry_aws::jobs::{JobTable, WorkerPayload};
 use ferry_core::sources::{DatasetLocation, TablePattern};
-use ferry_demo::jobs::{LocalLambda, api_and_worker, api_request, call, count_xlsx_rows, seed_orders};
+use ferry_demo::jobs::{LocalLambda, api_and_worker, api_request, call, count_xlsx_rows, seed_orders, start_local};
 use ferry_tests::{sdk_config, unique};
 use job_invoker::worker::{self, WorkerReport};
 use job_invoker::{Api, JobSettings};
@@ -45,11 +45,9 @@ async fn env_with(run_for: Duration, tweak: impl FnOnce(&mut JobSettings)) -> En
     let settings = Arc::new(settings);
     let dynamo = ferry_aws::clients::dynamodb(&conf);
     let s3 = ferry_aws::clients::s3(&conf);
-    JobTable::new(dynamo.clone(), settings.table.clone()).create().await.expect("creating the jobs table");
-    s3.create_bucket().bucket(&settings.bucket).send().await.expect("creating the export bucket");
-    let (_, make) = api_and_worker(&conf, settings.clone(), ferry_aws::clients::lambda(&conf));
-    let lambda = LocalLambda::start(&conf, run_for, make).await.expect("starting the local Lambda endpoint");
-    let (api, _) = api_and_worker(&conf, settings.clone(), lambda.client(&conf));
+    let kinds = Arc::new(job_invoker::Registry::standard());
+    let (api, lambda) =
+        start_local(&conf, settings.clone(), run_for, kinds).await.expect("starting the jobs table, bucket and local Lambda");
     Env { api, lambda, settings, dynamo, s3 }
 }
 
@@ -355,7 +353,7 @@ async fn cross_owner_access_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_400_and_name_the_problem() {
     let e = env().await;
-    let big = format!(r#"{{"kind":"export","params":{{"pad":"{}"}}}}"#, "x".repeat(20_000));
+    let big = format!(r#"{{"kind":"export","params":{{"pad":"{}"}}}}"#, "x".repeat(ferry_core::jobs::MAX_SUBMIT_BYTES));
     let cases = [
         ("{not json", "body"),
         (r#"{"kind":"report","params":{}}"#, "kind"),
@@ -796,18 +794,18 @@ impl aws_sdk_dynamodb::config::Intercept for Lossy {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
     use ferry_aws::jobs::{Beat, NewJob, Refused};
-    use ferry_core::jobs::{JobKind, Progress, Status};
+    use ferry_core::jobs::{Progress, Status};
     let conf = sdk_config();
     let name = unique("jobs");
     let plain = JobTable::new(ferry_aws::clients::dynamodb(&conf), name.clone());
     plain.create().await.unwrap();
-    let params = ferry_core::jobs::parse_submit(export("orders", "csv", 1).as_bytes()).unwrap().params;
+    let params = ferry_core::jobs::parse_submit(export("orders", "csv", 1).as_bytes()).unwrap().params.to_value();
     let id = unique("job");
     let now = job_invoker::settings::now_ms();
     let new = NewJob {
         id: &id,
         owner: "seller-0001",
-        kind: JobKind::Export,
+        kind: "export",
         params: &params,
         now,
         start_lease_ms: 60_000,
@@ -831,12 +829,12 @@ async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
     assert_eq!(sent[0].1, sent[1].1, "the resend is the same request, token included");
     let claimed = claimed.expect("the resent claim is recognised as this call's own");
     assert_eq!((claimed.record.status, claimed.record.attempt, claimed.checkpoint), (Status::Running, 0, None));
-    assert_eq!(plain.lock_holder("seller-0001", JobKind::Export, &params, now).await.unwrap().as_deref(), Some(id.as_str()));
+    assert_eq!(plain.lock_holder("seller-0001", "export", &params, now).await.unwrap().as_deref(), Some(id.as_str()));
 
     // Another delivery of the same attempt is still refused, and the claim stays with this worker.
     let other = plain.claim(&id, 0, job_invoker::settings::now_ms(), 30_000).await.unwrap();
     assert!(matches!(&other, Err(Refused::NotOurs(r)) if r.status == Status::Running), "{other:?}");
-    let progress = Progress { phase: "reading".into(), done: 1, total: None };
+    let progress = Progress { phase: "reading".into(), done: 1, total: None, ..Progress::default() };
     let beat = Beat { id: &id, attempt: 0, progress: &progress, now: job_invoker::settings::now_ms(), lease_ms: 30_000 };
     assert!(table.heartbeat(beat).await.unwrap().is_ok(), "the worker holding the claim runs on");
 }
@@ -1033,7 +1031,7 @@ async fn hostile_sources_are_refused_at_submit_and_never_become_jobs() {
     let reports = e.lambda.invocations.settle().await;
     assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 2, .. })]), "{reports:?}");
     let stored = JobTable::new(e.dynamo.clone(), e.settings.table.clone()).get(&id, job_invoker::settings::now_ms()).await.unwrap();
-    let source = stored.expect("the job").params.source;
+    let source = ferry_core::jobs::ExportParams::from_value(&stored.expect("the job").params).expect("export params").source;
     assert!(matches!(&source, ferry_core::jobs::Source::S3 { prefix, .. } if prefix == "datasets/attacker/"), "{source:?}");
     let listed = e.s3.list_objects_v2().bucket(&own).prefix("exports/seller-0001/").send().await.unwrap();
     assert_eq!(listed.contents().len(), 1, "{listed:?}");
@@ -1079,8 +1077,8 @@ async fn the_worker_checks_the_allowlist_again_before_reading() {
         let new = ferry_aws::jobs::NewJob {
             id: &id,
             owner: "seller-0001",
-            kind: ferry_core::jobs::JobKind::Export,
-            params: &params,
+            kind: "export",
+            params: &params.to_value(),
             now,
             start_lease_ms: 60_000,
             retention_ms: 3_600_000,
@@ -1147,7 +1145,7 @@ async fn missing_sources_fail_the_same_way_and_name_nothing_internal() {
         let request_id = error["request_id"].as_str().expect("a request id");
         let logged = logs();
         assert!(
-            logged.lines().any(|l| l.contains(request_id) && l.contains("export failed")),
+            logged.lines().any(|l| l.contains(request_id) && l.contains("job failed")),
             "{what}: the cause is logged under {request_id}"
         );
         seen.push(error["message"].clone());
@@ -1213,12 +1211,12 @@ async fn a_denied_source_reads_exactly_like_a_missing_one() {
         let (code, v) = e.post(&body, OWNER).await;
         assert_eq!(code, 202, "{v}");
         let payload = e.lambda.invocations.received.lock().unwrap().last().cloned().unwrap();
-        let env = job_invoker::export::ExportEnv {
+        let env = job_invoker::JobEnv {
             table: JobTable::new(e.dynamo.clone(), e.settings.table.clone()),
             store: ferry_aws::Store::new(e.s3.clone(), own.clone()),
             s3,
             dynamo,
-            settings: e.settings.clone(),
+            ..job_invoker::JobEnv::new(&conf, e.settings.clone())
         };
         let w = job_invoker::Worker { env, lambda: e.lambda.client(&conf) };
         let v = e.run_worker(&w, payload).await;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "batch")]
+mod batch;
 #[cfg(feature = "consumer")]
 mod consumer;
 #[cfg(feature = "xlsx")]
@@ -56,6 +58,15 @@ enum Command {
     /// The notification consumer's handler on 10-record batches, against endpoints that answer at once.
     #[cfg(feature = "consumer")]
     Consumer(consumer::ConsumerArgs),
+    /// Writes seeded batch items as JSON lines.
+    #[cfg(feature = "batch")]
+    GenItems(batch::GenItemsArgs),
+    /// Serves the batch target in this process until killed: every call answered 200 after a delay.
+    #[cfg(feature = "batch")]
+    BatchTarget(batch::TargetArgs),
+    /// One batch job through the job API and worker handlers against a local AWS and the target.
+    #[cfg(feature = "batch")]
+    Batch(batch::BatchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,5 +89,11 @@ fn main() -> anyhow::Result<()> {
         Command::XlsxReadBack(a) => xlsx::read_back(&a),
         #[cfg(feature = "consumer")]
         Command::Consumer(a) => consumer::run(&a),
+        #[cfg(feature = "batch")]
+        Command::GenItems(a) => batch::gen_items(&a),
+        #[cfg(feature = "batch")]
+        Command::BatchTarget(a) => batch::serve_target(&a),
+        #[cfg(feature = "batch")]
+        Command::Batch(a) => batch::run(&a),
     }
 }

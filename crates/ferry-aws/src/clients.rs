@@ -29,3 +29,7 @@ pub fn dynamodb(conf: &SdkConfig) -> aws_sdk_dynamodb::Client {
 pub fn lambda(conf: &SdkConfig) -> aws_sdk_lambda::Client {
     aws_sdk_lambda::Client::new(conf)
 }
+
+pub fn eventbridge(conf: &SdkConfig) -> aws_sdk_eventbridge::Client {
+    aws_sdk_eventbridge::Client::new(conf)
+}

@@ -24,7 +24,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
     ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
 };
-use ferry_core::jobs::{ExportParams, ExportResult, JobKind, JobRecord, ListCursor, Progress, Status, Transition};
+use ferry_core::jobs::{JobRecord, JobResult, ListCursor, Progress, Status, Transition, canonical_json, params_hash};
 use ferry_core::public::{ErrorCode, PublicError};
 
 /// The SDK's DynamoDB client, named here so callers hold one without depending on the SDK.
@@ -61,8 +61,10 @@ pub struct JobTable {
 pub struct NewJob<'a> {
     pub id: &'a str,
     pub owner: &'a str,
-    pub kind: JobKind,
-    pub params: &'a ExportParams,
+    /// The kind's name.
+    pub kind: &'a str,
+    /// The params as the kind admitted them.
+    pub params: &'a serde_json::Value,
     pub now: i64,
     /// How long the job may stay queued before it reads `lost` (the worker must claim it by then).
     pub start_lease_ms: i64,
@@ -152,7 +154,7 @@ fn slot_pk(owner: &str, k: u32) -> String {
     format!("SLOT#{owner}#{k}")
 }
 
-fn lock_pk(owner: &str, kind: JobKind, hash: &str) -> String {
+fn lock_pk(owner: &str, kind: &str, hash: &str) -> String {
     format!("LOCK#{owner}#{kind}#{hash}")
 }
 
@@ -313,18 +315,18 @@ impl JobTable {
     /// Takes the lock of (owner, kind, params) and creates the job, or returns the job that holds the
     /// lock. Concurrent equal submits create exactly one job: the lock is one conditional put.
     pub async fn submit(&self, job: NewJob<'_>) -> Result<Submitted, JobStoreError> {
-        let hash = job.params.hash();
+        let hash = params_hash(&canonical_json(job.params));
         let lock = lock_pk(job.owner, job.kind, &hash);
         let lease = job.now + job.start_lease_ms;
         let record = JobRecord {
             id: job.id.to_owned(),
             owner: job.owner.to_owned(),
-            kind: job.kind,
+            kind: job.kind.to_owned(),
             params: job.params.clone(),
             params_hash: hash.clone(),
             status: Status::Queued,
             attempt: 0,
-            progress: Progress { phase: "queued".into(), done: 0, total: None },
+            progress: Progress { phase: "queued".into(), ..Progress::default() },
             lease_expires_at: lease,
             result: None,
             error: None,
@@ -553,7 +555,7 @@ impl JobTable {
             .map_err(build)?;
         let held = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(lock_pk(&record.owner, record.kind, &record.params_hash)))
+            .key("pk", s(lock_pk(&record.owner, &record.kind, &record.params_hash)))
             .update_expression(LOCK_LEASE_SET)
             .condition_expression("job_id = :id")
             .set_expression_attribute_values(Some(lock_lease_values(&record.id, now + lease_ms)))
@@ -608,7 +610,7 @@ impl JobTable {
 
     /// The lock follows the job's lease, so that a job that reads `lost` can be submitted again.
     async fn extend_lock(&self, job: &JobRecord, lease: i64) -> Result<bool, JobStoreError> {
-        let lock = lock_pk(&job.owner, job.kind, &job.params_hash);
+        let lock = lock_pk(&job.owner, &job.kind, &job.params_hash);
         let out = self
             .client
             .update_item()
@@ -657,6 +659,10 @@ impl JobTable {
                 set.push_str(", #total = :total");
                 req = req.expression_attribute_names("#total", "total").expression_attribute_values(":total", n(t));
             }
+            if !progress.counts.is_empty() {
+                set.push_str(", counts = :counts");
+                req = req.expression_attribute_values(":counts", s(serde_json::to_string(&progress.counts).unwrap_or_default()));
+            }
         }
         if let Some(cp) = u.checkpoint {
             set.push_str(", attempt = :next, claimed = :false, checkpoint = :cp");
@@ -691,7 +697,7 @@ impl JobTable {
     }
 
     /// Marks the running attempt succeeded with its result and releases the lock.
-    pub async fn succeed(&self, beat: Beat<'_>, result: &ExportResult) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+    pub async fn succeed(&self, beat: Beat<'_>, result: &JobResult) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let pk = job_pk(beat.id);
         let (cond, values) = status_in(Transition::Succeed.allowed_from());
         let out = self
@@ -699,17 +705,21 @@ impl JobTable {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&pk))
-            .update_expression("SET #status = :to, updated_at = :now, finished_at = :now, phase = :phase, done = :done, #result = :result REMOVE checkpoint")
+            .update_expression("SET #status = :to, updated_at = :now, finished_at = :now, phase = :phase, done = :done, #total = :total, counts = :counts, #result = :result REMOVE checkpoint")
             .condition_expression(format!("{cond} AND attempt = :attempt AND claimed = :true AND lease_expires_at >= :now"))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#result", "result")
+            .expression_attribute_names("#total", "total")
+            // Sets the whole map: every value below goes after it.
             .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":total", n(beat.progress.total.unwrap_or(beat.progress.done)))
             .expression_attribute_values(":to", s(Status::Succeeded.as_str()))
             .expression_attribute_values(":attempt", n(beat.attempt))
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":now", n(beat.now))
             .expression_attribute_values(":phase", s("done"))
-            .expression_attribute_values(":done", n(result.rows))
+            .expression_attribute_values(":done", n(beat.progress.done))
+            .expression_attribute_values(":counts", s(serde_json::to_string(&beat.progress.counts).unwrap_or_default()))
             .expression_attribute_values(":result", s(serde_json::to_string(result).unwrap_or_default()))
             .return_values(ReturnValue::AllNew)
             .send()
@@ -720,6 +730,20 @@ impl JobTable {
     /// Marks the job failed (from queued or running) and releases the lock. `attempt` restricts it to
     /// the worker running that attempt; `None` is the API failing a job whose worker never started.
     /// `error` is what the job's owner will see.
+    /// [`JobTable::fail`] of the running `attempt`, keeping `result`: output written before the
+    /// failure that the owner may still download.
+    pub async fn fail_with_result(
+        &self,
+        id: &str,
+        attempt: u32,
+        error: &PublicError,
+        now: i64,
+        result: &JobResult,
+    ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
+        let values = [(":attempt", n(attempt)), (":true", AttributeValue::Bool(true))];
+        self.fail_if(id, "attempt = :attempt AND claimed = :true", values, error, now, Some(result)).await
+    }
+
     pub async fn fail(
         &self,
         id: &str,
@@ -730,9 +754,9 @@ impl JobTable {
         match attempt {
             Some(a) => {
                 let values = [(":attempt", n(a)), (":true", AttributeValue::Bool(true))];
-                self.fail_if(id, "attempt = :attempt AND claimed = :true", values, error, now).await
+                self.fail_if(id, "attempt = :attempt AND claimed = :true", values, error, now, None).await
             }
-            None => self.fail_if(id, "attribute_exists(pk)", [], error, now).await,
+            None => self.fail_if(id, "attribute_exists(pk)", [], error, now, None).await,
         }
     }
 
@@ -747,7 +771,7 @@ impl JobTable {
         now: i64,
     ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let values = [(":attempt", n(attempt)), (":false", AttributeValue::Bool(false))];
-        self.fail_if(id, "attempt = :attempt AND (claimed = :false OR lease_expires_at < :now)", values, error, now).await
+        self.fail_if(id, "attempt = :attempt AND (claimed = :false OR lease_expires_at < :now)", values, error, now, None).await
     }
 
     /// The failing write, under `condition` (with its `values`; `:now` is there already) besides
@@ -759,17 +783,19 @@ impl JobTable {
         values: [(&str, AttributeValue); N],
         error: &PublicError,
         now: i64,
+        result: Option<&JobResult>,
     ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let pk = job_pk(id);
         let (cond, statuses) = status_in(Transition::Fail.allowed_from());
+        let set = if result.is_some() { ", #result = :result" } else { "" };
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&pk))
-            .update_expression(
-                "SET #status = :to, updated_at = :now, finished_at = :now, #error = :error, phase = :phase REMOVE checkpoint",
-            )
+            .update_expression(format!(
+                "SET #status = :to, updated_at = :now, finished_at = :now, #error = :error, phase = :phase{set} REMOVE checkpoint"
+            ))
             .condition_expression(format!("{cond} AND {condition}"))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
@@ -781,6 +807,11 @@ impl JobTable {
             .return_values(ReturnValue::AllNew);
         for (k, v) in values {
             req = req.expression_attribute_values(k, v);
+        }
+        if let Some(r) = result {
+            req = req
+                .expression_attribute_names("#result", "result")
+                .expression_attribute_values(":result", s(serde_json::to_string(r).unwrap_or_default()));
         }
         let out = req.send().await;
         self.finish(id, now, out).await
@@ -821,7 +852,7 @@ impl JobTable {
         match out {
             Ok(o) => {
                 let record = from_item(&o.attributes.unwrap_or_default()).map_err(|m| self.corrupt(&pk, m))?;
-                self.release_lock(&record.owner, record.kind, &record.params_hash, &record.id).await?;
+                self.release_lock(&record.owner, &record.kind, &record.params_hash, &record.id).await?;
                 Ok(Ok(record))
             }
             Err(e) if is_condition_failed(&e) => Ok(Err(self.refusal(id, now).await?)),
@@ -829,8 +860,32 @@ impl JobTable {
         }
     }
 
+    /// Records that job `id` was announced lost, if it still reads lost at `now` and nobody
+    /// recorded it before: `true` for exactly one caller, who publishes the event.
+    pub async fn claim_lost_announcement(&self, id: &str, now: i64) -> Result<bool, JobStoreError> {
+        let pk = job_pk(id);
+        let (cond, values) = status_in(&[Status::Queued, Status::Running]);
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .update_expression("SET lost_announced_at = :now")
+            .condition_expression(format!("{cond} AND lease_expires_at < :now AND attribute_not_exists(lost_announced_at)"))
+            .expression_attribute_names("#status", "status")
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(self.error(&pk, "UpdateItem", e)),
+        }
+    }
+
     /// Deletes the lock if job `id` still holds it.
-    pub async fn release_lock(&self, owner: &str, kind: JobKind, hash: &str, id: &str) -> Result<(), JobStoreError> {
+    pub async fn release_lock(&self, owner: &str, kind: &str, hash: &str, id: &str) -> Result<(), JobStoreError> {
         let lock = lock_pk(owner, kind, hash);
         let out = self
             .client
@@ -849,8 +904,14 @@ impl JobTable {
     }
 
     /// The job id holding the lock of (owner, kind, params), if any and unexpired.
-    pub async fn lock_holder(&self, owner: &str, kind: JobKind, params: &ExportParams, now: i64) -> Result<Option<String>, JobStoreError> {
-        let lock = lock_pk(owner, kind, &params.hash());
+    pub async fn lock_holder(
+        &self,
+        owner: &str,
+        kind: &str,
+        params: &serde_json::Value,
+        now: i64,
+    ) -> Result<Option<String>, JobStoreError> {
+        let lock = lock_pk(owner, kind, &params_hash(&canonical_json(params)));
         Ok(self.get_raw(&lock).await?.filter(|l| num(l, "lease_expires_at").unwrap_or(0) >= now).and_then(|l| text(&l, "job_id")))
     }
 }
@@ -869,8 +930,8 @@ fn to_item(r: &JobRecord) -> HashMap<String, AttributeValue> {
         ("id".to_owned(), s(&r.id)),
         ("owner".to_owned(), s(&r.owner)),
         ("created_key".to_owned(), s(ListCursor::sort_key(r.created_at, &r.id))),
-        ("kind".to_owned(), s(r.kind.as_str())),
-        ("params".to_owned(), s(r.params.canonical())),
+        ("kind".to_owned(), s(&r.kind)),
+        ("params".to_owned(), s(canonical_json(&r.params))),
         ("params_hash".to_owned(), s(&r.params_hash)),
         ("status".to_owned(), s(r.status.as_str())),
         ("attempt".to_owned(), n(r.attempt)),
@@ -921,15 +982,15 @@ fn from_item(item: &HashMap<String, AttributeValue>) -> Result<JobRecord, String
     let need_n = |name: &str| num(item, name).ok_or_else(|| format!("attribute {name} is missing or not a number"));
     let kind = need("kind")?;
     let status = need("status")?;
-    let params = ExportParams::from_canonical(&need("params")?).map_err(|e| format!("attribute params: {e}"))?;
+    let params: serde_json::Value = serde_json::from_str(&need("params")?).map_err(|e| format!("attribute params: {e}"))?;
     let result = match text(item, "result") {
-        Some(r) => Some(serde_json::from_str::<ExportResult>(&r).map_err(|e| format!("attribute result: {e}"))?),
+        Some(r) => Some(serde_json::from_str::<JobResult>(&r).map_err(|e| format!("attribute result: {e}"))?),
         None => None,
     };
     Ok(JobRecord {
         id: need("id")?,
         owner: need("owner")?,
-        kind: JobKind::parse(&kind).ok_or_else(|| format!("attribute kind: unknown {kind:?}"))?,
+        kind,
         params,
         params_hash: need("params_hash")?,
         status: Status::parse(&status).filter(|s| *s != Status::Lost).ok_or_else(|| format!("attribute status: unknown {status:?}"))?,
@@ -938,6 +999,10 @@ fn from_item(item: &HashMap<String, AttributeValue>) -> Result<JobRecord, String
             phase: text(item, "phase").unwrap_or_default(),
             done: num(item, "done").unwrap_or(0).max(0) as u64,
             total: num(item, "total").map(|t| t.max(0) as u64),
+            counts: match text(item, "counts") {
+                Some(c) => serde_json::from_str(&c).map_err(|e| format!("attribute counts: {e}"))?,
+                None => Default::default(),
+            },
         },
         lease_expires_at: need_n("lease_expires_at")?,
         result,

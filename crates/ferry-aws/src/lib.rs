@@ -12,6 +12,7 @@
 //! - [`secrets`]: secrets read once at start-up from SSM Parameter Store.
 
 pub mod clients;
+pub mod events;
 pub mod exports;
 pub mod jobs;
 pub mod notify;
@@ -19,6 +20,7 @@ pub mod s3;
 pub mod secrets;
 pub mod votes;
 
+pub use aws_config::SdkConfig;
 pub use clients::load as load_config;
 pub use s3::{S3Error, Store};
 

@@ -141,6 +141,11 @@ impl Store {
             }
             None => (None, aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()),
         };
+        // A HEAD answer has no body to carry a code: name a denial by its status.
+        let code = code.or_else(|| match status(&e) {
+            Some(403) => Some("Forbidden".to_owned()),
+            _ => None,
+        });
         S3Error { bucket: self.bucket.clone(), key: key.to_owned(), op, code, message }
     }
 
@@ -180,6 +185,22 @@ impl Store {
         }
     }
 
+    /// Bytes `start..end` of the object while it has ETag `etag`: an object read piece by piece,
+    /// every piece from the same version. `end` past the object's end reads to its end.
+    pub async fn get_range_if_match(&self, key: &str, start: u64, end: u64, etag: &str) -> Result<Pinned, S3Error> {
+        if end <= start {
+            let head = Head { key: key.to_owned(), etag: etag.to_owned(), size: 0, last_modified: 0, metadata: HashMap::new() };
+            return Ok(Pinned::Read(Fetched::Object(Object { head, body: Vec::new() })));
+        }
+        let range = format!("bytes={start}-{}", end - 1);
+        match self.client.get_object().bucket(&self.bucket).key(key).range(range).if_match(format!("\"{etag}\"")).send().await {
+            Ok(out) => Ok(Pinned::Read(self.read_capped(key, end - start, out).await?)),
+            Err(e) if status(&e) == Some(404) => Ok(Pinned::Read(Fetched::Missing)),
+            Err(e) if status(&e) == Some(412) => Ok(Pinned::Changed),
+            Err(e) => Err(self.error(key, "GetObject", e)),
+        }
+    }
+
     async fn read_capped(&self, key: &str, cap: u64, mut out: GetObjectOutput) -> Result<Fetched, S3Error> {
         let size = out.content_length().unwrap_or(0).max(0) as u64;
         if size > cap {
@@ -208,6 +229,11 @@ impl Store {
             body.extend_from_slice(&chunk);
         }
         Ok(Fetched::Object(Object { head, body }))
+    }
+
+    /// Deletes an object (absent is fine: S3 answers a delete of a missing key with success).
+    pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map(|_| ()).map_err(|e| self.error(key, "DeleteObject", e))
     }
 
     /// Writes an object whole, honouring its precondition.

@@ -29,7 +29,7 @@ pub struct JobsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// Submit a job from a JSON file `{"kind": "export", "params": {...}}` (`-` reads stdin).
+    /// Submit a job from a JSON file `{"kind": "export" | "batch", "params": {...}}` (`-` reads stdin).
     Submit {
         file: PathBuf,
         /// Wait for the job to end, with a progress bar.
@@ -53,6 +53,13 @@ pub enum JobsCommand {
         /// Follow every page instead of the first.
         #[arg(long)]
         all: bool,
+    },
+    /// Run again the failed items of an ended batch job, as a new job.
+    Retry {
+        id: String,
+        /// Wait for the new job to end, with a progress bar.
+        #[arg(long)]
+        wait: bool,
     },
     /// Cancel a queued or running job.
     Cancel { id: String },
@@ -125,6 +132,14 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 Ok(())
             }
+            JobsCommand::Retry { id, wait } => {
+                // As a bad submit file is: refused before any request.
+                if !ferry_core::jobs::is_job_id(&id) {
+                    return Err(BadInput(format!("{id:?} is not a job id")).into());
+                }
+                let body = serde_json::to_vec(&serde_json::json!({ "retry_of": id }))?;
+                start(&client, body, wait, None).await
+            }
             JobsCommand::List { limit, all } => list(&client, limit, all).await,
             JobsCommand::Cancel { id } => {
                 let (status, v) = client.send(reqwest::Method::DELETE, &format!("/jobs/{id}"), None).await?;
@@ -148,12 +163,32 @@ fn read_body(file: &Path) -> anyhow::Result<Vec<u8>> {
     } else {
         std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
     };
-    ferry_core::jobs::parse_submit(&bytes).map_err(|e| BadInput(format!("{}: {e}", file.display())))?;
+    check_body(&bytes).map_err(|e| BadInput(format!("{}: {e}", file.display())))?;
     Ok(bytes)
 }
 
+/// The checks the API makes on a submit body that need nothing but the body.
+fn check_body(bytes: &[u8]) -> Result<(), ferry_core::jobs::SubmitError> {
+    let envelope = ferry_core::jobs::parse_envelope(bytes)?;
+    match (envelope.kind.as_deref(), envelope.params) {
+        // A retry names a job: only the API can tell whether it may be retried.
+        (_, None) if envelope.retry_of.is_some() => Ok(()),
+        (Some(ferry_core::batch::KIND), Some(params)) => ferry_core::batch::BatchParams::parse(params).map(drop),
+        (Some(ferry_core::batch::KIND), None) => Err(ferry_core::jobs::SubmitError::new("params", "is missing")),
+        (Some(kind), _) if kind != "export" => Err(ferry_core::jobs::SubmitError::new(
+            "kind",
+            format!("unknown job kind {kind:?}; known: export, {}", ferry_core::batch::KIND),
+        )),
+        _ => ferry_core::jobs::parse_submit(bytes).map(drop),
+    }
+}
+
 async fn submit(client: &Client, file: &Path, wait: bool, output: Option<&Path>) -> anyhow::Result<()> {
-    let body = read_body(file)?;
+    start(client, read_body(file)?, wait, output).await
+}
+
+/// Posts a submit body; prints the new job's id, or with `wait` its final view.
+async fn start(client: &Client, body: Vec<u8>, wait: bool, output: Option<&Path>) -> anyhow::Result<()> {
     let (status, v) = client.send(reqwest::Method::POST, "/jobs", Some(body)).await?;
     let id = v["job"]["id"].as_str().context("the API answered without a job id")?.to_owned();
     let note = if status == 200 { " (already running: not started twice)" } else { "" };
@@ -174,13 +209,15 @@ async fn submit(client: &Client, file: &Path, wait: bool, output: Option<&Path>)
     Ok(())
 }
 
-/// Polls the job until it ends, showing its progress.
+/// Polls the job until it ends, showing its progress; then, for a job that counts items, says on
+/// stderr how they ended and where the failed ones are (stdout stays the job's JSON).
 async fn wait_for(client: &Client, id: &str) -> anyhow::Result<Value> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} rows [{elapsed}]")
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {prefix} [{elapsed}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    bar.set_prefix("rows");
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
         let (_, v) = client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?;
@@ -188,13 +225,75 @@ async fn wait_for(client: &Client, id: &str) -> anyhow::Result<Value> {
         let done = p["done"].as_u64().unwrap_or(0);
         bar.set_length(p["total"].as_u64().unwrap_or(done).max(done));
         bar.set_position(done);
-        bar.set_message(format!("{} {}", v["status"].as_str().unwrap_or("?"), p["phase"].as_str().unwrap_or("")));
+        let (status, phase) = (v["status"].as_str().unwrap_or("?"), p["phase"].as_str().unwrap_or(""));
+        match format_counts(&p["counts"], false) {
+            Some(counts) => {
+                bar.set_prefix("items");
+                bar.set_message(format!("{phase}: {counts}"));
+            }
+            None => bar.set_message(format!("{status} {phase}")),
+        }
         if !matches!(v["status"].as_str(), Some("queued" | "running")) {
             bar.finish_and_clear();
+            for line in ending(&v) {
+                eprintln!("{line}");
+            }
             return Ok(v);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// The states of an item, in the order they are shown; any other state follows, by name.
+const STATES: [&str; 6] = ["running", "succeeded", "failed", "retrying", "pending", "skipped"];
+
+/// Counts by state as `running 10 · succeeded 1,234 · failed 3`, known states first; `None` when
+/// there are none. At the `end` the states an ended job cannot be in are left out when zero.
+fn format_counts(counts: &Value, end: bool) -> Option<String> {
+    let map = counts.as_object().filter(|m| !m.is_empty())?;
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort_by_key(|k| (STATES.iter().position(|s| s == k).unwrap_or(STATES.len()), k.as_str()));
+    let parts: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| {
+            let n = map[name].as_u64()?;
+            let transient = matches!(name.as_str(), "running" | "retrying" | "pending");
+            (!(end && transient && n == 0)).then(|| format!("{name} {}", thousands(n)))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What an ended job's counts and failed-items link say, one line each (nothing for a job that
+/// counts no items).
+fn ending(v: &Value) -> Vec<String> {
+    let id = v["id"].as_str().unwrap_or("?");
+    let status = v["status"].as_str().unwrap_or("?");
+    // Final counts come with a succeeded job; a failed or cancelled one has only its last progress.
+    let counts = if v["counts"].is_object() { &v["counts"] } else { &v["progress"]["counts"] };
+    let mut lines = Vec::new();
+    if let Some(c) = format_counts(counts, true) {
+        lines.push(format!("job {id} {status}: {c}"));
+    }
+    if let Some(url) = v["files"]["failed"]["url"].as_str() {
+        let rows = v["files"]["failed"]["rows"].as_u64().map_or_else(String::new, |n| format!(" ({})", thousands(n)));
+        lines.push(format!("failed items{rows}: {url}"));
+        lines.push(format!("run them again with: ferry jobs retry {id}"));
+    }
+    lines
 }
 
 async fn list(client: &Client, limit: u32, all: bool) -> anyhow::Result<()> {
@@ -259,4 +358,67 @@ async fn fetch(client: &Client, job: &Value, out: &Path) -> anyhow::Result<()> {
     result.with_context(|| format!("writing {}", out.display()))?;
     eprintln!("{}: {} rows, {} bytes", out.display(), job["download"]["rows"], job["download"]["size"]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn counts_read_in_state_order_with_thousands_grouped() {
+        let live = json!({"pending": 8751, "retrying": 2, "failed": 3, "succeeded": 1234, "running": 10});
+        assert_eq!(format_counts(&live, false).as_deref(), Some("running 10 · succeeded 1,234 · failed 3 · retrying 2 · pending 8,751"));
+        // At the end, states a finished job cannot be in are dropped when zero; unknown ones follow.
+        let end = json!({"pending": 0, "running": 0, "retrying": 0, "skipped": 0, "failed": 12, "succeeded": 1_234_567, "other": 4});
+        assert_eq!(format_counts(&end, true).as_deref(), Some("succeeded 1,234,567 · failed 12 · skipped 0 · other 4"));
+        assert_eq!(
+            format_counts(&end, false).as_deref(),
+            Some("running 0 · succeeded 1,234,567 · failed 12 · retrying 0 · pending 0 · skipped 0 · other 4")
+        );
+        assert_eq!(format_counts(&json!({}), false), None);
+        assert_eq!(format_counts(&Value::Null, false), None);
+        assert_eq!(format_counts(&json!({"pending": 0}), true), None);
+        for (n, text) in [(0, "0"), (999, "999"), (1_000, "1,000"), (12_345, "12,345"), (u64::MAX, "18,446,744,073,709,551,615")] {
+            assert_eq!(thousands(n), text);
+        }
+    }
+
+    #[test]
+    fn an_ended_batch_names_its_counts_and_failed_file() {
+        let v = json!({
+            "id": "j-1", "status": "succeeded",
+            "progress": {"counts": {"succeeded": 1, "failed": 1}},
+            "counts": {"succeeded": 2990, "failed": 10, "skipped": 0, "pending": 0},
+            "files": {"failed": {"url": "https://example.com/f", "rows": 10}},
+        });
+        assert_eq!(
+            ending(&v),
+            [
+                "job j-1 succeeded: succeeded 2,990 · failed 10 · skipped 0",
+                "failed items (10): https://example.com/f",
+                "run them again with: ferry jobs retry j-1",
+            ]
+        );
+        // A failed batch has no final counts: its last progress stands in.
+        let failed = json!({"id": "j-2", "status": "failed", "progress": {"counts": {"succeeded": 3, "failed": 2, "pending": 0}}});
+        assert_eq!(ending(&failed), ["job j-2 failed: succeeded 3 · failed 2"]);
+        // An export counts no items.
+        assert!(ending(&json!({"id": "j-3", "status": "succeeded", "progress": {"phase": "done"}})).is_empty());
+    }
+
+    #[test]
+    fn submit_bodies_of_either_kind_are_checked_locally() {
+        let ok = |b: &str| check_body(b.as_bytes()).map_err(|e| e.to_string());
+        assert!(ok(r#"{"kind": "batch", "params": {"target": "crm", "items": [{"id": 1}]}}"#).is_ok());
+        assert!(ok(r#"{"retry_of": "00000000-0000-4000-8000-000000000000"}"#).is_ok());
+        assert!(
+            ok(r#"{"kind": "batch", "params": {"target": "crm", "items": [], "max_concurrency": 5}}"#)
+                .unwrap_err()
+                .contains("params.items")
+        );
+        assert!(ok(r#"{"kind": "batch"}"#).unwrap_err().contains("params"));
+        assert!(ok(r#"{"kind": "report", "params": {}}"#).unwrap_err().contains("known: export, batch"));
+        assert!(ok(r#"{"kind": "export", "params": {"format": "csv"}}"#).is_err());
+    }
 }

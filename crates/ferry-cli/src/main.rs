@@ -23,7 +23,7 @@ enum Command {
     /// Cross-region votes: normalise and merge tallies offline, exactly as the Lambdas do.
     #[command(subcommand)]
     Votes(votes::VotesCommand),
-    /// Async jobs through the job API: submit, status, list, cancel, download.
+    /// Async jobs through the job API: submit, status, list, cancel, retry, download.
     Jobs(jobs::JobsArgs),
     /// Notifications: push dead letters back to the queue (SQS move task, or selectively by filter).
     Redrive(redrive::RedriveArgs),

@@ -14,6 +14,7 @@
 //!
 //! Every time is milliseconds since the Unix epoch and is passed in: nothing here reads a clock.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -21,8 +22,9 @@ use sha2::{Digest, Sha256};
 
 use crate::public::{ErrorCode, PublicError};
 
-/// The largest `POST /jobs` body accepted.
-pub const MAX_SUBMIT_BYTES: usize = 16 * 1024;
+/// The largest `POST /jobs` body accepted: room for a batch's inline items, and well under the
+/// 400 KB a DynamoDB item holds, since the params are stored with the job.
+pub const MAX_SUBMIT_BYTES: usize = 256 * 1024;
 /// Page size of `GET /jobs` when the caller names none, and the largest it may name.
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 100;
@@ -128,16 +130,27 @@ impl Transition {
 pub struct Progress {
     /// What the worker is doing: `queued`, `reading`, `writing`, `done`, ...
     pub phase: String,
-    /// Rows written so far.
+    /// Rows (or items) done so far.
     pub done: u64,
     /// Rows expected in all, when the source can tell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+    /// Items by state, for kinds that count them (a batch: pending, running, succeeded, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, u64>,
 }
 
-/// Where a finished export lies.
+/// Another file a job wrote beside its main result (a batch's failed items).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportResult {
+pub struct OutputFile {
+    pub key: String,
+    pub size: u64,
+    pub rows: u64,
+}
+
+/// Where a finished job's output lies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
     pub bucket: String,
     pub key: String,
     pub size: u64,
@@ -148,6 +161,12 @@ pub struct ExportResult {
     /// for results stored before this was counted).
     #[serde(default)]
     pub truncated_cells: u64,
+    /// Other files by name (`failed`), each downloadable like the main one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, OutputFile>,
+    /// Final counts by state, for kinds that count items.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, u64>,
 }
 
 /// A job's status record.
@@ -155,9 +174,11 @@ pub struct ExportResult {
 pub struct JobRecord {
     pub id: String,
     pub owner: String,
-    pub kind: JobKind,
-    pub params: ExportParams,
-    /// [`ExportParams::hash`] of `params`: which lock the job holds.
+    /// The kind's name (`export`, `batch`, ...): which implementation runs it.
+    pub kind: String,
+    /// The params as the kind admitted them, in canonical form ([`canonical_json`]).
+    pub params: serde_json::Value,
+    /// [`params_hash`] of `params`: which lock the job holds.
     pub params_hash: String,
     /// The stored status; read it through [`JobRecord::status_at`].
     pub status: Status,
@@ -165,7 +186,7 @@ pub struct JobRecord {
     pub attempt: u32,
     pub progress: Progress,
     pub lease_expires_at: i64,
-    pub result: Option<ExportResult>,
+    pub result: Option<JobResult>,
     /// Why it failed, as the caller may see it.
     pub error: Option<PublicError>,
     pub created_at: i64,
@@ -207,31 +228,35 @@ pub fn rfc3339(ms: i64) -> Option<String> {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
 }
 
-/// What kinds of job exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Export,
+/// Whether `s` can name a job kind: 1 to 32 of `a-z`, `0-9`, `_`, starting with a letter.
+pub fn is_kind_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-impl JobKind {
-    pub const ALL: [JobKind; 1] = [JobKind::Export];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Export => "export",
+/// One spelling of a JSON value: object keys sorted at every depth, no whitespace. Two params that
+/// mean the same request have the same canonical form once the kind has filled in its defaults.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    // Keys are sorted explicitly: serde_json's map keeps insertion order whenever any crate in the
+    // build enables its `preserve_order` feature.
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<(&String, &serde_json::Value)> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
         }
     }
-
-    pub fn parse(s: &str) -> Option<JobKind> {
-        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
+    sorted(v).to_string()
 }
 
-impl fmt::Display for JobKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Hex SHA-256 of `canonical` (a [`canonical_json`]): which lock a request takes.
+pub fn params_hash(canonical: &str) -> String {
+    hex(&Sha256::digest(canonical.as_bytes()))
 }
 
 /// The output file format.
@@ -342,25 +367,29 @@ impl ExportParams {
     /// One spelling of these params: keys sorted, defaults filled in, no whitespace. Two requests that
     /// mean the same export have the same canonical form.
     pub fn canonical(&self) -> String {
-        // Keys are sorted explicitly: serde_json's map keeps insertion order whenever any crate in the
-        // build enables its `preserve_order` feature.
-        fn sorted(v: serde_json::Value) -> serde_json::Value {
-            match v {
-                serde_json::Value::Object(m) => {
-                    let mut entries: Vec<(String, serde_json::Value)> = m.into_iter().collect();
-                    entries.sort_by(|a, b| a.0.cmp(&b.0));
-                    serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
-                }
-                serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(sorted).collect()),
-                other => other,
-            }
-        }
-        sorted(serde_json::to_value(self).unwrap_or(serde_json::Value::Null)).to_string()
+        canonical_json(&self.to_value())
     }
 
     /// Hex SHA-256 of [`ExportParams::canonical`].
     pub fn hash(&self) -> String {
-        hex(&Sha256::digest(self.canonical().as_bytes()))
+        params_hash(&self.canonical())
+    }
+
+    /// These params as the JSON value a job record stores.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Parses and validates the `params` of an export submit; errors name the field.
+    pub fn parse(params: serde_json::Value) -> Result<ExportParams, SubmitError> {
+        let params: ExportParams = serde_json::from_value(params).map_err(|e| SubmitError::new("params", e.to_string()))?;
+        validate(&params)?;
+        Ok(params)
+    }
+
+    /// The params of a stored export job.
+    pub fn from_value(v: &serde_json::Value) -> Result<ExportParams, SubmitError> {
+        ExportParams::deserialize(v).map_err(|e| SubmitError::new("params", e.to_string()))
     }
 
     /// Parses params stored by [`ExportParams::canonical`].
@@ -389,15 +418,18 @@ impl SubmitError {
     }
 }
 
-/// A validated `POST /jobs` body.
+/// The envelope of a `POST /jobs` body: `{"kind": ..., "params": {...}}`, or
+/// `{"retry_of": job_id}` (with an optional `kind`) to run again what a batch job left undone.
+/// The kind checks its own params.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SubmitRequest {
-    pub kind: JobKind,
-    pub params: ExportParams,
+pub struct Envelope {
+    pub kind: Option<String>,
+    pub params: Option<serde_json::Value>,
+    pub retry_of: Option<String>,
 }
 
-/// Parses and validates a `POST /jobs` body: `{"kind": "export", "params": {...}}`.
-pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, SubmitError> {
+/// Parses the envelope of a `POST /jobs` body; errors name the field.
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope, SubmitError> {
     if body.len() > MAX_SUBMIT_BYTES {
         return Err(SubmitError::new("body", format!("{} bytes is over the limit of {MAX_SUBMIT_BYTES}", body.len())));
     }
@@ -405,21 +437,47 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, SubmitError> {
     let serde_json::Value::Object(mut map) = value else {
         return Err(SubmitError::new("body", "must be a JSON object"));
     };
-    if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "kind" | "params")) {
-        return Err(SubmitError::new(extra.as_str(), "unknown field; expected `kind` and `params`"));
+    if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "kind" | "params" | "retry_of")) {
+        return Err(SubmitError::new(extra.as_str(), "unknown field; expected `kind` and `params` (or `retry_of`)"));
     }
     let kind = match map.remove("kind") {
-        Some(serde_json::Value::String(k)) => JobKind::parse(&k).ok_or_else(|| {
-            let known: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
-            SubmitError::new("kind", format!("unknown job kind {k:?}; known: {}", known.join(", ")))
-        })?,
+        Some(serde_json::Value::String(k)) if is_kind_name(&k) => Some(k),
+        Some(serde_json::Value::String(k)) => return Err(SubmitError::new("kind", format!("unknown job kind {k:?}"))),
         Some(_) => return Err(SubmitError::new("kind", "must be a string")),
-        None => return Err(SubmitError::new("kind", "is missing")),
+        None => None,
     };
-    let params = map.remove("params").ok_or_else(|| SubmitError::new("params", "is missing"))?;
-    let params: ExportParams = serde_json::from_value(params).map_err(|e| SubmitError::new("params", e.to_string()))?;
-    validate(&params)?;
-    Ok(SubmitRequest { kind, params })
+    let retry_of = match map.remove("retry_of") {
+        Some(serde_json::Value::String(id)) if is_job_id(&id) => Some(id),
+        Some(_) => return Err(SubmitError::new("retry_of", "must be the id of one of your jobs")),
+        None => None,
+    };
+    let params = map.remove("params");
+    match (&kind, &params, &retry_of) {
+        (_, Some(_), Some(_)) => {
+            Err(SubmitError::new("params", "cannot be given with `retry_of`: the retry runs with the first job's params"))
+        }
+        (None, _, None) => Err(SubmitError::new("kind", "is missing")),
+        (Some(_), None, None) => Err(SubmitError::new("params", "is missing")),
+        _ => Ok(Envelope { kind, params, retry_of }),
+    }
+}
+
+/// A validated export submit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitRequest {
+    pub kind: String,
+    pub params: ExportParams,
+}
+
+/// Parses and validates an export's `POST /jobs` body: `{"kind": "export", "params": {...}}`.
+pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, SubmitError> {
+    let envelope = parse_envelope(body)?;
+    let kind = envelope.kind.unwrap_or_default();
+    if kind != "export" {
+        return Err(SubmitError::new("kind", format!("unknown job kind {kind:?}; known: export")));
+    }
+    let params = envelope.params.ok_or_else(|| SubmitError::new("params", "is missing"))?;
+    Ok(SubmitRequest { kind, params: ExportParams::parse(params)? })
 }
 
 fn validate(p: &ExportParams) -> Result<(), SubmitError> {
@@ -501,6 +559,17 @@ pub fn export_key(owner: &str, id: &str, format: Format) -> String {
 /// A temporary object of job `id` (`what`: `rows`, `carry`, `snapshot`), under [`STAGING_PREFIX`].
 pub fn staging_key(owner: &str, id: &str, format: Format, what: &str) -> String {
     format!("{STAGING_PREFIX}{}/{id}.{}.{what}", owner_segment(owner), format.extension())
+}
+
+/// An output of job `id` other than an export: `exports/{owner}/{id}.{name}` (a batch's
+/// `results.jsonl`, `failed.jsonl`).
+pub fn output_key(owner: &str, id: &str, name: &str) -> String {
+    format!("exports/{}/{id}.{name}", owner_segment(owner))
+}
+
+/// A temporary object of job `id` of any kind, `{STAGING_PREFIX}{owner}/{id}.{what}`.
+pub fn staging_object(owner: &str, id: &str, what: &str) -> String {
+    format!("{STAGING_PREFIX}{}/{id}.{what}", owner_segment(owner))
 }
 
 /// One object of an S3 dataset as the export listed it when it started. The export reads exactly
@@ -708,6 +777,34 @@ mod tests {
     }
 
     #[test]
+    fn envelopes_leave_params_to_their_kind_and_retry_of_stands_alone() {
+        let id = "00000000-0000-4000-8000-000000000000";
+        let e = parse_envelope(br#"{"kind":"batch","params":{"target":"crm","items":[1]}}"#).unwrap();
+        assert_eq!((e.kind.as_deref(), e.retry_of), (Some("batch"), None));
+        assert_eq!(e.params, Some(serde_json::json!({"target": "crm", "items": [1]})));
+        let e = parse_envelope(format!(r#"{{"retry_of":"{id}"}}"#).as_bytes()).unwrap();
+        assert_eq!((e.kind, e.params, e.retry_of.as_deref()), (None, None, Some(id)));
+        let refused = |body: String, field: &str, needle: &str| {
+            let e = parse_envelope(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+            assert!(e.message.contains(needle), "{body}: {e}");
+        };
+        refused(format!(r#"{{"retry_of":"{id}","params":{{}}}}"#), "params", "cannot be given with `retry_of`");
+        refused(r#"{"retry_of":"../x"}"#.into(), "retry_of", "id of one of your jobs");
+        refused(r#"{"retry_of":7}"#.into(), "retry_of", "id of one of your jobs");
+        refused(r#"{"kind":"Batch!","params":{}}"#.into(), "kind", "unknown job kind");
+        refused(r#"{"kind":"batch"}"#.into(), "params", "is missing");
+        refused(r#"{}"#.into(), "kind", "is missing");
+        assert!(
+            is_kind_name("batch") && is_kind_name("my_kind2") && !is_kind_name("2x") && !is_kind_name("") && !is_kind_name(&"a".repeat(33))
+        );
+        // Canonical JSON sorts keys at every depth, so the same request hashes the same however spelled.
+        let a = serde_json::json!({"b": 1, "a": {"d": [1, {"z": 0, "y": 1}], "c": null}});
+        assert_eq!(canonical_json(&a), r#"{"a":{"c":null,"d":[1,{"y":1,"z":0}]},"b":1}"#);
+        assert_eq!(params_hash(&canonical_json(&a)).len(), 64);
+    }
+
+    #[test]
     fn equal_requests_hash_equal() {
         let a = parse_submit(
             br#"{"kind":"export","params":{"format":"csv","columns":["a"],"source":{"table":"orders","type":"dynamodb_scan"}}}"#,
@@ -753,8 +850,8 @@ mod tests {
         JobRecord {
             id: "00000000-0000-4000-8000-000000000000".into(),
             owner: "u".into(),
-            kind: JobKind::Export,
-            params: parse_submit(format!(r#"{{"kind":"export","params":{SCAN}}}"#).as_bytes()).unwrap().params,
+            kind: "export".into(),
+            params: parse_submit(format!(r#"{{"kind":"export","params":{SCAN}}}"#).as_bytes()).unwrap().params.to_value(),
             params_hash: String::new(),
             status,
             attempt: 0,

@@ -11,9 +11,11 @@
 //! - [`public`]: what a caller sees of a failure ([`public::ErrorCode`], [`public::PublicError`]);
 //! - [`sources`]: which export sources may be read ([`sources::SourcePolicy`], prefix normalisation).
 
+pub mod batch;
 pub mod budget;
 pub mod cells;
 pub mod config;
+pub mod events;
 pub mod jobs;
 pub mod key;
 pub mod merge;

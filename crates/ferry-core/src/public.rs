@@ -39,10 +39,12 @@ pub enum ErrorCode {
     TooLarge,
     /// A job's worker could not be started or continued.
     WorkerUnavailable,
+    /// A batch job's items failed beyond what it tolerates; the rest were not sent.
+    TooManyFailures,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -56,6 +58,7 @@ impl ErrorCode {
         ErrorCode::BadSourceData,
         ErrorCode::TooLarge,
         ErrorCode::WorkerUnavailable,
+        ErrorCode::TooManyFailures,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::BadSourceData => "bad_source_data",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::WorkerUnavailable => "worker_unavailable",
+            ErrorCode::TooManyFailures => "too_many_failures",
         }
     }
 
@@ -90,7 +94,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge | ErrorCode::TooLarge => 413,
             ErrorCode::TooManyRequests => 429,
-            ErrorCode::BadSourceData | ErrorCode::SourceUnavailable => 422,
+            ErrorCode::BadSourceData | ErrorCode::SourceUnavailable | ErrorCode::TooManyFailures => 422,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable | ErrorCode::WorkerUnavailable => 503,
         }
@@ -112,6 +116,7 @@ impl ErrorCode {
             ErrorCode::BadSourceData => "the source holds data the job cannot read",
             ErrorCode::TooLarge => "the source or result is over a limit",
             ErrorCode::WorkerUnavailable => "the worker could not be started; submit again later",
+            ErrorCode::TooManyFailures => "more items failed than the job tolerates; the rest were not sent",
         }
     }
 }

@@ -18,9 +18,8 @@ use aws_config::SdkConfig;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use job_invoker::export::ExportEnv;
 use job_invoker::worker::{self, WorkerReport};
-use job_invoker::{Api, JobSettings, Worker};
+use job_invoker::{Api, JobEnv, JobSettings, Worker};
 use lambda_runtime::{Context, LambdaEvent};
 use tokio::task::JoinHandle;
 
@@ -227,12 +226,35 @@ pub fn api_and_worker(
     settings: Arc<JobSettings>,
     lambda: aws_sdk_lambda::Client,
 ) -> (Api, impl FnOnce(aws_sdk_lambda::Client) -> Worker) {
-    let s3 = ferry_aws::clients::s3(conf);
-    let dynamo = ferry_aws::clients::dynamodb(conf);
-    let table = ferry_aws::jobs::JobTable::new(dynamo.clone(), settings.table.clone());
-    let store = ferry_aws::Store::new(s3.clone(), settings.bucket.clone());
-    let api = Api { table: table.clone(), store: store.clone(), lambda, settings: settings.clone() };
-    let make = move |lambda| Worker { env: ExportEnv { table, store, s3, dynamo, settings }, lambda };
+    api_and_worker_with(conf, settings, lambda, Arc::new(job_invoker::Registry::standard()))
+}
+
+/// A fresh jobs table and bucket (created here), the API, and a local Lambda endpoint running the
+/// worker over `kinds` with a deadline `run_for` after each start: what the tests and the demo run.
+pub async fn start_local(
+    conf: &SdkConfig,
+    settings: Arc<JobSettings>,
+    run_for: Duration,
+    kinds: Arc<job_invoker::Registry>,
+) -> anyhow::Result<(Api, LocalLambda)> {
+    ferry_aws::jobs::JobTable::new(ferry_aws::clients::dynamodb(conf), settings.table.clone()).create().await?;
+    ferry_aws::clients::s3(conf).create_bucket().bucket(&settings.bucket).send().await.context("creating the bucket")?;
+    let (_, make) = api_and_worker_with(conf, settings.clone(), ferry_aws::clients::lambda(conf), kinds.clone());
+    let lambda = LocalLambda::start(conf, run_for, make).await?;
+    let (api, _) = api_and_worker_with(conf, settings, lambda.client(conf), kinds);
+    Ok((api, lambda))
+}
+
+/// [`api_and_worker`] running the kinds of `kinds` (a registry with a kind of your own).
+pub fn api_and_worker_with(
+    conf: &SdkConfig,
+    settings: Arc<JobSettings>,
+    lambda: aws_sdk_lambda::Client,
+    kinds: Arc<job_invoker::Registry>,
+) -> (Api, impl FnOnce(aws_sdk_lambda::Client) -> Worker) {
+    let env = JobEnv { kinds, ..JobEnv::new(conf, settings) };
+    let api = Api { env: env.clone(), lambda };
+    let make = move |lambda| Worker { env, lambda };
     (api, make)
 }
 

@@ -25,6 +25,11 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         orders: u64,
     },
+    /// A few thousand orders pushed to a slow, throttling partner API as a batch job (10 in flight, rate-limited); print counts as it runs, the ordered results and the failed items; fix the partner, retry the failed ones.
+    Batch {
+        #[arg(long, default_value_t = 3_000)]
+        items: u64,
+    },
     /// Two senders sharing a notification id through the intake; 1,000 notifications through SQS, some malformed, some hitting a failing provider; fix it, redrive, check each was delivered once and dead-lettered at most once.
     Notify,
     /// Regional Redis sorted sets -> push -> normalize/merge -> pull into each region's Redis; print the ranking from Redis.
@@ -50,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), "ferry-demo", 1).await?);
             println!("\n== async jobs (xlsx export through the job API) ==");
             print!("{}", ferry_demo::jobs::run(&conf, 100_000).await?);
+            println!("\n== batch job (orders to a partner API, retry of the failed ones) ==");
+            print!("{}", ferry_demo::batch::run(&conf, 3_000).await?);
             println!("\n== regional edge (Redis) ==");
             print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), "ferry-demo", 2).await?);
             println!("\n== notifications (SQS, DLQ, redrive) ==");
@@ -60,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Jobs { orders } => {
             print!("{}", ferry_demo::jobs::run(&conf, orders).await?);
+        }
+        Scenario::Batch { items } => {
+            print!("{}", ferry_demo::batch::run(&conf, items).await?);
         }
         Scenario::Notify => {
             print!("{}", ferry_demo::notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);

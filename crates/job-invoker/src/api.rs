@@ -1,7 +1,8 @@
 //! The job API behind API Gateway (HTTP API, payload v2):
 //!
-//! - `POST /jobs` `{"kind": "export", "params": {...}}`: 202 and the new job, or 200 and the running
-//!   one when the same owner already runs the same export.
+//! - `POST /jobs` `{"kind": "export" | "batch" | ..., "params": {...}}`: 202 and the new job, or 200
+//!   and the running one when the same owner already runs the same request. `{"retry_of": id}` runs
+//!   again what that job of the caller's left undone (a batch's failed items).
 //! - `GET /jobs/{id}`: status, progress, times, error, and a download link once it succeeded.
 //! - `GET /jobs?limit=&cursor=`: the caller's jobs, newest first.
 //! - `DELETE /jobs/{id}`: cancel; the worker stops at its next page.
@@ -11,12 +12,13 @@
 //! `ferry_core::public::PublicError`): a code from a closed set and a message built from what the
 //! caller sent. Causes go to the log under the same request id, never into a body.
 //!
-//! A submit's source must be on the allowlist (`JobSettings::source_policy`); it is stored in
-//! normalised form, which is what the worker reads.
+//! Each kind admits its own params ([`crate::kind::Kind::admit`]): an export's source must be on the
+//! allowlist (`JobSettings::source_policy`), a batch's target configured and its item file on the
+//! allowlist and well formed. What the kind returns is stored, and is what the worker reads.
 
 use std::sync::Arc;
 
-use ferry_aws::jobs::{InvokeError, JobStoreError, JobTable, NewJob, Refused, Submitted, WorkerPayload};
+use ferry_aws::jobs::{InvokeError, JobStoreError, NewJob, Refused, Submitted, WorkerPayload};
 use ferry_aws::s3::{S3Error, Store};
 use ferry_core::jobs::{self, JobRecord, ListCursor, Status, SubmitError, rfc3339};
 use ferry_core::public::{ErrorCode, PublicError};
@@ -26,16 +28,15 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use lambda_runtime::Diagnostic;
 use serde_json::{Value, json};
 
-use crate::settings::{InvokeMode, JobSettings, ms, now_ms};
+use crate::kind::{Admission, AdmitError, JobEnv, Kind, Registry};
+use crate::lifecycle::{self, Lifecycle};
+use crate::settings::{InvokeMode, ms, now_ms};
 
 /// State built once per execution environment.
 #[derive(Debug, Clone)]
 pub struct Api {
-    pub table: JobTable,
-    /// The bucket exports are written to.
-    pub store: Store,
+    pub env: JobEnv,
     pub lambda: aws_sdk_lambda::Client,
-    pub settings: Arc<JobSettings>,
 }
 
 /// A failure that is the service's, not the caller's. Logged in full; the caller gets
@@ -46,6 +47,9 @@ pub enum ApiError {
     Store(#[from] JobStoreError),
     #[error(transparent)]
     S3(#[from] S3Error),
+    /// A kind could not check a submit (its source could not be read).
+    #[error("admitting the job: {0}")]
+    Admit(String),
 }
 
 impl ApiError {
@@ -53,6 +57,7 @@ impl ApiError {
         match self {
             ApiError::Store(_) => "StoreError",
             ApiError::S3(_) => "S3Error",
+            ApiError::Admit(_) => "AdmitError",
         }
     }
 }
@@ -143,19 +148,23 @@ fn status_url(req: &Request, id: &str) -> String {
 }
 
 /// A job as the API shows it. `download` is added for a succeeded job by [`Api::view`].
-fn summary(job: &JobRecord, now: i64) -> Value {
+fn summary(kinds: &Registry, job: &JobRecord, now: i64) -> Value {
     let status = job.status_at(now);
     let mut v = json!({
         "id": job.id,
-        "kind": job.kind.as_str(),
+        "kind": job.kind,
         "status": status.as_str(),
         "progress": job.progress,
         "attempt": job.attempt,
-        "format": job.params.format,
         "created_at": rfc3339(job.created_at),
         "updated_at": rfc3339(job.updated_at),
         "retained_until": rfc3339(job.retain_until),
     });
+    if let Some(kind) = kinds.get(&job.kind) {
+        for (k, d) in kind.describe(&job.params) {
+            v[k] = d;
+        }
+    }
     if let Some(e) = job.error_at(now) {
         v["error"] = json!(e);
     }
@@ -163,13 +172,24 @@ fn summary(job: &JobRecord, now: i64) -> Value {
 }
 
 impl Api {
+    fn summary(&self, job: &JobRecord, now: i64) -> Value {
+        summary(&self.env.kinds, job, now)
+    }
+
+    /// The summary, with download links once it succeeded (or failed keeping output): `download`
+    /// for the main result and `files.{name}` for each other output (a batch's failed items).
     async fn view(&self, job: &JobRecord, now: i64) -> Result<Value, ApiError> {
-        let mut v = summary(job, now);
-        if let (Status::Succeeded, Some(result)) = (job.status_at(now), &job.result) {
-            let store = Store::new(self.store.client().clone(), result.bucket.clone());
-            let filename = format!("{}.{}", job.id, job.params.format.extension());
-            let lifetime = self.settings.link_lifetime.min(ferry_aws::exports::MAX_LINK_LIFETIME);
-            let url = ferry_aws::exports::presign_get(&store, &result.key, &filename, lifetime).await?;
+        let mut v = self.summary(job, now);
+        // A failed job may have kept output too (a batch that failed early: its results and failed items).
+        if let (Status::Succeeded | Status::Failed, Some(result)) = (job.status_at(now), &job.result) {
+            let kind = self.env.kinds.get(&job.kind);
+            let name = |file: Option<&str>| match &kind {
+                Some(k) => k.download_name(job, file),
+                None => format!("{}.out", job.id),
+            };
+            let store = Store::new(self.env.store.client().clone(), result.bucket.clone());
+            let lifetime = self.env.settings.link_lifetime.min(ferry_aws::exports::MAX_LINK_LIFETIME);
+            let url = ferry_aws::exports::presign_get(&store, &result.key, &name(None), lifetime).await?;
             v["download"] = json!({
                 "url": url,
                 "expires_at": rfc3339(now + ms(lifetime)),
@@ -178,6 +198,13 @@ impl Api {
                 "sheets": result.sheets,
                 "truncated_cells": result.truncated_cells,
             });
+            if !result.counts.is_empty() {
+                v["counts"] = json!(result.counts);
+            }
+            for (file, out) in &result.files {
+                let url = ferry_aws::exports::presign_get(&store, &out.key, &name(Some(file)), lifetime).await?;
+                v["files"][file] = json!({ "url": url, "expires_at": rfc3339(now + ms(lifetime)), "size": out.size, "rows": out.rows });
+            }
         }
         Ok(v)
     }
@@ -187,7 +214,24 @@ impl Api {
         if !jobs::is_job_id(id) {
             return Ok(None);
         }
-        Ok(self.table.get(id, now).await?.filter(|j| j.owner == owner))
+        let job = self.env.table.get(id, now).await?.filter(|j| j.owner == owner);
+        if let Some(j) = &job {
+            self.announce_if_lost(j, now).await;
+        }
+        Ok(job)
+    }
+
+    /// `lost` is derived, never written, so no worker announces it: the first read that sees a job
+    /// lost does, once (a conditional mark on the job). Best effort: a failure is only logged.
+    async fn announce_if_lost(&self, job: &JobRecord, now: i64) {
+        if job.status_at(now) != Status::Lost || self.env.events.is_none() {
+            return;
+        }
+        match self.env.table.claim_lost_announcement(&job.id, now).await {
+            Ok(true) => lifecycle::announce(&self.env, Lifecycle::Lost, job).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job_id = job.id, error = %e, "could not record the lost announcement"),
+        }
     }
 }
 
@@ -247,34 +291,55 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
         Body::Binary(b) => b,
         _ => b"",
     };
-    let mut request = match jobs::parse_submit(body) {
+    let envelope = match jobs::parse_envelope(body) {
         Ok(r) => r,
         Err(e) => return Ok(caller.bad_request(&e)),
     };
-    // Checked before anything is written: a refused source never becomes a job.
-    match api.settings.source_policy().admit(&request.params.source) {
-        Ok(source) => request.params.source = source,
-        Err(e) => {
-            tracing::warn!(owner, request_id = caller.request_id, source = ?request.params.source, "source refused by the allowlist");
-            return Ok(caller.bad_request(&e));
+    let at = Admission { env: &api.env, owner, request_id: caller.request_id.as_deref() };
+    // Checked before anything is written: a refused request never becomes a job.
+    let admitted = match &envelope.retry_of {
+        Some(original) => {
+            let Some(first) = api.owned(original, owner, now_ms()).await? else {
+                return Ok(caller.bad_request(&SubmitError::new("retry_of", "no such job")));
+            };
+            match api.env.kinds.require(&first.kind) {
+                Ok(kind) if envelope.kind.as_deref().is_none_or(|k| k == first.kind) => {
+                    kind.retry(at, &first).await.map(|params| (kind, params))
+                }
+                Ok(_) => Err(AdmitError::Bad(SubmitError::new("kind", format!("the job to retry is of kind {:?}", first.kind)))),
+                Err(e) => Err(e.into()),
+            }
         }
-    }
+        None => {
+            let name = envelope.kind.as_deref().unwrap_or_default();
+            match api.env.kinds.require(name) {
+                Ok(kind) => kind.admit(at, envelope.params.unwrap_or_default()).await.map(|params| (kind, params)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    let (kind, params): (Arc<dyn Kind>, Value) = match admitted {
+        Ok(a) => a,
+        Err(AdmitError::Bad(e)) => return Ok(caller.bad_request(&e)),
+        Err(AdmitError::Unavailable(cause)) => return Err(ApiError::Admit(cause)),
+    };
+    let settings = &api.env.settings;
     let now = now_ms();
     let id = uuid::Uuid::new_v4().to_string();
     let new = NewJob {
         id: &id,
         owner,
-        kind: request.kind,
-        params: &request.params,
+        kind: kind.name(),
+        params: &params,
         now,
-        start_lease_ms: ms(api.settings.start_lease),
-        retention_ms: ms(api.settings.retention),
-        max_running: api.settings.max_running_per_owner,
+        start_lease_ms: ms(settings.start_lease),
+        retention_ms: ms(settings.retention),
+        max_running: settings.max_running_per_owner,
     };
-    let job = match api.table.submit(new).await? {
+    let job = match api.env.table.submit(new).await? {
         Submitted::Existing(job) => return duplicate(api, req, &job, now).await,
         Submitted::Full => {
-            let limit = api.settings.max_running_per_owner;
+            let limit = settings.max_running_per_owner;
             tracing::info!(owner, request_id = caller.request_id, limit, "per-owner job limit reached");
             let message = format!("you have {limit} jobs queued or running; retry when one has finished");
             let mut res = caller.error(PublicError::new(ErrorCode::TooManyRequests, message));
@@ -290,12 +355,12 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
     tracing::info!(job_id = job.id, owner, request_id = caller.request_id, kind = %job.kind, "job created");
     let payload = WorkerPayload { job_id: job.id.clone(), attempt: 0 };
     let unstarted = || caller.stamp(PublicError::code(ErrorCode::WorkerUnavailable));
-    match api.settings.invoke_mode {
+    match settings.invoke_mode {
         InvokeMode::Await => {
             if let Err(e) = start_worker(api, &payload).await {
                 let failed = fail_unstarted(api, &job, &e, &unstarted()).await?;
                 let status = StatusCode::SERVICE_UNAVAILABLE;
-                return Ok(caller.error_with(status, unstarted(), Some(("job", summary(&failed, now_ms())))));
+                return Ok(caller.error_with(status, unstarted(), Some(("job", api.summary(&failed, now_ms())))));
             }
         }
         InvokeMode::Detached => {
@@ -307,7 +372,7 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
             });
         }
     }
-    let mut resp = respond(StatusCode::ACCEPTED, json!({ "job": summary(&job, now), "status_url": status_url(req, &job.id) }));
+    let mut resp = respond(StatusCode::ACCEPTED, json!({ "job": api.summary(&job, now), "status_url": status_url(req, &job.id) }));
     if let Ok(v) = lambda_http::http::HeaderValue::from_str(&format!("/jobs/{}", job.id)) {
         resp.headers_mut().insert("location", v);
     }
@@ -315,15 +380,18 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
 }
 
 async fn start_worker(api: &Api, payload: &WorkerPayload) -> Result<(), InvokeError> {
-    ferry_aws::jobs::invoke_worker(&api.lambda, &api.settings.worker_function, payload).await
+    ferry_aws::jobs::invoke_worker(&api.lambda, &api.env.settings.worker_function, payload).await
 }
 
 /// The worker could not be started: fail the job and free its lock, so nothing is left orphaned.
 /// The job records `error`; the cause goes to the log.
 async fn fail_unstarted(api: &Api, job: &JobRecord, e: &InvokeError, error: &PublicError) -> Result<JobRecord, ApiError> {
     tracing::error!(job_id = job.id, request_id = error.request_id, error = %e, "starting the worker failed; failing the job");
-    Ok(match api.table.fail(&job.id, None, error, now_ms()).await? {
-        Ok(j) => j,
+    Ok(match api.env.table.fail(&job.id, None, error, now_ms()).await? {
+        Ok(j) => {
+            lifecycle::announce(&api.env, Lifecycle::Failed, &j).await;
+            j
+        }
         Err(Refused::NotOurs(j)) => *j,
         Err(_) => job.clone(),
     })
@@ -340,25 +408,29 @@ async fn list(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Result<
         Err(e) => return Ok(caller.bad_request(&e)),
     };
     let now = now_ms();
-    let (found, next) = api.table.list(owner, limit, cursor.as_ref(), now).await?;
-    let jobs: Vec<Value> = found.iter().map(|j| summary(j, now)).collect();
+    let (found, next) = api.env.table.list(owner, limit, cursor.as_ref(), now).await?;
+    for job in &found {
+        api.announce_if_lost(job, now).await;
+    }
+    let jobs: Vec<Value> = found.iter().map(|j| api.summary(j, now)).collect();
     Ok(respond(StatusCode::OK, json!({ "jobs": jobs, "next_cursor": next.map(|c| c.encode()) })))
 }
 
 async fn cancel(api: &Api, caller: &Caller, id: &str, owner: &str) -> Result<Response<Body>, ApiError> {
     let now = now_ms();
     let Some(job) = api.owned(id, owner, now).await? else { return Ok(caller.not_found()) };
-    match api.table.cancel(&job.id, owner, now).await? {
+    match api.env.table.cancel(&job.id, owner, now).await? {
         Ok(cancelled) => {
             tracing::info!(job_id = cancelled.id, "job cancelled");
-            Ok(respond(StatusCode::OK, json!({ "job": summary(&cancelled, now) })))
+            lifecycle::announce(&api.env, Lifecycle::Cancelled, &cancelled).await;
+            Ok(respond(StatusCode::OK, json!({ "job": api.summary(&cancelled, now) })))
         }
         // Already ended (or cancelled): say how.
         Err(Refused::NotOurs(_) | Refused::Cancelled) => match api.owned(id, owner, now).await? {
             Some(current) => {
                 let message = format!("the job is already {}", current.status_at(now));
                 let e = PublicError::new(ErrorCode::Conflict, message).with_field("status");
-                Ok(caller.error_with(StatusCode::CONFLICT, e, Some(("job", summary(&current, now)))))
+                Ok(caller.error_with(StatusCode::CONFLICT, e, Some(("job", api.summary(&current, now)))))
             }
             None => Ok(caller.not_found()),
         },

@@ -1,7 +1,9 @@
 //! Settings of the job API and worker, read once from the environment.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ferry_core::batch::Target;
 use ferry_core::jobs::XLSX_MAX_ROWS;
 use ferry_core::sources::{self, DatasetLocation, SourcePolicy, TablePattern};
 
@@ -64,6 +66,17 @@ pub struct JobSettings {
     /// Most queued or running jobs one owner may have at once (`FERRY_JOB_MAX_RUNNING_PER_OWNER`);
     /// the next submit is `429` until one ends.
     pub max_running_per_owner: u32,
+    /// The EventBridge bus lifecycle events go to (`FERRY_JOB_EVENT_BUS`); `None`: none are published.
+    pub event_bus: Option<String>,
+    /// The outside APIs `batch` jobs may call, by name (`FERRY_BATCH_TARGETS`, JSON); a caller
+    /// names one, never a URL.
+    pub batch_targets: BTreeMap<String, Target>,
+    /// Where the targets' `secret_headers` parameters live in SSM (`FERRY_BATCH_SECRETS_PATH`); a
+    /// secret header naming a parameter outside it refuses to start.
+    pub batch_secrets_path: String,
+    /// Largest item file a `batch` job reads (`FERRY_BATCH_MAX_ITEM_FILE_BYTES`): the API reads it
+    /// whole at submit to check every line.
+    pub batch_max_item_file_bytes: u64,
 }
 
 impl Default for JobSettings {
@@ -90,6 +103,10 @@ impl Default for JobSettings {
             source_tables: Vec::new(),
             notify_table: None,
             max_running_per_owner: 2,
+            event_bus: None,
+            batch_targets: BTreeMap::new(),
+            batch_secrets_path: "/ferry/batch/".into(),
+            batch_max_item_file_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -100,7 +117,8 @@ impl JobSettings {
     /// `FERRY_JOB_CONTINUE_MARGIN_SECS`, `FERRY_JOB_LEASE_SECS`, `FERRY_JOB_START_LEASE_SECS`,
     /// `FERRY_JOB_MAX_RUNNING_PER_OWNER`, `FERRY_JOB_READ_AHEAD`, `FERRY_JOB_MAX_OBJECT_BYTES`,
     /// Lambda's `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, `FERRY_EXPORT_DATASETS` (comma-separated `bucket/prefix`),
-    /// `FERRY_EXPORT_SOURCE_TABLES` (comma-separated names or patterns) and `FERRY_NOTIFY_TABLE`;
+    /// `FERRY_EXPORT_SOURCE_TABLES` (comma-separated names or patterns), `FERRY_NOTIFY_TABLE`,
+    /// `FERRY_JOB_EVENT_BUS`, `FERRY_BATCH_TARGETS`, `FERRY_BATCH_SECRETS_PATH` and `FERRY_BATCH_MAX_ITEM_FILE_BYTES`;
     /// unset ones keep their defaults, malformed ones are an error naming the variable.
     pub fn from_env() -> Result<JobSettings, String> {
         JobSettings::from_vars(|name| std::env::var(name).ok())
@@ -171,6 +189,24 @@ impl JobSettings {
             s.source_tables = sources::parse_list(&v, TablePattern::parse).map_err(|e| format!("FERRY_EXPORT_SOURCE_TABLES: {e}"))?;
         }
         s.notify_table = var("FERRY_NOTIFY_TABLE");
+        s.event_bus = var("FERRY_JOB_EVENT_BUS");
+        if let Some(v) = var("FERRY_BATCH_TARGETS") {
+            s.batch_targets = ferry_core::batch::parse_targets(&v).map_err(|e| format!("FERRY_BATCH_TARGETS: {e}"))?;
+        }
+        if let Some(v) = var("FERRY_BATCH_SECRETS_PATH") {
+            if !(v.starts_with('/') && v.ends_with('/')) {
+                return Err(format!("FERRY_BATCH_SECRETS_PATH: {v:?} must start and end with `/`"));
+            }
+            s.batch_secrets_path = v;
+        }
+        for (name, target) in &s.batch_targets {
+            if let Some(p) = target.secret_headers.values().find(|p| !p.starts_with(&s.batch_secrets_path)) {
+                return Err(format!("FERRY_BATCH_TARGETS: targets.{name}.secret_headers: {p:?} is not under {}", s.batch_secrets_path));
+            }
+        }
+        if let Some(v) = var("FERRY_BATCH_MAX_ITEM_FILE_BYTES") {
+            s.batch_max_item_file_bytes = within("FERRY_BATCH_MAX_ITEM_FILE_BYTES", v, (1, u64::MAX), "")?;
+        }
         Ok(s)
     }
 

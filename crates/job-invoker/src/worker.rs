@@ -9,17 +9,19 @@ use std::sync::Arc;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use ferry_aws::jobs::{Beat, InvokeError, JobStoreError, JobTable, Refused, WorkerPayload};
+use ferry_core::jobs::{JobRecord, JobResult, Progress};
 use ferry_core::public::{ErrorCode, PublicError};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Serialize;
 
-use crate::export::{self, ExportEnv, ExportError, Outcome};
+use crate::kind::{JobEnv, Outcome, RunError, Step};
+use crate::lifecycle::{self, Lifecycle};
 use crate::settings::{ms, now_ms};
 
 /// State built once per execution environment.
 #[derive(Debug, Clone)]
 pub struct Worker {
-    pub env: ExportEnv,
+    pub env: JobEnv,
     pub lambda: aws_sdk_lambda::Client,
 }
 
@@ -65,7 +67,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Store(#[from] JobStoreError),
     #[error("job {job_id}: {source}")]
-    Export { job_id: String, source: ExportError },
+    Run { job_id: String, source: RunError },
     #[error("job {job_id}: {source}")]
     Continue { job_id: String, source: InvokeError },
 }
@@ -75,7 +77,7 @@ impl From<WorkerError> for Diagnostic {
         let error_type = match &e {
             WorkerError::BadEvent(_) => "BadEvent",
             WorkerError::Store(_) => "StoreError",
-            WorkerError::Export { source, .. } => source.kind(),
+            WorkerError::Run { source, .. } => source.kind,
             WorkerError::Continue { .. } => "InvokeError",
         };
         Diagnostic { error_type: error_type.to_owned(), error_message: e.to_string() }
@@ -109,44 +111,48 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
         }
     };
     let job = claimed.record;
-    tracing::info!(job_id, attempt, resumed = claimed.checkpoint.is_some(), "job claimed");
+    tracing::info!(job_id, attempt, kind = job.kind, resumed = claimed.checkpoint.is_some(), "job claimed");
+    if claimed.checkpoint.is_none() {
+        lifecycle::announce(&state.env, Lifecycle::Started, &job).await;
+    }
+    let Some(kind) = state.env.kinds.get(&job.kind) else {
+        // Submitted under a kind this deployment no longer runs.
+        let error = stamp(PublicError::new(ErrorCode::Internal, format!("this deployment does not run jobs of kind {:?}", job.kind)));
+        tracing::error!(job_id, attempt, kind = job.kind, "unknown job kind; failing the job");
+        finish_failed(state, &job, attempt, &error, None).await;
+        return Ok(WorkerReport::Failed { job_id, attempt, error });
+    };
     // Held until the outcome is recorded: the lease stays alive through steps that report nothing.
     let mut keepalive = Keepalive::start(table.clone(), job_id.clone(), attempt, settings.lease);
+    let step = Step { env: &state.env, job: &job, checkpoint: claimed.checkpoint.as_deref(), deadline };
     let outcome = tokio::select! {
         biased;
-        out = export::run(&state.env, &job, claimed.checkpoint.as_deref(), deadline) => out,
+        out = kind.run(step) => out,
         // Cancelled or no longer ours: stop now rather than at the next page (the multipart upload
         // left behind is aborted by the bucket's lifecycle rule).
         refused = keepalive.stopped() => Ok(Outcome::Stopped(refused)),
     };
-    let fail = |error: PublicError| async move {
-        if let Err(e) = table.fail(&job.id, Some(attempt), &error, now_ms()).await {
-            tracing::error!(job_id = job.id, error = %e, "could not mark the job failed; it will read lost when its lease ends");
-        }
-    };
     match outcome {
-        Ok(Outcome::Finished(result)) => {
-            let progress = ferry_core::jobs::Progress { phase: "done".into(), done: result.rows, total: Some(result.rows) };
+        Ok(Outcome::Finished { result, progress }) => {
             let beat = Beat { id: &job_id, attempt, progress: &progress, now: now_ms(), lease_ms: ms(settings.lease) };
             match table.succeed(beat, &result).await? {
-                Ok(_) => {
-                    tracing::info!(job_id, attempt, rows = result.rows, key = result.key, size = result.size, "export written");
+                Ok(done) => {
+                    tracing::info!(job_id, attempt, rows = result.rows, key = result.key, size = result.size, "job succeeded");
+                    lifecycle::announce(&state.env, Lifecycle::Succeeded, &done).await;
                     Ok(WorkerReport::Succeeded { job_id, attempt, rows: result.rows, key: result.key })
                 }
                 Err(refused) => Ok(stopped(job_id, attempt, refused)),
             }
         }
-        Ok(Outcome::Continued(cp)) => {
+        Ok(Outcome::Continued { done }) => {
             let next = attempt + 1;
             if next > settings.max_continuations {
-                let message = format!("the export needs more than {} continuations", settings.max_continuations);
+                let message = format!("the job needs more than {} continuations", settings.max_continuations);
                 let error = stamp(PublicError::new(ErrorCode::TooLarge, message));
                 tracing::error!(job_id, attempt, request_id, "out of continuations; failing the job");
                 // The checkpoint already handed the job to `next`, which will never run: fail it there.
                 let _ = table.claim(&job_id, next, now_ms(), ms(settings.lease)).await;
-                if let Err(e) = table.fail(&job_id, Some(next), &error, now_ms()).await {
-                    tracing::error!(job_id, error = %e, "could not mark the job failed");
-                }
+                finish_failed(state, &job, next, &error, None).await;
                 return Ok(WorkerReport::Failed { job_id, attempt, error });
             }
             let function = if event.context.invoked_function_arn.is_empty() {
@@ -158,19 +164,52 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
             if let Err(e) = ferry_aws::jobs::invoke_worker(&state.lambda, &function, &payload).await {
                 tracing::error!(job_id, attempt, request_id, error = %e, "invoking the continuation failed; failing the job");
                 let _ = table.claim(&job_id, next, now_ms(), ms(settings.lease)).await;
-                let _ = table.fail(&job_id, Some(next), &stamp(PublicError::code(ErrorCode::WorkerUnavailable)), now_ms()).await;
+                finish_failed(state, &job, next, &stamp(PublicError::code(ErrorCode::WorkerUnavailable)), None).await;
                 return Err(WorkerError::Continue { job_id, source: e });
             }
-            tracing::info!(job_id, attempt, rows = cp.rows, partition = cp.partition, "continuing in a new invocation");
-            Ok(WorkerReport::Continued { job_id, attempt, rows: cp.rows })
+            tracing::info!(job_id, attempt, done, "continuing in a new invocation");
+            Ok(WorkerReport::Continued { job_id, attempt, rows: done })
         }
         Ok(Outcome::Stopped(refused)) => Ok(stopped(job_id, attempt, refused)),
         Err(e) => {
-            let public = stamp(e.public(&job.params));
-            tracing::error!(job_id, attempt, request_id, error = %e, kind = e.kind(), code = %public.code, "export failed");
-            fail(public).await;
-            Err(WorkerError::Export { job_id, source: e })
+            let public = stamp((*e.public).clone());
+            tracing::error!(job_id, attempt, request_id, error = %e, kind = e.kind, code = %public.code, "job failed");
+            finish_failed_with(state, &job, attempt, &public, e.progress.as_deref(), e.result.as_deref()).await;
+            Err(WorkerError::Run { job_id, source: e })
         }
+    }
+}
+
+/// Marks `attempt` of the job failed with `error` (recording `progress` first, when given) and
+/// announces it. A store failure is logged: the job then reads lost when its lease ends.
+async fn finish_failed(state: &Worker, job: &JobRecord, attempt: u32, error: &PublicError, progress: Option<&Progress>) {
+    finish_failed_with(state, job, attempt, error, progress, None).await
+}
+
+/// [`finish_failed`], keeping `result` (output the owner may still download) when given.
+async fn finish_failed_with(
+    state: &Worker,
+    job: &JobRecord,
+    attempt: u32,
+    error: &PublicError,
+    progress: Option<&Progress>,
+    result: Option<&JobResult>,
+) {
+    let table = &state.env.table;
+    if let Some(progress) = progress {
+        let beat = Beat { id: &job.id, attempt, progress, now: now_ms(), lease_ms: ms(state.env.settings.lease) };
+        if let Err(e) = table.heartbeat(beat).await {
+            tracing::warn!(job_id = job.id, error = %e, "could not record the final progress");
+        }
+    }
+    let failed = match result {
+        Some(r) => table.fail_with_result(&job.id, attempt, error, now_ms(), r).await,
+        None => table.fail(&job.id, Some(attempt), error, now_ms()).await,
+    };
+    match failed {
+        Ok(Ok(failed)) => lifecycle::announce(&state.env, Lifecycle::Failed, &failed).await,
+        Ok(Err(refused)) => tracing::info!(job_id = job.id, reason = describe(&refused), "the job ended otherwise meanwhile"),
+        Err(e) => tracing::error!(job_id = job.id, error = %e, "could not mark the job failed; it will read lost when its lease ends"),
     }
 }
 
@@ -232,7 +271,7 @@ impl Drop for Keepalive {
 pub async fn handle_any(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Result<serde_json::Value, WorkerError> {
     if event.payload.get("Records").is_some() {
         let batch: SqsEvent = serde_json::from_value(event.payload).map_err(|e| WorkerError::BadEvent(e.to_string()))?;
-        let response = undelivered(&state.env.table, batch).await;
+        let response = undelivered(&state.env, batch).await;
         return serde_json::to_value(response).map_err(|e| WorkerError::BadEvent(e.to_string()));
     }
     let report = handle(state, event).await?;
@@ -260,7 +299,8 @@ struct RecordContext {
 /// Fails each job whose delivery Lambda gave up on, and frees its lock, so that it reads `failed`
 /// with a reason instead of waiting to read `lost`. Only a store error returns a record to the
 /// queue; a record that is not an invocation record is logged and dropped.
-pub async fn undelivered(table: &JobTable, batch: SqsEvent) -> SqsBatchResponse {
+pub async fn undelivered(env: &JobEnv, batch: SqsEvent) -> SqsBatchResponse {
+    let table = &env.table;
     let mut response = SqsBatchResponse::default();
     for message in batch.records {
         let id = message.message_id.clone().unwrap_or_default();
@@ -282,7 +322,10 @@ pub async fn undelivered(table: &JobTable, batch: SqsEvent) -> SqsBatchResponse 
             error = error.with_request_id(record.request_context.request_id);
         }
         match table.fail_undelivered(&job_id, attempt, &error, now_ms()).await {
-            Ok(Ok(_)) => tracing::warn!(job_id, attempt, condition, "Lambda gave up on the delivery; job failed"),
+            Ok(Ok(failed)) => {
+                tracing::warn!(job_id, attempt, condition, "Lambda gave up on the delivery; job failed");
+                lifecycle::announce(env, Lifecycle::Failed, &failed).await;
+            }
             Ok(Err(refused)) => {
                 tracing::info!(job_id, attempt, condition, reason = describe(&refused), "undelivered record changes nothing")
             }

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
-use job_invoker::export::ExportEnv;
-use job_invoker::{JobSettings, Worker, worker};
+use job_invoker::batch::BatchEnv;
+use job_invoker::{JobEnv, JobSettings, Worker, worker};
 use lambda_runtime::{Error, run, service_fn};
 
 #[tokio::main]
@@ -15,17 +15,15 @@ async fn main() -> Result<(), Error> {
         return Err(e.into());
     }
     let conf = ferry_aws::load_config().await;
-    let s3 = ferry_aws::clients::s3(&conf);
-    let dynamo = ferry_aws::clients::dynamodb(&conf);
-    let state = Worker {
-        env: ExportEnv {
-            table: ferry_aws::jobs::JobTable::new(dynamo.clone(), settings.table.clone()),
-            store: ferry_aws::Store::new(s3.clone(), settings.bucket.clone()),
-            s3,
-            dynamo,
-            settings,
-        },
-        lambda: ferry_aws::clients::lambda(&conf),
-    };
+    let mut env = JobEnv::new(&conf, settings);
+    // Secret headers of the batch targets, read once: a missing one refuses to start.
+    match BatchEnv::load(&conf, &env.settings).await {
+        Ok(batch) => env.batch = Arc::new(batch),
+        Err(e) => {
+            tracing::error!(error = %e, "refusing to start");
+            return Err(e.into());
+        }
+    }
+    let state = Worker { env, lambda: ferry_aws::clients::lambda(&conf) };
     run(service_fn(|event| worker::handle_any(&state, event))).await
 }

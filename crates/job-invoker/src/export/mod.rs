@@ -26,23 +26,25 @@ pub mod dataset;
 pub mod writer;
 pub mod xlsx;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use ferry_aws::exports::{self, Multipart, MultipartState, SourceErrorKind, TableRead};
-use ferry_aws::jobs::{Beat, DynamoClient, JobStoreError, JobTable, Refused};
-use ferry_aws::s3::{Fetched, Pinned, S3Client, S3Error, Store};
+use ferry_aws::jobs::{Beat, JobStoreError};
+use ferry_aws::s3::{Fetched, Pinned, S3Error, Store};
 use ferry_core::cells::XLSX_MAX_COLUMNS;
 use ferry_core::jobs::{
-    DatasetFormat, DatasetObject, ExportParams, ExportResult, Filter, Format, JobRecord, Progress, Snapshot, Source, SubmitError,
+    DatasetFormat, DatasetObject, ExportParams, Filter, Format, JobRecord, JobResult, Progress, Snapshot, Source, SubmitError,
 };
 use ferry_core::public::{ErrorCode, PublicError, leaks_internals};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::settings::{JobSettings, ms, now_ms};
+use crate::kind::{Admission, AdmitError, JobEnv, Kind, Outcome, RunError, Step};
+use crate::settings::{ms, now_ms};
 use writer::{Encoding, PartWriter};
 
 /// Where a continuation picks up.
@@ -64,16 +66,6 @@ pub struct Checkpoint {
     /// written before snapshots were recorded: those list the prefix again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
-}
-
-/// How an export run ended.
-#[derive(Debug)]
-pub enum Outcome {
-    Finished(ExportResult),
-    /// Out of time: continue from this checkpoint (already stored with the job).
-    Continued(Checkpoint),
-    /// The job was cancelled or is no longer this run's; the upload was abandoned.
-    Stopped(Refused),
 }
 
 /// Why an export failed. Names the object, table or line at fault: this is for the log; the job's
@@ -212,16 +204,44 @@ fn dataset_error(bucket: &str, prefix: &str, e: S3Error) -> ExportError {
     }
 }
 
-/// What an export run needs.
-#[derive(Debug, Clone)]
-pub struct ExportEnv {
-    pub table: JobTable,
-    /// The bucket exports go to.
-    pub store: Store,
-    /// For reading S3 datasets (in any bucket).
-    pub s3: S3Client,
-    pub dynamo: DynamoClient,
-    pub settings: Arc<JobSettings>,
+/// The `export` kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Export;
+
+impl Kind for Export {
+    fn name(&self) -> &'static str {
+        "export"
+    }
+
+    /// Valid params whose source is on the allowlist, stored in normal form (what the worker reads).
+    fn admit<'a>(&'a self, at: Admission<'a>, params: Value) -> BoxFuture<'a, Result<Value, AdmitError>> {
+        Box::pin(async move {
+            let mut params = ExportParams::parse(params)?;
+            // Checked before anything is written: a refused source never becomes a job.
+            match at.env.settings.source_policy().admit(&params.source) {
+                Ok(source) => params.source = source,
+                Err(e) => {
+                    tracing::warn!(owner = at.owner, request_id = at.request_id, source = ?params.source, "source refused by the allowlist");
+                    return Err(e.into());
+                }
+            }
+            Ok(params.to_value())
+        })
+    }
+
+    fn run<'a>(&'a self, step: Step<'a>) -> BoxFuture<'a, Result<Outcome, RunError>> {
+        Box::pin(async move {
+            let params = ExportParams::from_value(&step.job.params).map_err(|e| RunError::internal("BadParams", e))?;
+            run(step.env, step.job, &params, step.checkpoint, step.deadline).await.map_err(|e| {
+                let public = e.public(&params);
+                RunError::new(e.kind(), public, e)
+            })
+        })
+    }
+
+    fn describe(&self, params: &Value) -> BTreeMap<&'static str, Value> {
+        params.get("format").map(|f| BTreeMap::from([("format", f.clone())])).unwrap_or_default()
+    }
 }
 
 /// One partition of the source.
@@ -242,7 +262,7 @@ struct Batch {
 }
 
 /// The objects under `prefix` now, in key order.
-async fn list_dataset(env: &ExportEnv, bucket: &str, prefix: &str) -> Result<Vec<DatasetObject>, ExportError> {
+async fn list_dataset(env: &JobEnv, bucket: &str, prefix: &str) -> Result<Vec<DatasetObject>, ExportError> {
     let store = Store::new(env.s3.clone(), bucket);
     let listed = store.list(prefix).await.map_err(|e| dataset_error(bucket, prefix, e))?;
     let mut objects: Vec<DatasetObject> =
@@ -258,11 +278,7 @@ async fn list_dataset(env: &ExportEnv, bucket: &str, prefix: &str) -> Result<Vec
 
 /// The dataset objects this run reads (S3 sources): the checkpoint's snapshot; on a first run, or
 /// resuming a checkpoint written before snapshots were recorded, a listing made now.
-async fn dataset_snapshot(
-    env: &ExportEnv,
-    params: &ExportParams,
-    cp: Option<&Checkpoint>,
-) -> Result<Option<Vec<DatasetObject>>, ExportError> {
+async fn dataset_snapshot(env: &JobEnv, params: &ExportParams, cp: Option<&Checkpoint>) -> Result<Option<Vec<DatasetObject>>, ExportError> {
     let Source::S3 { bucket, prefix, .. } = &params.source else { return Ok(None) };
     Ok(Some(match cp.and_then(|c| c.snapshot.as_ref()) {
         Some(Snapshot::Inline(objects)) => objects.clone(),
@@ -294,7 +310,7 @@ fn partitions(params: &ExportParams, snapshot: Option<&[DatasetObject]>) -> Vec<
 /// Reads `part` from `start`, page by page, into a small channel: readers run ahead of the writer by
 /// at most two pages each.
 fn spawn_reader(
-    env: &ExportEnv,
+    env: &JobEnv,
     part: Partition,
     start: Option<String>,
     columns: Option<Vec<String>>,
@@ -320,7 +336,7 @@ fn spawn_reader(
 }
 
 async fn read_table(
-    env: &ExportEnv,
+    env: &JobEnv,
     table: &str,
     read: TableRead<'_>,
     mut start: Option<String>,
@@ -339,7 +355,7 @@ async fn read_table(
 
 #[allow(clippy::too_many_arguments)]
 async fn read_object(
-    env: &ExportEnv,
+    env: &JobEnv,
     bucket: &str,
     object: &DatasetObject,
     format: DatasetFormat,
@@ -425,14 +441,14 @@ fn check_width(format: Format, columns: &[String]) -> Result<(), ExportError> {
 }
 
 /// The object the rows stream into: the export itself, or for xlsx the staged rows.
-fn data_key(job: &JobRecord) -> String {
-    match job.params.format {
-        Format::Xlsx => ferry_core::jobs::staging_key(&job.owner, &job.id, job.params.format, "rows"),
-        _ => ferry_core::jobs::export_key(&job.owner, &job.id, job.params.format),
+fn data_key(job: &JobRecord, params: &ExportParams) -> String {
+    match params.format {
+        Format::Xlsx => ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "rows"),
+        _ => ferry_core::jobs::export_key(&job.owner, &job.id, params.format),
     }
 }
 
-async fn estimate(env: &ExportEnv, params: &ExportParams) -> Result<Option<u64>, ExportError> {
+async fn estimate(env: &JobEnv, params: &ExportParams) -> Result<Option<u64>, ExportError> {
     Ok(match &params.source {
         Source::DynamodbScan { table, segments } => {
             exports::estimate_rows(&env.dynamo, table, TableRead::Scan { segment: 0, total: *segments }).await?
@@ -444,8 +460,13 @@ async fn estimate(env: &ExportEnv, params: &ExportParams) -> Result<Option<u64>,
 
 /// Runs (or resumes) the export of a claimed job until it is done, out of time, or stopped.
 /// `deadline` is when the invocation ends (ms since the epoch).
-pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, deadline: i64) -> Result<Outcome, ExportError> {
-    let params = &job.params;
+pub async fn run(
+    env: &JobEnv,
+    job: &JobRecord,
+    params: &ExportParams,
+    checkpoint: Option<&str>,
+    deadline: i64,
+) -> Result<Outcome, ExportError> {
     // The API stored the source normalised; anything else did not come through it.
     match env.settings.source_policy().admit(&params.source) {
         Ok(admitted) if admitted == params.source => {}
@@ -473,7 +494,7 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
         None => {
             check_width(params.format, params.columns.as_deref().unwrap_or_default())?;
             let total = estimate(env, params).await?;
-            let upload = Multipart::begin(&env.store, &data_key(job), params.format.content_type()).await?;
+            let upload = Multipart::begin(&env.store, &data_key(job, params), params.format.content_type()).await?;
             let mut writer = PartWriter::new(enc, upload, Vec::new(), env.settings.part_bytes);
             let columns = params.columns.clone().unwrap_or_default();
             if !columns.is_empty() {
@@ -486,7 +507,7 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
     };
     let carry_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "carry");
     let snapshot_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "snapshot");
-    let beat = |cp: &Checkpoint, phase: &str| Progress { phase: phase.into(), done: cp.rows, total: cp.total };
+    let beat = |cp: &Checkpoint, phase: &str| Progress { phase: phase.into(), done: cp.rows, total: cp.total, ..Progress::default() };
 
     // Readers for the current partition and the next few, in order.
     let mut readers: VecDeque<mpsc::Receiver<Result<Batch, ExportError>>> = VecDeque::new();
@@ -567,7 +588,7 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
             let text = serde_json::to_string(&cp).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
             let progress = beat(&cp, "continuing");
             return match env.table.checkpoint(Beat { progress: &progress, ..b }, &text).await? {
-                Ok(_) => Ok(Outcome::Continued(cp)),
+                Ok(_) => Ok(Outcome::Continued { done: cp.rows }),
                 Err(refused) => {
                     abandon(env, writer, &temporaries(&cp, &carry_key)).await;
                     Ok(Outcome::Stopped(refused))
@@ -588,11 +609,11 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
             let progress = beat(&cp, "building xlsx");
             let b = Beat { id: &job.id, attempt: job.attempt, progress: &progress, now: now_ms(), lease_ms: ms(env.settings.lease) };
             if let Err(refused) = env.table.heartbeat(b).await? {
-                delete_quietly(&env.store, &data_key(job)).await;
+                delete_quietly(&env.store, &data_key(job, params)).await;
                 return Ok(Outcome::Stopped(refused));
             }
-            let built = build_xlsx(env, job, &key).await?;
-            delete_quietly(&env.store, &data_key(job)).await;
+            let built = build_xlsx(env, job, params, &key).await?;
+            delete_quietly(&env.store, &data_key(job, params)).await;
             built
         }
         _ => (written, 1, 0),
@@ -600,7 +621,18 @@ pub async fn run(env: &ExportEnv, job: &JobRecord, checkpoint: Option<&str>, dea
     for key in temporaries(&cp, &carry_key) {
         delete_quietly(&env.store, &key).await;
     }
-    Ok(Outcome::Finished(ExportResult { bucket: env.store.bucket().to_owned(), key, size, rows: cp.rows, sheets, truncated_cells }))
+    let result = JobResult {
+        bucket: env.store.bucket().to_owned(),
+        key,
+        size,
+        rows: cp.rows,
+        sheets,
+        truncated_cells,
+        files: BTreeMap::new(),
+        counts: BTreeMap::new(),
+    };
+    let progress = Progress { phase: "done".into(), done: cp.rows, total: Some(cp.rows), ..Progress::default() };
+    Ok(Outcome::Finished { result, progress })
 }
 
 /// The staging objects a finished or abandoned export has no more use for: the carried bytes, and
@@ -613,7 +645,7 @@ fn temporaries(cp: &Checkpoint, carry_key: &str) -> Vec<String> {
     keys
 }
 
-async fn abandon(env: &ExportEnv, writer: PartWriter, temporaries: &[String]) {
+async fn abandon(env: &JobEnv, writer: PartWriter, temporaries: &[String]) {
     if let Err(e) = writer.abort().await {
         tracing::warn!(error = %e, "abandoning the multipart upload failed; a lifecycle rule cleans it up");
     }
@@ -641,14 +673,14 @@ fn aws_smithy_types_display(e: &dyn std::error::Error) -> String {
 
 /// Downloads the staged rows to local disk, builds the workbook there, and uploads it in parts.
 /// Returns (size, sheets, text cells truncated).
-async fn build_xlsx(env: &ExportEnv, job: &JobRecord, key: &str) -> Result<(u64, u32, u64), ExportError> {
+async fn build_xlsx(env: &JobEnv, job: &JobRecord, params: &ExportParams, key: &str) -> Result<(u64, u32, u64), ExportError> {
     let dir = std::env::temp_dir().join(format!("ferry-export-{}", job.id));
     let io = |path: &std::path::Path, e: std::io::Error| ExportError::Io { path: path.display().to_string(), message: e.to_string() };
     tokio::fs::create_dir_all(&dir).await.map_err(|e| io(&dir, e))?;
     let result = async {
         let staged = dir.join("rows.jsonl");
         let out = dir.join("export.xlsx");
-        let staged_key = data_key(job);
+        let staged_key = data_key(job, params);
         let obj = env.store.client().get_object().bucket(env.store.bucket()).key(&staged_key).send().await.map_err(|e| S3Error {
             bucket: env.store.bucket().into(),
             key: staged_key.clone(),
