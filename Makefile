@@ -14,7 +14,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 APT_PACKAGES :=
-# Formatting and clippy (-D warnings) are part of `make test`.
+# Formatting, clippy (-D warnings) and the crate boundaries (scripts/check-boundaries.sh) are part of `make test`.
 TEST_STEPS := lint
 BENCH_STEPS :=
 
@@ -56,6 +56,7 @@ test: deps
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/check-boundaries.sh
 
 bench: deps
 	@for step in $(BENCH_STEPS); do $(MAKE) --no-print-directory $$step; done

@@ -214,7 +214,7 @@ async fn run_batch(a: &BatchArgs, endpoint: &str) -> anyhow::Result<()> {
     let count = upload(&store, key, &a.items_file).await?;
     anyhow::ensure!(count > 0, "{} holds no items", a.items_file.display());
 
-    let (_, make) = api_and_worker(&conf, settings.clone(), ferry_aws::clients::lambda(&conf));
+    let (_, make) = api_and_worker(&conf, settings.clone(), ferry_aws::lambda::Invoker::new(&conf));
     let lambda = LocalLambda::start(&conf, Duration::from_secs(a.run_for_secs), make).await?;
     let (api, _) = api_and_worker(&conf, settings.clone(), lambda.client(&conf));
     let http = reqwest::Client::new();
@@ -293,27 +293,22 @@ async fn upload(store: &Store, key: &str, path: &PathBuf) -> anyhow::Result<u64>
     }
 }
 
-/// Reads the results file as a stream and checks it line by line against the item file.
+/// Downloads the results file to disk and checks it line by line against the item file: memory
+/// stays flat whatever the count.
 async fn check_results(store: &Store, key: &str, items_file: &PathBuf, count: u64) -> anyhow::Result<()> {
     let mut expected = std::io::BufReader::new(std::fs::File::open(items_file)?).lines();
-    let out = store.client().get_object().bucket(store.bucket()).key(key).send().await.with_context(|| format!("reading {key}"))?;
-    let mut body = out.body;
+    let local = items_file.with_extension("results.jsonl");
+    store.download_to_file(key, &local).await.with_context(|| format!("reading {key}"))?;
     let mut seq = 0u64;
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(chunk) = body.try_next().await.context("reading the results")? {
-        pending.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
-            check_line(&pending[start..start + n], seq, &mut expected)?;
-            seq += 1;
-            start += n + 1;
+    for line in std::io::BufReader::new(std::fs::File::open(&local)?).split(b'\n') {
+        let line = line.context("reading the results")?;
+        if line.is_empty() {
+            continue;
         }
-        pending.drain(..start);
-    }
-    if !pending.is_empty() {
-        check_line(&pending, seq, &mut expected)?;
+        check_line(&line, seq, &mut expected)?;
         seq += 1;
     }
+    let _ = std::fs::remove_file(&local);
     anyhow::ensure!(seq == count, "{seq} result lines for {count} items");
     Ok(())
 }

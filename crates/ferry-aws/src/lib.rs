@@ -5,19 +5,26 @@
 //!   size-capped gets, paginated listings), and [`s3::S3Error`].
 //! - [`votes`]: the vote pipeline's steps over a store: [`votes::normalize_upload`] and
 //!   [`votes::merge_stage`].
-//! - [`jobs`]: async job status records and locks in DynamoDB ([`jobs::JobTable`]), the worker invoke.
+//! - [`jobs`]: async job status records, locks and slots in DynamoDB ([`jobs::JobTable`]; `table`,
+//!   `attempt`, `finish`, `lock`, `codec`).
+//! - [`lambda`]: the worker's asynchronous invoke ([`lambda::Invoker`], [`lambda::WorkerPayload`]).
 //! - [`exports`]: export plumbing: DynamoDB pages as rows, multipart uploads across runs, download links.
-//! - [`notify`]: notification delivery records (DynamoDB, conditional claims) and the dead-letter
-//!   queue (SQS): dead-lettering with reasons, native and selective redrive.
+//! - [`seed`]: a DynamoDB table filled in bulk, for the demo and the tests.
+//! - [`notify`]: notification delivery records (DynamoDB, conditional claims; `deliveries`,
+//!   `dead_letters`) and the dead-letter queue (SQS; `queues`): dead-lettering with reasons, native
+//!   and selective redrive (`redrive`).
 //! - [`secrets`]: secrets read once at start-up from SSM Parameter Store.
+//! - [`events`]: [`events::EventBus`], EventBridge `PutEvents`.
 
 pub mod clients;
 pub mod events;
 pub mod exports;
 pub mod jobs;
+pub mod lambda;
 pub mod notify;
 pub mod s3;
 pub mod secrets;
+pub mod seed;
 pub mod votes;
 
 pub use aws_config::SdkConfig;

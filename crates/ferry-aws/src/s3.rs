@@ -1,6 +1,7 @@
 //! A bucket and the operations ferry performs on it.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
@@ -19,6 +20,16 @@ pub struct S3Error {
     /// The service's error code (`NoSuchBucket`, `AccessDenied`...) when S3 answered with one.
     pub code: Option<String>,
     pub message: String,
+}
+
+/// Why [`Store::download_to_file`] failed: the read, or the local file it was written to (kept apart
+/// so that a full disk is not reported as a failure of S3).
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error("local file {}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// A bucket.
@@ -124,8 +135,15 @@ impl Store {
         &self.bucket
     }
 
-    pub fn client(&self) -> &aws_sdk_s3::Client {
+    /// The SDK client, for the other adapters of this crate (multipart uploads, presigning).
+    pub(crate) fn client(&self) -> &aws_sdk_s3::Client {
         &self.client
+    }
+
+    /// The same client over another bucket (a job's output may lie in a bucket other than the
+    /// default one).
+    pub fn in_bucket(&self, bucket: impl Into<String>) -> Store {
+        Store { client: self.client.clone(), bucket: bucket.into() }
     }
 
     fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -229,6 +247,29 @@ impl Store {
             body.extend_from_slice(&chunk);
         }
         Ok(Fetched::Object(Object { head, body }))
+    }
+
+    /// Streams an object into a new local file at `path` (replacing one there), chunk by chunk: an
+    /// object of any size costs a chunk of memory, not its size. Returns the bytes written.
+    pub async fn download_to_file(&self, key: &str, path: &Path) -> Result<u64, DownloadError> {
+        use tokio::io::AsyncWriteExt;
+
+        let mut out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| self.error(key, "GetObject", e))?;
+        let io = |source| DownloadError::Io { path: path.to_owned(), source };
+        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+        let mut written = 0u64;
+        while let Some(chunk) = out.body.try_next().await.map_err(|e| S3Error {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            op: "GetObject (body)",
+            code: None,
+            message: e.to_string(),
+        })? {
+            file.write_all(&chunk).await.map_err(io)?;
+            written += chunk.len() as u64;
+        }
+        file.flush().await.map_err(io)?;
+        Ok(written)
     }
 
     /// Deletes an object (absent is fine: S3 answers a delete of a missing key with success).

@@ -162,7 +162,7 @@ pub async fn run(conf: &SdkConfig, items: u64) -> anyhow::Result<String> {
     ));
 
     // moto cannot run Lambda functions: the worker runs in this process behind a local Invoke endpoint.
-    let (_, make) = api_and_worker(conf, settings.clone(), ferry_aws::clients::lambda(conf));
+    let (_, make) = api_and_worker(conf, settings.clone(), ferry_aws::lambda::Invoker::new(conf));
     let lambda = LocalLambda::start(conf, Duration::from_secs(900), make).await?;
     let (api, _) = api_and_worker(conf, settings.clone(), lambda.client(conf));
 

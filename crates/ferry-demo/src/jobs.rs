@@ -18,6 +18,9 @@ use aws_config::SdkConfig;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use ferry_aws::jobs::DynamoClient;
+use ferry_aws::lambda::Invoker;
+use ferry_aws::seed::{self, AttributeValue};
 use job_invoker::worker::{self, WorkerReport};
 use job_invoker::{Api, JobEnv, JobSettings, Worker};
 use lambda_runtime::{Context, LambdaEvent};
@@ -145,17 +148,13 @@ pub struct LocalLambda {
 
 impl LocalLambda {
     /// Starts the endpoint. Each worker run gets a deadline `run_for` from its start, as a Lambda
-    /// timeout would give it. `make_worker` receives a Lambda client for this endpoint (the worker
+    /// timeout would give it. `make_worker` receives an invoker of this endpoint (the worker
     /// invokes itself to continue).
-    pub async fn start(
-        conf: &SdkConfig,
-        run_for: Duration,
-        make_worker: impl FnOnce(aws_sdk_lambda::Client) -> Worker,
-    ) -> std::io::Result<LocalLambda> {
+    pub async fn start(conf: &SdkConfig, run_for: Duration, make_worker: impl FnOnce(Invoker) -> Worker) -> std::io::Result<LocalLambda> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let worker = Arc::new(OnceLock::new());
-        let _ = worker.set(make_worker(lambda_client(conf, &endpoint)));
+        let _ = worker.set(make_worker(Invoker::at(conf, &endpoint)));
         let invocations = Arc::new(Invocations::default());
         let server = Server { worker, invocations: invocations.clone(), run_for };
         let app = axum::Router::new().route("/2015-03-31/functions/{name}/invocations", post(invoke)).with_state(server);
@@ -165,14 +164,10 @@ impl LocalLambda {
         Ok(LocalLambda { endpoint, invocations })
     }
 
-    /// A Lambda client that invokes functions here.
-    pub fn client(&self, conf: &SdkConfig) -> aws_sdk_lambda::Client {
-        lambda_client(conf, &self.endpoint)
+    /// An invoker of the functions here: what [`Api`] and [`Worker`] hold.
+    pub fn client(&self, conf: &SdkConfig) -> Invoker {
+        Invoker::at(conf, &self.endpoint)
     }
-}
-
-fn lambda_client(conf: &SdkConfig, endpoint: &str) -> aws_sdk_lambda::Client {
-    aws_sdk_lambda::Client::from_conf(aws_sdk_lambda::config::Builder::from(conf).endpoint_url(endpoint).build())
 }
 
 async fn invoke(
@@ -220,12 +215,9 @@ async fn run_worker(run_for: Duration, worker: &Worker, payload: serde_json::Val
     worker::handle(worker, LambdaEvent::new(payload, ctx)).await.map_err(|e| e.to_string())
 }
 
-/// The API and worker state for one jobs table and export bucket, with the worker behind `lambda`.
-pub fn api_and_worker(
-    conf: &SdkConfig,
-    settings: Arc<JobSettings>,
-    lambda: aws_sdk_lambda::Client,
-) -> (Api, impl FnOnce(aws_sdk_lambda::Client) -> Worker) {
+/// The API and worker state for one jobs table and export bucket, with the worker behind `lambda`
+/// (an [`Invoker`], or a Lambda client from `ferry_aws::clients::lambda`).
+pub fn api_and_worker(conf: &SdkConfig, settings: Arc<JobSettings>, lambda: impl Into<Invoker>) -> (Api, impl FnOnce(Invoker) -> Worker) {
     api_and_worker_with(conf, settings, lambda, Arc::new(job_invoker::Registry::standard()))
 }
 
@@ -239,7 +231,7 @@ pub async fn start_local(
 ) -> anyhow::Result<(Api, LocalLambda)> {
     ferry_aws::jobs::JobTable::new(ferry_aws::clients::dynamodb(conf), settings.table.clone()).create().await?;
     ferry_aws::clients::s3(conf).create_bucket().bucket(&settings.bucket).send().await.context("creating the bucket")?;
-    let (_, make) = api_and_worker_with(conf, settings.clone(), ferry_aws::clients::lambda(conf), kinds.clone());
+    let (_, make) = api_and_worker_with(conf, settings.clone(), Invoker::new(conf), kinds.clone());
     let lambda = LocalLambda::start(conf, run_for, make).await?;
     let (api, _) = api_and_worker_with(conf, settings, lambda.client(conf), kinds);
     Ok((api, lambda))
@@ -249,67 +241,28 @@ pub async fn start_local(
 pub fn api_and_worker_with(
     conf: &SdkConfig,
     settings: Arc<JobSettings>,
-    lambda: aws_sdk_lambda::Client,
+    lambda: impl Into<Invoker>,
     kinds: Arc<job_invoker::Registry>,
-) -> (Api, impl FnOnce(aws_sdk_lambda::Client) -> Worker) {
+) -> (Api, impl FnOnce(Invoker) -> Worker) {
     let env = JobEnv { kinds, ..JobEnv::new(conf, settings) };
-    let api = Api { env: env.clone(), lambda };
+    let api = Api { env: env.clone(), lambda: lambda.into() };
     let make = move |lambda| Worker { env, lambda };
     (api, make)
 }
 
 /// Writes `count` orders into `table` (created if missing), 25 per batch, several batches at once.
-pub async fn seed_orders(dynamo: &aws_sdk_dynamodb::Client, table: &str, count: u64) -> anyhow::Result<()> {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest, ScalarAttributeType, WriteRequest,
-    };
-    let created = dynamo
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(AttributeDefinition::builder().attribute_name("order_id").attribute_type(ScalarAttributeType::S).build()?)
-        .key_schema(KeySchemaElement::builder().attribute_name("order_id").key_type(KeyType::Hash).build()?)
-        .send()
-        .await;
-    if let Err(e) = created {
-        let in_use = e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception());
-        anyhow::ensure!(in_use, "creating table {table}: {}", aws_smithy_types::error::display::DisplayErrorContext(&e));
-    }
+pub async fn seed_orders(dynamo: &DynamoClient, table: &str, count: u64) -> anyhow::Result<()> {
+    seed::create_table(dynamo, table, "order_id").await?;
     let statuses = ["paid", "shipped", "delivered", "refunded"];
-    let batches: Vec<Vec<WriteRequest>> = (0..count)
-        .collect::<Vec<_>>()
-        .chunks(25)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|&i| {
-                    let item = [
-                        ("order_id", AttributeValue::S(format!("o-{i:07}"))),
-                        ("seller_id", AttributeValue::S(format!("s-{:03}", i % 40))),
-                        ("amount", AttributeValue::N(format!("{}.{:02}", 5 + (i * 7919) % 500, i % 100))),
-                        ("status", AttributeValue::S(statuses[(i % 4) as usize].into())),
-                    ];
-                    let put = PutRequest::builder().set_item(Some(item.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())).build()?;
-                    Ok(WriteRequest::builder().put_request(put).build())
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    use futures::StreamExt;
-    let mut writes = futures::stream::iter(batches)
-        .map(|batch| async move {
-            let mut pending = batch;
-            while !pending.is_empty() {
-                let out = dynamo.batch_write_item().request_items(table, pending).send().await?;
-                pending = out.unprocessed_items.and_then(|mut u| u.remove(table)).unwrap_or_default();
-            }
-            anyhow::Ok(())
-        })
-        .buffer_unordered(8);
-    while let Some(r) = writes.next().await {
-        r.context("seeding orders")?;
-    }
-    Ok(())
+    let orders = (0..count).map(|i| {
+        seed::Item::from([
+            ("order_id".to_owned(), AttributeValue::S(format!("o-{i:07}"))),
+            ("seller_id".to_owned(), AttributeValue::S(format!("s-{:03}", i % 40))),
+            ("amount".to_owned(), AttributeValue::N(format!("{}.{:02}", 5 + (i * 7919) % 500, i % 100))),
+            ("status".to_owned(), AttributeValue::S(statuses[(i % 4) as usize].into())),
+        ])
+    });
+    seed::put_items(dynamo, table, orders).await.context("seeding orders")
 }
 
 /// The scenario `make demo` runs.
@@ -334,7 +287,7 @@ pub async fn run(conf: &SdkConfig, orders: u64) -> anyhow::Result<String> {
     s3.create_bucket().bucket(&settings.bucket).send().await.context("creating the export bucket")?;
 
     // moto cannot run Lambda functions: the worker runs in this process behind a local Invoke endpoint.
-    let placeholder = ferry_aws::clients::lambda(conf);
+    let placeholder = Invoker::new(conf);
     let (_, make) = api_and_worker(conf, settings.clone(), placeholder);
     let lambda = LocalLambda::start(conf, Duration::from_secs(900), make).await?;
     let (api, _) = api_and_worker(conf, settings.clone(), lambda.client(conf));

@@ -18,8 +18,9 @@
 
 use std::sync::Arc;
 
-use ferry_aws::jobs::{InvokeError, JobStoreError, NewJob, Refused, Submitted, WorkerPayload};
-use ferry_aws::s3::{S3Error, Store};
+use ferry_aws::jobs::{JobStoreError, NewJob, Refused, Submitted};
+use ferry_aws::lambda::{InvokeError, Invoker, WorkerPayload};
+use ferry_aws::s3::S3Error;
 use ferry_core::jobs::{self, JobRecord, ListCursor, Status, SubmitError, rfc3339};
 use ferry_core::public::{ErrorCode, PublicError};
 use lambda_http::http::{Method, StatusCode};
@@ -36,7 +37,7 @@ use crate::settings::{InvokeMode, ms, now_ms};
 #[derive(Debug, Clone)]
 pub struct Api {
     pub env: JobEnv,
-    pub lambda: aws_sdk_lambda::Client,
+    pub lambda: Invoker,
 }
 
 /// A failure that is the service's, not the caller's. Logged in full; the caller gets
@@ -187,7 +188,7 @@ impl Api {
                 Some(k) => k.download_name(job, file),
                 None => format!("{}.out", job.id),
             };
-            let store = Store::new(self.env.store.client().clone(), result.bucket.clone());
+            let store = self.env.store.in_bucket(result.bucket.clone());
             let lifetime = self.env.settings.link_lifetime.min(ferry_aws::exports::MAX_LINK_LIFETIME);
             let url = ferry_aws::exports::presign_get(&store, &result.key, &name(None), lifetime).await?;
             v["download"] = json!({
@@ -380,7 +381,7 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
 }
 
 async fn start_worker(api: &Api, payload: &WorkerPayload) -> Result<(), InvokeError> {
-    ferry_aws::jobs::invoke_worker(&api.lambda, &api.env.settings.worker_function, payload).await
+    api.lambda.invoke_event(&api.env.settings.worker_function, payload).await
 }
 
 /// The worker could not be started: fail the job and free its lock, so nothing is left orphaned.

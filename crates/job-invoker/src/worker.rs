@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use ferry_aws::jobs::{Beat, InvokeError, JobStoreError, JobTable, Refused, WorkerPayload};
+use ferry_aws::jobs::{Beat, JobStoreError, JobTable, Refused};
+use ferry_aws::lambda::{InvokeError, Invoker, WorkerPayload};
 use ferry_core::jobs::{JobRecord, JobResult, Progress};
 use ferry_core::public::{ErrorCode, PublicError};
 use lambda_runtime::{Diagnostic, LambdaEvent};
@@ -22,7 +23,7 @@ use crate::settings::{ms, now_ms};
 #[derive(Debug, Clone)]
 pub struct Worker {
     pub env: JobEnv,
-    pub lambda: aws_sdk_lambda::Client,
+    pub lambda: Invoker,
 }
 
 /// What one invocation did.
@@ -161,7 +162,7 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
                 event.context.invoked_function_arn.clone()
             };
             let payload = WorkerPayload { job_id: job_id.clone(), attempt: next };
-            if let Err(e) = ferry_aws::jobs::invoke_worker(&state.lambda, &function, &payload).await {
+            if let Err(e) = state.lambda.invoke_event(&function, &payload).await {
                 tracing::error!(job_id, attempt, request_id, error = %e, "invoking the continuation failed; failing the job");
                 let _ = table.claim(&job_id, next, now_ms(), ms(settings.lease)).await;
                 finish_failed(state, &job, next, &stamp(PublicError::code(ErrorCode::WorkerUnavailable)), None).await;

@@ -11,10 +11,9 @@
 use ferry_aws::notify::{Admission, DeliveryTable, DynamoClient, SqsClient, send_notification};
 use ferry_core::notify::{FixedWindow, MessageError, Notification, Sender, has_scope};
 use ferry_core::public::{ErrorCode, PublicError};
+use ferry_lambda::http;
 use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
-
-use crate::http;
 
 /// The route this function serves.
 pub const ROUTE: &str = "/notifications";
@@ -107,7 +106,7 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
     let claims = http::claims(&req);
     let Some(sender) = claims.and_then(|c| Sender::from_claims(|k| c.get(k).map(String::as_str))) else {
         tracing::warn!(request_id, "notification refused: no usable sub or client_id claim");
-        return Ok(http::error(&req, PublicError::code(ErrorCode::Unauthorized)));
+        return Ok(http::error_response(&req, PublicError::code(ErrorCode::Unauthorized)));
     };
     if let Some(scope) = &state.settings.scope
         && !has_scope(claims.and_then(|c| c.get("scope")).map(String::as_str), scope)
@@ -116,27 +115,27 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
         return Ok(http::forbidden(&req));
     }
     if req.uri().path().trim_end_matches('/') != ROUTE {
-        return Ok(http::error(&req, PublicError::code(ErrorCode::NotFound)));
+        return Ok(http::error_response(&req, PublicError::code(ErrorCode::NotFound)));
     }
     if req.method() != Method::POST {
-        return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, "use POST")));
+        return Ok(http::error_response(&req, PublicError::new(ErrorCode::BadRequest, "use POST")));
     }
     let body: &[u8] = req.body().as_ref();
     if body.len() > state.settings.max_body_bytes {
         tracing::warn!(request_id, %sender, bytes = body.len(), "notification refused: body over the limit");
         let message = format!("the body is {} bytes, at most {} allowed", body.len(), state.settings.max_body_bytes);
-        return Ok(http::error(&req, PublicError::new(ErrorCode::PayloadTooLarge, message)));
+        return Ok(http::error_response(&req, PublicError::new(ErrorCode::PayloadTooLarge, message)));
     }
     let Ok(text) = std::str::from_utf8(body) else {
-        return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, "the body is not UTF-8 text")));
+        return Ok(http::error_response(&req, PublicError::new(ErrorCode::BadRequest, "the body is not UTF-8 text")));
     };
     let notification = match Notification::parse(text) {
         Ok(n) => n,
         Err(MessageError::Field { field, message }) => {
-            return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, message).with_field(field)));
+            return Ok(http::error_response(&req, PublicError::new(ErrorCode::BadRequest, message).with_field(field)));
         }
         Err(MessageError::MalformedJson(message)) => {
-            return Ok(http::error(&req, PublicError::new(ErrorCode::BadRequest, format!("malformed JSON: {message}"))));
+            return Ok(http::error_response(&req, PublicError::new(ErrorCode::BadRequest, format!("malformed JSON: {message}"))));
         }
     };
     if let Some(rule) = state.settings.rate {
@@ -144,7 +143,7 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
             Ok(Admission::Admitted) => {}
             Ok(Admission::Limited { retry_after }) => {
                 tracing::warn!(request_id, %sender, retry_after_secs = retry_after.as_secs(), "notification refused: caller throttled");
-                let mut res = http::error(&req, PublicError::code(ErrorCode::TooManyRequests));
+                let mut res = http::error_response(&req, PublicError::code(ErrorCode::TooManyRequests));
                 if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
                     res.headers_mut().insert("retry-after", v);
                 }
@@ -152,7 +151,7 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
             }
             Err(e) => {
                 tracing::error!(request_id, %sender, error = %e, "throttle check failed");
-                return Ok(http::error(&req, PublicError::code(ErrorCode::Unavailable)));
+                return Ok(http::error_response(&req, PublicError::code(ErrorCode::Unavailable)));
             }
         }
     }
@@ -166,7 +165,7 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
         }
         Err(e) => {
             tracing::error!(request_id, %sender, notification_id = notification.notification_id, error = %e, "could not queue");
-            Ok(http::error(&req, PublicError::code(ErrorCode::Unavailable)))
+            Ok(http::error_response(&req, PublicError::code(ErrorCode::Unavailable)))
         }
     }
 }

@@ -8,13 +8,12 @@
 //! - [`redrive`]: `dlq-redrive`, the admin HTTP route ([`redrive::handle`]) that pushes dead
 //!   letters back, natively or selectively.
 //! - [`provider`]: the provider's HTTP API ([`provider::Provider`]).
-//! - [`http`]: claims and error bodies of the two HTTP routes.
 //!
 //! The rules (schema, state machine, classification, filters, claims) live in `ferry_core::notify`;
-//! the AWS calls in `ferry_aws::notify` and `ferry_aws::secrets`.
+//! the AWS calls in `ferry_aws::notify` and `ferry_aws::secrets`; the HTTP routes' claims and error
+//! bodies in `ferry_lambda::http`.
 
 pub mod consumer;
-pub mod http;
 pub mod intake;
 pub mod provider;
 pub mod redrive;

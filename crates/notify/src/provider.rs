@@ -16,6 +16,7 @@ use std::fmt;
 use std::time::Duration;
 
 use ferry_core::notify::{Attempt, Channel, Notification, Sender, Status, classify_status, mask_recipient};
+use ferry_lambda::error_chain;
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -282,17 +283,6 @@ async fn read_bounded(res: &mut reqwest::Response, max: usize) -> Vec<u8> {
             Ok(None) | Err(_) => return out,
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -14,10 +14,9 @@ use std::time::Duration;
 use ferry_aws::notify::{self, NotifyAwsError, QueuePair, RedriveOptions, SqsClient};
 use ferry_core::notify::{AdminRule, Channel, ErrorKind, RedriveFilter, parse_age};
 use ferry_core::public::{ErrorCode, PublicError};
+use ferry_lambda::http::{self, json};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
-
-use crate::http::{self, json};
 
 /// The route this function serves.
 pub const ROUTE: &str = "/admin/redrive";
@@ -127,7 +126,7 @@ pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, st
         Ok(res) => Ok(res),
         Err(e) => {
             tracing::error!(request_id, error = %e, "redrive failed");
-            Ok(http::error(&req, PublicError::code(ErrorCode::Unavailable)))
+            Ok(http::error_response(&req, PublicError::code(ErrorCode::Unavailable)))
         }
     }
 }
@@ -136,7 +135,7 @@ pub async fn handle(state: &Redriver, req: Request) -> Result<Response<Body>, st
 /// with a 503 and logs.
 async fn route(state: &Redriver, req: &Request) -> Result<Response<Body>, NotifyAwsError> {
     if req.uri().path().trim_end_matches('/') != ROUTE {
-        return Ok(http::error(req, PublicError::code(ErrorCode::NotFound)));
+        return Ok(http::error_response(req, PublicError::code(ErrorCode::NotFound)));
     }
     match *req.method() {
         Method::GET => {
@@ -151,16 +150,16 @@ async fn route(state: &Redriver, req: &Request) -> Result<Response<Body>, Notify
             } else {
                 match serde_json::from_slice(body) {
                     Ok(r) => r,
-                    Err(e) => return Ok(http::error(req, PublicError::new(ErrorCode::BadRequest, format!("body: {e}")))),
+                    Err(e) => return Ok(http::error_response(req, PublicError::new(ErrorCode::BadRequest, format!("body: {e}")))),
                 }
             };
             let filter = match request.filter.to_filter() {
                 Ok(f) => f,
-                Err(e) => return Ok(http::error(req, e)),
+                Err(e) => return Ok(http::error_response(req, e)),
             };
             let selective = !filter.is_everything() || request.dry_run || request.max_messages.is_some();
             match request.mode {
-                Some(Mode::Native) if selective => Ok(http::error(
+                Some(Mode::Native) if selective => Ok(http::error_response(
                     req,
                     PublicError::new(
                         ErrorCode::BadRequest,
@@ -172,7 +171,7 @@ async fn route(state: &Redriver, req: &Request) -> Result<Response<Body>, Notify
                 _ => run_selective(state, &filter, &request).await,
             }
         }
-        _ => Ok(http::error(req, PublicError::new(ErrorCode::BadRequest, "use GET (status) or POST (redrive)"))),
+        _ => Ok(http::error_response(req, PublicError::new(ErrorCode::BadRequest, "use GET (status) or POST (redrive)"))),
     }
 }
 

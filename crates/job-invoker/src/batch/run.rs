@@ -1,12 +1,17 @@
 //! One attempt of a batch: dispatch, retry, write in order, and hand over or finish.
+//!
+//! The items come from `source.rs`; the results and failed items go out through `outputs.rs`.
+
+mod outputs;
+mod source;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_aws::exports::{Multipart, MultipartState};
-use ferry_aws::s3::{Fetched, NewObject, Pinned, Store};
-use ferry_core::batch::{BatchParams, Item, ItemReader, ItemResult, ItemStatus, Items, OutputFormat, ReadCursor, Reorder, Target, Verdict};
+use ferry_aws::s3::{Fetched, NewObject};
+use ferry_core::batch::{BatchParams, Item, ItemResult, ItemStatus, Items, OutputFormat, ReadCursor, Reorder, Target, Verdict};
 use ferry_core::jobs::{JobResult, OutputFile, Progress};
 use ferry_core::public::{ErrorCode, PublicError};
 use futures::StreamExt;
@@ -14,8 +19,10 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 
-use super::{CHUNK_BYTES, CallCtx, CallResult, failed_key, send};
+use super::{CallCtx, CallResult, failed_key, send};
 use crate::kind::{Outcome, RunError, Step};
+use outputs::{Outputs, Uploader};
+use source::Source;
 
 /// How often progress (counts by state) is written while the batch runs.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -75,125 +82,6 @@ enum Stop {
     TooManyFailures,
 }
 
-/// The items, in input order, from where the checkpoint left off.
-enum Source {
-    Inline {
-        values: Vec<serde_json::Value>,
-        next: u64,
-    },
-    File {
-        store: Store,
-        key: String,
-        etag: String,
-        size: u64,
-        reader: ItemReader,
-        /// Bytes of the object requested so far (pushed, or on their way in `next_range`).
-        fetched: u64,
-        /// The next range, read in the background while the items before it are sent: the
-        /// dispatch loop never waits on S3 between two ranges.
-        next_range: Option<tokio::task::JoinHandle<Result<Pinned, ferry_aws::S3Error>>>,
-        finished: bool,
-    },
-}
-
-/// Starts reading the range after `fetched`, if any is left.
-fn read_ahead(
-    store: &Store,
-    key: &str,
-    etag: &str,
-    size: u64,
-    fetched: &mut u64,
-) -> Option<tokio::task::JoinHandle<Result<Pinned, ferry_aws::S3Error>>> {
-    if *fetched >= size {
-        return None;
-    }
-    let (start, end) = (*fetched, (*fetched + CHUNK_BYTES).min(size));
-    *fetched = end;
-    let (store, key, etag) = (store.clone(), key.to_owned(), etag.to_owned());
-    Some(tokio::spawn(async move { store.get_range_if_match(&key, start, end, &etag).await }))
-}
-
-impl Source {
-    fn open(step: &Step<'_>, params: &BatchParams, cursor: &ReadCursor) -> Result<Source, RunError> {
-        Ok(match &params.items {
-            Items::Inline(values) => Source::Inline { values: values.clone(), next: cursor.seq },
-            Items::Object { bucket, key, format, etag, size, .. } => {
-                let (Some(etag), Some(size)) = (etag.clone(), *size) else {
-                    return Err(RunError::internal("BadParams", "an item file without its recorded ETag and size"));
-                };
-                let store = Store::new(step.env.s3.clone(), bucket.clone());
-                let mut fetched = cursor.offset;
-                let next_range = read_ahead(&store, key, &etag, size, &mut fetched);
-                Source::File {
-                    store,
-                    key: key.clone(),
-                    etag,
-                    size,
-                    reader: ItemReader::new(*format, cursor.clone()),
-                    fetched,
-                    next_range,
-                    finished: false,
-                }
-            }
-        })
-    }
-
-    async fn next(&mut self) -> Result<Option<Item>, RunError> {
-        match self {
-            Source::Inline { values, next } => {
-                let item = usize::try_from(*next).ok().and_then(|i| values.get(i)).map(|v| Item::new(*next, v.clone()));
-                if item.is_some() {
-                    *next += 1;
-                }
-                Ok(item)
-            }
-            Source::File { store, key, etag, size, reader, fetched, next_range, finished } => loop {
-                let bad = |e: ferry_core::batch::ItemError| {
-                    RunError::new("BadItem", PublicError::new(ErrorCode::BadSourceData, format!("the item file: {e}")), e)
-                };
-                if let Some(item) = reader.next_item() {
-                    return item.map(Some).map_err(bad);
-                }
-                if let Some(range) = next_range.take() {
-                    let read = range.await.map_err(|e| RunError::internal("S3Error", e))?;
-                    *next_range = read_ahead(store, key, etag, *size, fetched);
-                    let body = match read {
-                        Ok(Pinned::Read(Fetched::Object(o))) => o.body,
-                        Ok(_) => {
-                            let public = PublicError::new(
-                                ErrorCode::BadSourceData,
-                                "the item file changed or was removed since the job was submitted; submit it again",
-                            );
-                            return Err(RunError::new(
-                                "ItemFileChanged",
-                                public,
-                                format!("s3://{}/{key}: not ETag {etag} any more", store.bucket()),
-                            ));
-                        }
-                        Err(e) => return Err(RunError::new("S3Error", PublicError::code(ErrorCode::SourceUnavailable), e)),
-                    };
-                    reader.push(&body);
-                    continue;
-                }
-                if !*finished {
-                    *finished = true;
-                    if let Some(item) = reader.finish() {
-                        return item.map(Some).map_err(bad);
-                    }
-                }
-                return Ok(None);
-            },
-        }
-    }
-
-    fn cursor(&self) -> ReadCursor {
-        match self {
-            Source::Inline { next, .. } => ReadCursor { seq: *next, ..ReadCursor::default() },
-            Source::File { reader, .. } => reader.cursor(),
-        }
-    }
-}
-
 /// A small xorshift generator for backoff jitter: retries of many items must not line up, and
 /// nothing here needs more than that.
 struct Jitter(u64);
@@ -211,86 +99,6 @@ impl Jitter {
 
 fn s3_failed(e: ferry_aws::S3Error) -> RunError {
     RunError::internal("S3Error", e)
-}
-
-/// A multipart upload whose parts go up in the background, one at a time and in order, while the
-/// dispatch loop goes on sending items.
-struct Uploader {
-    idle: Option<Multipart>,
-    busy: Option<tokio::task::JoinHandle<(Multipart, Result<(), ferry_aws::S3Error>)>>,
-}
-
-impl Uploader {
-    fn new(upload: Multipart) -> Uploader {
-        Uploader { idle: Some(upload), busy: None }
-    }
-
-    /// The upload once its part in flight (if any) is up.
-    async fn settle(&mut self) -> Result<&mut Multipart, RunError> {
-        if let Some(task) = self.busy.take() {
-            let (upload, sent) = task.await.map_err(|e| RunError::internal("S3Error", e))?;
-            self.idle = Some(upload);
-            sent.map_err(s3_failed)?;
-        }
-        self.idle.as_mut().ok_or_else(|| RunError::internal("S3Error", "an upload was lost with its part"))
-    }
-
-    /// Sends `body` as the next part, after the one in flight.
-    async fn send(&mut self, body: Vec<u8>) -> Result<(), RunError> {
-        self.settle().await?;
-        if let Some(mut upload) = self.idle.take() {
-            self.busy = Some(tokio::spawn(async move {
-                let sent = upload.upload_part(body).await;
-                (upload, sent)
-            }));
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<Multipart, RunError> {
-        self.settle().await?;
-        self.idle.take().ok_or_else(|| RunError::internal("S3Error", "an upload was lost with its part"))
-    }
-}
-
-/// Both output files and what is buffered for them.
-struct Outputs {
-    format: OutputFormat,
-    results: Uploader,
-    results_buf: Vec<u8>,
-    failed: Uploader,
-    failed_buf: Vec<u8>,
-    failed_rows: u64,
-    part_bytes: usize,
-}
-
-impl Outputs {
-    async fn write(&mut self, done: &Done) -> Result<(), RunError> {
-        ferry_core::batch::write_result(self.format, &done.result, &mut self.results_buf);
-        if let Some(item) = &done.item {
-            ferry_core::batch::write_failed(item, &mut self.failed_buf);
-            self.failed_rows += 1;
-        }
-        if self.results_buf.len() >= self.part_bytes {
-            self.results.send(std::mem::take(&mut self.results_buf)).await?;
-        }
-        if self.failed_buf.len() >= self.part_bytes {
-            self.failed.send(std::mem::take(&mut self.failed_buf)).await?;
-        }
-        Ok(())
-    }
-
-    async fn abandon(self, store: &Store, carry_key: &str) {
-        for upload in [self.results, self.failed] {
-            let Ok(upload) = upload.finish().await else { continue };
-            if let Err(e) = upload.abort().await {
-                tracing::warn!(error = %e, "abandoning a multipart upload failed; the bucket's lifecycle rule cleans it up");
-            }
-        }
-        if let Err(e) = store.delete(carry_key).await {
-            tracing::warn!(key = carry_key, error = %e, "deleting the carried state failed");
-        }
-    }
 }
 
 fn counts(total: u64, cp: &Checkpoint, running: u64, retrying: u64) -> BTreeMap<String, u64> {

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use ferry_aws::lambda::Invoker;
 use job_invoker::{Api, JobEnv, JobSettings, api};
 use lambda_http::{Error, run, service_fn};
 
@@ -8,6 +9,6 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let settings = Arc::new(JobSettings::from_env()?);
     let conf = ferry_aws::load_config().await;
-    let state = Api { env: JobEnv::new(&conf, settings), lambda: ferry_aws::clients::lambda(&conf) };
+    let state = Api { env: JobEnv::new(&conf, settings), lambda: Invoker::new(&conf) };
     run(service_fn(|req| api::handle(&state, req))).await
 }

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use ferry_aws::lambda::Invoker;
 use job_invoker::batch::BatchEnv;
 use job_invoker::{JobEnv, JobSettings, Worker, worker};
 use lambda_runtime::{Error, run, service_fn};
@@ -24,6 +25,6 @@ async fn main() -> Result<(), Error> {
             return Err(e.into());
         }
     }
-    let state = Worker { env, lambda: ferry_aws::clients::lambda(&conf) };
+    let state = Worker { env, lambda: Invoker::new(&conf) };
     run(service_fn(|event| worker::handle_any(&state, event))).await
 }

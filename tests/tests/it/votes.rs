@@ -308,7 +308,7 @@ async fn a_body_of_newlines_is_bad_input_in_bounded_memory() {
     e.put(NEWLINES_KEY, body).await;
     // Peak memory is a property of a process: the normalizer runs alone in a child.
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["normalizer_in_a_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["votes::normalizer_in_a_child_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_BUCKET, &e.bucket)
         .env(CHILD_ENDPOINT, ferry_tests::moto_endpoint())
         .output()
