@@ -32,6 +32,26 @@ pub enum DownloadError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+impl S3Error {
+    /// Whether S3 said the bucket or object is missing or may not be read (the two a caller is never
+    /// told apart), rather than that the service failed. Decided by S3's code, never by the text.
+    pub fn is_missing_or_denied(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some(
+                "NoSuchBucket"
+                    | "NoSuchKey"
+                    | "NotFound"
+                    | "AccessDenied"
+                    | "Forbidden"
+                    | "AllAccessDisabled"
+                    | "PermanentRedirect"
+                    | "InvalidBucketName"
+            )
+        )
+    }
+}
+
 /// A bucket.
 #[derive(Debug, Clone)]
 pub struct Store {

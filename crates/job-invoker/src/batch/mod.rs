@@ -90,11 +90,6 @@ pub fn failed_key(owner: &str, id: &str) -> String {
     ferry_core::jobs::output_key(owner, id, "failed.jsonl")
 }
 
-/// Whether a failed S3 call on an item file means it is missing or may not be read.
-fn unreadable(e: &ferry_aws::S3Error) -> bool {
-    matches!(e.code.as_deref(), Some("NoSuchBucket" | "NoSuchKey" | "AccessDenied" | "Forbidden" | "AllAccessDisabled" | "NotFound"))
-}
-
 /// Reads an item file whole, range by range, checking every record; returns (ETag, size, items).
 /// A malformed record is a 400 naming its line.
 async fn check_item_file(store: &Store, key: &str, format: ItemFormat, cap: u64, field: &str) -> Result<(String, u64, u64), AdmitError> {
@@ -102,7 +97,7 @@ async fn check_item_file(store: &Store, key: &str, format: ItemFormat, cap: u64,
     let head = match store.head(key).await {
         Ok(Some(h)) => h,
         Ok(None) => return Err(gone()),
-        Err(e) if unreadable(&e) => return Err(gone()),
+        Err(e) if e.is_missing_or_denied() => return Err(gone()),
         Err(e) => return Err(AdmitError::Unavailable(e.to_string())),
     };
     if head.size > cap {
@@ -120,7 +115,7 @@ async fn check_item_file(store: &Store, key: &str, format: ItemFormat, cap: u64,
                 return Err(SubmitError::new(field, "the item file changed while it was being read; submit again").into());
             }
             Ok(_) => return Err(gone()),
-            Err(e) if unreadable(&e) => return Err(gone()),
+            Err(e) if e.is_missing_or_denied() => return Err(gone()),
             Err(e) => return Err(AdmitError::Unavailable(e.to_string())),
         };
         offset = end;

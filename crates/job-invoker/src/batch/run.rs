@@ -311,7 +311,7 @@ pub(super) async fn run(step: Step<'_>, params: &BatchParams, target: &Target) -
                     _ => {
                         let status = if verdict == Verdict::Succeeded { ItemStatus::Succeeded } else { ItemStatus::Failed };
                         if status == ItemStatus::Succeeded { cp.succeeded += n } else { cp.failed += n }
-                        for item in pending.items.clone() {
+                        for item in std::mem::take(&mut pending.items) {
                             let done = finished_item(item, status, &pending);
                             reorder.insert(done.result.seq, done);
                         }
@@ -376,10 +376,9 @@ pub(super) async fn run(step: Step<'_>, params: &BatchParams, target: &Target) -
     if outcome == Stop::TooManyFailures {
         // The rest are not sent: each is written as skipped, and goes to the failed file so that
         // `retry_of` runs it.
-        let mut left: Vec<Pending> = retries.into_iter().map(|(_, p)| p).collect();
-        left.sort_by_key(|p| p.items.first().map_or(0, |i| i.seq));
-        for p in left {
-            for item in p.items.clone() {
+        // `reorder` puts them in input order.
+        for (_, mut p) in retries {
+            for item in std::mem::take(&mut p.items) {
                 skipped += 1;
                 let done = finished_item(item, ItemStatus::Skipped, &p);
                 reorder.insert(done.result.seq, done);

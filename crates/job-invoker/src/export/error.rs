@@ -127,17 +127,8 @@ fn object_name(params: &ExportParams, key: &str) -> String {
     }
 }
 
-/// Whether a failed S3 call on a dataset means it is missing or forbidden (the caller is not told
-/// which), rather than a failure of the service.
-fn dataset_unavailable(e: &S3Error) -> bool {
-    matches!(
-        e.code.as_deref(),
-        Some("NoSuchBucket" | "NoSuchKey" | "AccessDenied" | "AllAccessDisabled" | "PermanentRedirect" | "InvalidBucketName")
-    )
-}
-
 pub(super) fn dataset_error(bucket: &str, prefix: &str, e: S3Error) -> ExportError {
-    if dataset_unavailable(&e) {
+    if e.is_missing_or_denied() {
         ExportError::DatasetUnavailable { bucket: bucket.into(), prefix: prefix.into(), message: e.to_string() }
     } else {
         ExportError::S3(e)
