@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_aws::Store;
 use ferry_aws::exports::Multipart;
-use ferry_demo::jobs::{LocalLambda, api_and_worker, call};
+use ferry_testkit::jobs::{api_and_worker, call, start_worker};
 use job_invoker::JobSettings;
 use serde_json::{Value, json};
 
@@ -204,18 +204,15 @@ async fn run_batch(a: &BatchArgs, endpoint: &str) -> anyhow::Result<()> {
         ..JobSettings::default()
     });
     let s3 = ferry_aws::clients::s3(&conf);
-    ferry_aws::jobs::JobTable::new(ferry_aws::clients::dynamodb(&conf), settings.table.clone())
-        .create()
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the jobs table: {e}"))?;
-    s3.create_bucket().bucket(&settings.bucket).send().await.context("creating the bucket")?;
+    ferry_testkit::provision::jobs_table(&ferry_aws::clients::dynamodb(&conf), &settings.table).await?;
+    ferry_testkit::provision::create_bucket(&s3, &settings.bucket).await?;
     let store = Store::new(s3.clone(), settings.bucket.clone());
     let key = "datasets/bench/items.jsonl";
     let count = upload(&store, key, &a.items_file).await?;
     anyhow::ensure!(count > 0, "{} holds no items", a.items_file.display());
 
     let (_, make) = api_and_worker(&conf, settings.clone(), ferry_aws::lambda::Invoker::new(&conf));
-    let lambda = LocalLambda::start(&conf, Duration::from_secs(a.run_for_secs), make).await?;
+    let lambda = start_worker(&conf, Duration::from_secs(a.run_for_secs), make).await?;
     let (api, _) = api_and_worker(&conf, settings.clone(), lambda.client(&conf));
     let http = reqwest::Client::new();
     let before = target_stats(&http, base).await?;

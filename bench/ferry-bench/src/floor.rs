@@ -41,7 +41,7 @@ pub fn read_tally(files: &[PathBuf]) -> anyhow::Result<()> {
     let keys = each_file(files, |path| {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let name = path.display().to_string();
-        Ok(ferry_core::tally::read_tally(&name, &bytes)?.len())
+        Ok(ferry_core::csv::read_tally(&name, &bytes)?.len())
     })?;
     println!("keys {}", keys.iter().sum::<usize>());
     Ok(())

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use ferry_core::merge::{self, LocaleScores};
-use ferry_core::{Method, tally};
+use ferry_core::{Method, csv};
 
 #[derive(Debug, Args)]
 pub struct NormalizeArgs {
@@ -27,7 +27,7 @@ pub fn normalize(a: &NormalizeArgs) -> anyhow::Result<()> {
     let name = a.file.display().to_string();
     let body = read_whole(&a.file)?;
     let size = body.len() as u64;
-    let tally = tally::read_tally(&name, &body)?;
+    let tally = csv::read_tally(&name, &body)?;
     drop(body);
     let csv = ferry_core::normalize::locale_result(a.method, &tally);
     let keys = tally.len();
@@ -50,11 +50,11 @@ pub fn merge(inputs: &[String]) -> anyhow::Result<()> {
         let (locale, file) = input.split_once('=').context("inputs are LOCALE=FILE")?;
         let body = read_whole(Path::new(file))?;
         size += body.len() as u64;
-        read.push((locale.to_owned(), tally::read_locale_result(file, &body)?));
+        read.push((locale.to_owned(), csv::read_locale_result(file, &body)?));
     }
     let scores: Vec<LocaleScores<'_>> = read.iter().map(|(l, t)| LocaleScores { locale: l, weight: 1.0, scores: t }).collect();
     let global = merge::merge(&scores)?;
-    let csv = tally::write_global_result(&global.locales, global.rows());
+    let csv = csv::write_global_result(&global.locales, global.rows());
     let peak = status_kb("VmHWM")?;
     report("merge", size, global.len(), start, peak);
     drop(csv);

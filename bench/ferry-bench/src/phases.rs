@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ferry_core::Method;
+use ferry_core::csv;
 use ferry_core::merge::{self, LocaleScores};
 use ferry_core::normalize::normalize_tally;
-use ferry_core::tally;
 
 pub fn run(inputs: &[String]) -> anyhow::Result<()> {
     let inputs: Vec<(String, PathBuf)> = inputs
@@ -27,7 +27,7 @@ pub fn run(inputs: &[String]) -> anyhow::Result<()> {
     };
     let bytes: Vec<Vec<u8>> = inputs.iter().map(|(_, p)| std::fs::read(p)).collect::<Result<_, _>>()?;
     lap("read files", &mut report);
-    let tallies = parallel(&inputs, |i| tally::read_tally(&inputs[i].0, &bytes[i]).map_err(anyhow::Error::from))?;
+    let tallies = parallel(&inputs, |i| csv::read_tally(&inputs[i].0, &bytes[i]).map_err(anyhow::Error::from))?;
     lap("read_tally", &mut report);
     drop(bytes);
     lap("drop file bytes", &mut report);

@@ -6,18 +6,36 @@ use aws_sdk_eventbridge::types::{PutEventsRequestEntry, Target};
 use aws_smithy_types::date_time::{DateTime, Format};
 use ferry_core::events::{JobEvent, SOURCE};
 
-use crate::sdk_message;
-
 /// The SDK's EventBridge client, named here so callers hold one without depending on the SDK.
 pub use aws_sdk_eventbridge::Client as EventsClient;
 
-/// An EventBridge call that failed, or an event it refused. Names the bus and the operation.
-#[derive(Debug, thiserror::Error)]
-#[error("eventbridge bus {bus}: {op} failed: {message}")]
+/// An EventBridge call that failed, or an event it refused. Names the bus and the operation; the
+/// SDK error, when there is one, is its source.
+#[derive(Debug)]
 pub struct EventsError {
     pub bus: String,
     pub op: &'static str,
-    pub message: String,
+    cause: crate::Error,
+}
+
+impl EventsError {
+    /// EventBridge's error code, when it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        self.cause.code()
+    }
+}
+
+impl std::fmt::Display for EventsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "eventbridge bus {}: {} failed: {}", self.bus, self.op, self.cause.message())
+    }
+}
+
+// The cause's own source: its message is already in this one's text.
+impl std::error::Error for EventsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.cause)
+    }
 }
 
 /// The bus job events go to.
@@ -37,7 +55,15 @@ impl EventBus {
     }
 
     fn error(&self, op: &'static str, message: String) -> EventsError {
-        EventsError { bus: self.name.clone(), op, message }
+        EventsError { bus: self.name.clone(), op, cause: crate::Error::other("EventBridge", op, format!("bus {}", self.name), message) }
+    }
+
+    fn sdk_error<E, R>(&self, op: &'static str, e: crate::error::SdkError<E, R>) -> EventsError
+    where
+        E: aws_sdk_eventbridge::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        EventsError { bus: self.name.clone(), op, cause: crate::Error::sdk("EventBridge", op, format!("bus {}", self.name), e) }
     }
 
     /// Publishes one event. EventBridge answers a call whose entries it refuses with 200 and a
@@ -53,7 +79,7 @@ impl EventBus {
             .event_bus_name(&self.name)
             .set_time(time)
             .build();
-        let out = self.client.put_events().entries(entry).send().await.map_err(|e| self.error("PutEvents", sdk_message(&e)))?;
+        let out = self.client.put_events().entries(entry).send().await.map_err(|e| self.sdk_error("PutEvents", e))?;
         if out.failed_entry_count() > 0 {
             let refused = out.entries().iter().find(|e| e.error_code().is_some());
             let message = match refused {
@@ -74,11 +100,10 @@ impl EventBus {
     /// source `ferry.jobs` that targets the SQS queue `queue_arn`. The deployed bus and rules come
     /// from the template. On AWS the queue's policy must also let `events.amazonaws.com` send.
     pub async fn create_with_queue_target(&self, rule: &str, queue_arn: &str) -> Result<(), EventsError> {
-        if let Err(e) = self.client.create_event_bus().name(&self.name).send().await {
-            let exists = e.as_service_error().is_some_and(|s| s.is_resource_already_exists_exception());
-            if !exists {
-                return Err(self.error("CreateEventBus", sdk_message(&e)));
-            }
+        if let Err(e) = self.client.create_event_bus().name(&self.name).send().await.map_err(|e| self.sdk_error("CreateEventBus", e))
+            && e.code() != Some("ResourceAlreadyExistsException")
+        {
+            return Err(e);
         }
         let pattern = serde_json::json!({ "source": [SOURCE] }).to_string();
         self.client
@@ -88,7 +113,7 @@ impl EventBus {
             .event_pattern(pattern)
             .send()
             .await
-            .map_err(|e| self.error("PutRule", sdk_message(&e)))?;
+            .map_err(|e| self.sdk_error("PutRule", e))?;
         let target = Target::builder().id("queue").arn(queue_arn).build().map_err(|e| self.error("PutTargets", e.to_string()))?;
         let out = self
             .client
@@ -98,7 +123,7 @@ impl EventBus {
             .targets(target)
             .send()
             .await
-            .map_err(|e| self.error("PutTargets", sdk_message(&e)))?;
+            .map_err(|e| self.sdk_error("PutTargets", e))?;
         if out.failed_entry_count() > 0 {
             let message = out
                 .failed_entries()

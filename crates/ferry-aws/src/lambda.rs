@@ -12,17 +12,14 @@ pub struct WorkerPayload {
     pub attempt: u32,
 }
 
-/// The asynchronous invoke did not go through.
+/// The asynchronous invoke did not go through. The [`crate::Error`] names the function.
 #[derive(Debug, thiserror::Error)]
-#[error("invoking {function} asynchronously failed: {message}")]
-pub struct InvokeError {
-    pub function: String,
-    pub message: String,
-}
+#[error(transparent)]
+pub struct InvokeError(#[from] pub crate::Error);
 
 /// Invokes the worker with `InvocationType=Event`: Lambda queues the event and answers 202 at once.
 pub async fn invoke_worker(client: &aws_sdk_lambda::Client, function: &str, payload: &WorkerPayload) -> Result<(), InvokeError> {
-    let err = |message: String| InvokeError { function: function.to_owned(), message };
+    let err = |message: String| InvokeError(crate::Error::other("Lambda", "Invoke (Event)", function, message));
     let body = serde_json::to_vec(payload).map_err(|e| err(e.to_string()))?;
     let out = client
         .invoke()
@@ -31,7 +28,7 @@ pub async fn invoke_worker(client: &aws_sdk_lambda::Client, function: &str, payl
         .payload(Blob::new(body))
         .send()
         .await
-        .map_err(|e| err(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()))?;
+        .map_err(|e| InvokeError(crate::Error::sdk("Lambda", "Invoke (Event)", function, e)))?;
     match out.status_code() {
         202 => Ok(()),
         code => Err(err(format!("Lambda answered {code}, not 202"))),

@@ -1,5 +1,9 @@
 //! The only crate of ferry that talks to AWS.
 //!
+//! - [`Error`]: the one error of an AWS call (service, operation, resource, the service's code and
+//!   message, the SDK error as its source); each adapter's error holds it.
+//! - [`dynamo`]: what the DynamoDB adapters share: conditional writes with a typed outcome
+//!   ([`dynamo::Written`]) and the item codec.
 //! - [`clients`]: SDK clients built once from `aws-config` ([`clients::load`], [`clients::s3`]).
 //! - [`s3`]: [`s3::Store`], a bucket with the handful of operations ferry needs (conditional puts,
 //!   size-capped gets, paginated listings), and [`s3::S3Error`].
@@ -9,7 +13,8 @@
 //!   `attempt`, `finish`, `lock`, `codec`).
 //! - [`lambda`]: the worker's asynchronous invoke ([`lambda::Invoker`], [`lambda::WorkerPayload`]).
 //! - [`exports`]: export plumbing: DynamoDB pages as rows, multipart uploads across runs, download links.
-//! - [`seed`]: a DynamoDB table filled in bulk, for the demo and the tests.
+//! - [`sqs`]: the generic SQS operations (send, send a batch, receive, delete, release, queue
+//!   attributes) the notification queues are built on.
 //! - [`notify`]: notification delivery records (DynamoDB, conditional claims; `deliveries`,
 //!   `dead_letters`) and the dead-letter queue (SQS; `queues`): dead-lettering with reasons, native
 //!   and selective redrive (`redrive`).
@@ -17,6 +22,8 @@
 //! - [`events`]: [`events::EventBus`], EventBridge `PutEvents`.
 
 pub mod clients;
+pub mod dynamo;
+mod error;
 pub mod events;
 pub mod exports;
 pub mod jobs;
@@ -24,24 +31,10 @@ pub mod lambda;
 pub mod notify;
 pub mod s3;
 pub mod secrets;
-pub mod seed;
+pub mod sqs;
 pub mod votes;
 
 pub use aws_config::SdkConfig;
 pub use clients::load as load_config;
+pub use error::Error;
 pub use s3::{S3Error, Store};
-
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-
-/// An SDK error as one line: the service's code and message, or else the whole error chain (a
-/// timeout, a connection failure). The same for every service: their error types share these traits.
-pub(crate) fn sdk_message<E, R>(e: &SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match e.as_service_error() {
-        Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message")),
-        None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
-    }
-}

@@ -5,22 +5,18 @@ use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
+
+use crate::Error;
 use aws_sdk_s3::primitives::ByteStream;
 
 /// The SDK's S3 client, named here so callers hold one without depending on the SDK.
 pub use aws_sdk_s3::Client as S3Client;
 
-/// An S3 call that failed. Names the bucket, key and operation.
+/// An S3 call that failed. The [`crate::Error`] names the bucket, key (`s3://bucket/key`) and
+/// operation, and holds S3's error code (`NoSuchBucket`, `AccessDenied`...) when it answered with one.
 #[derive(Debug, thiserror::Error)]
-#[error("s3://{bucket}/{key}: {op} failed: {message}")]
-pub struct S3Error {
-    pub bucket: String,
-    pub key: String,
-    pub op: &'static str,
-    /// The service's error code (`NoSuchBucket`, `AccessDenied`...) when S3 answered with one.
-    pub code: Option<String>,
-    pub message: String,
-}
+#[error(transparent)]
+pub struct S3Error(#[from] pub Error);
 
 /// Why [`Store::download_to_file`] failed: the read, or the local file it was written to (kept apart
 /// so that a full disk is not reported as a failure of S3).
@@ -32,12 +28,31 @@ pub enum DownloadError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+fn resource(bucket: &str, key: &str) -> String {
+    format!("s3://{bucket}/{key}")
+}
+
 impl S3Error {
+    /// A failure of `op` on `key` in `bucket` that S3 did not report itself (a write it accepted but
+    /// that lost a race), with the code it stands for, if any.
+    pub fn new(bucket: &str, key: &str, op: &'static str, code: Option<&str>, message: impl Into<String>) -> S3Error {
+        let e = Error::other("S3", op, resource(bucket, key), message);
+        S3Error(match code {
+            Some(c) => e.with_code(c),
+            None => e,
+        })
+    }
+
+    /// S3's error code, when it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        self.0.code()
+    }
+
     /// Whether S3 said the bucket or object is missing or may not be read (the two a caller is never
     /// told apart), rather than that the service failed. Decided by S3's code, never by the text.
     pub fn is_missing_or_denied(&self) -> bool {
         matches!(
-            self.code.as_deref(),
+            self.code(),
             Some(
                 "NoSuchBucket"
                     | "NoSuchKey"
@@ -166,25 +181,21 @@ impl Store {
         Store { client: self.client.clone(), bucket: bucket.into() }
     }
 
-    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    pub(crate) fn error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
         &self,
         key: &str,
         op: &'static str,
         e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> S3Error {
-        let (code, message) = match e.as_service_error() {
-            Some(s) => {
-                let message = format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("no message"));
-                (s.code().map(str::to_owned), message)
-            }
-            None => (None, aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()),
-        };
         // A HEAD answer has no body to carry a code: name a denial by its status.
-        let code = code.or_else(|| match status(&e) {
-            Some(403) => Some("Forbidden".to_owned()),
-            _ => None,
-        });
-        S3Error { bucket: self.bucket.clone(), key: key.to_owned(), op, code, message }
+        let denied = e.as_service_error().and_then(|s| s.code()).is_none() && status(&e) == Some(403);
+        let error = Error::sdk("S3", op, resource(&self.bucket, key), e);
+        S3Error(if denied { error.with_code("Forbidden") } else { error })
+    }
+
+    /// A failure of `op` on `key` without an SDK error (a body that broke off, a link not signed).
+    pub(crate) fn failure(&self, key: &str, op: &'static str, message: impl Into<String>) -> S3Error {
+        S3Error::new(&self.bucket, key, op, None, message)
     }
 
     /// HEAD; `None` when the object does not exist.
@@ -251,13 +262,7 @@ impl Store {
             last_modified: out.last_modified().map_or(0, |t| t.secs()),
             metadata: out.metadata().cloned().unwrap_or_default(),
         };
-        let body_error = |e: aws_smithy_types::byte_stream::error::Error| S3Error {
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            op: "GetObject (body)",
-            code: None,
-            message: e.to_string(),
-        };
+        let body_error = |e: aws_smithy_types::byte_stream::error::Error| self.failure(key, "GetObject (body)", e.to_string());
         let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         while let Some(chunk) = out.body.try_next().await.map_err(body_error)? {
             // A body longer than its Content-Length said is held to the cap all the same.
@@ -278,13 +283,7 @@ impl Store {
         let io = |source| DownloadError::Io { path: path.to_owned(), source };
         let mut file = tokio::fs::File::create(path).await.map_err(io)?;
         let mut written = 0u64;
-        while let Some(chunk) = out.body.try_next().await.map_err(|e| S3Error {
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            op: "GetObject (body)",
-            code: None,
-            message: e.to_string(),
-        })? {
+        while let Some(chunk) = out.body.try_next().await.map_err(|e| self.failure(key, "GetObject (body)", e.to_string()))? {
             file.write_all(&chunk).await.map_err(io)?;
             written += chunk.len() as u64;
         }

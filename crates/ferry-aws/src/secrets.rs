@@ -8,8 +8,6 @@ use std::fmt;
 use aws_config::SdkConfig;
 use aws_sdk_ssm::types::ParameterType;
 
-use crate::sdk_message;
-
 pub use aws_sdk_ssm::Client as SsmClient;
 
 /// An SSM client.
@@ -46,8 +44,9 @@ impl fmt::Display for Secret {
 /// A secret that could not be read. Names the parameter, never its value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("SSM {op} of parameter {name}: {message}")]
-    Ssm { name: String, op: &'static str, message: String },
+    /// The call failed; the [`crate::Error`] names the parameter.
+    #[error(transparent)]
+    Ssm(#[from] crate::Error),
     #[error("SSM parameter {name} is empty")]
     Empty { name: String },
 }
@@ -55,11 +54,13 @@ pub enum SecretError {
 /// Reads the parameter `name`, decrypted. An empty value is an error: a header without a secret
 /// would be sent as if it were one.
 pub async fn read_parameter(ssm: &SsmClient, name: &str) -> Result<Secret, SecretError> {
-    let out = ssm.get_parameter().name(name).with_decryption(true).send().await.map_err(|e| SecretError::Ssm {
-        name: name.to_owned(),
-        op: "GetParameter",
-        message: sdk_message(&e),
-    })?;
+    let out = ssm
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| crate::Error::sdk("SSM", "GetParameter", format!("parameter {name}"), e))?;
     match out.parameter().and_then(|p| p.value()) {
         Some(v) if !v.is_empty() => Ok(Secret::new(v)),
         _ => Err(SecretError::Empty { name: name.to_owned() }),
@@ -76,7 +77,7 @@ pub async fn put_secure_parameter(ssm: &SsmClient, name: &str, value: &str) -> R
         .overwrite(true)
         .send()
         .await
-        .map_err(|e| SecretError::Ssm { name: name.to_owned(), op: "PutParameter", message: sdk_message(&e) })?;
+        .map_err(|e| crate::Error::sdk("SSM", "PutParameter", format!("parameter {name}"), e))?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `ferry jobs`: the job API from a terminal. Requests go to the deployed API (`--api`, or
 //! `FERRY_API_URL`) with the caller's bearer token (`--token`, or `FERRY_API_TOKEN`), so the API
-//! sees the same identity a browser would give it.
+//! sees the same identity a browser would give it. Bodies are read and written as
+//! `ferry_api`'s shapes; a job is printed as the API sent it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,10 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use ferry_api::error::{ErrorBody, GatewayMessage};
+use ferry_api::jobs::{Cancelled, Envelope, JobList, JobView, Submitted};
+use ferry_core::jobs::Status;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-use ferry_core::public::PublicError;
 
 use crate::output::BadInput;
 
@@ -102,16 +106,17 @@ impl Client {
 /// An error answer as `code (field): message [request id ...]`. Only the API's error object is
 /// shown; anything else in an error answer (a gateway's own text) is summarised, not echoed.
 fn describe_error(v: &Value) -> String {
-    match (public_error(&v["error"]), v["message"].as_str()) {
-        (Some(e), _) => e.to_string(),
+    match (ErrorBody::deserialize(v), GatewayMessage::deserialize(v)) {
+        (Ok(body), _) => body.error.to_string(),
         // API Gateway's own answers (`{"message": "Internal Server Error"}`).
-        (None, Some(m)) => m.to_owned(),
-        (None, None) => "no error details".to_owned(),
+        (Err(_), Ok(gateway)) => gateway.message,
+        (Err(_), Err(_)) => "no error details".to_owned(),
     }
 }
 
-fn public_error(v: &Value) -> Option<PublicError> {
-    serde_json::from_value(v.clone()).ok()
+/// A successful answer as the shape it should have.
+fn read<T: DeserializeOwned>(v: &Value, what: &str) -> anyhow::Result<T> {
+    T::deserialize(v).with_context(|| format!("the API answered without {what}"))
 }
 
 pub fn run(args: JobsArgs) -> anyhow::Result<()> {
@@ -125,7 +130,7 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
             JobsCommand::Submit { file, wait, output } => submit(&client, &file, wait, output.as_deref()).await,
             JobsCommand::Status { id, wait } => {
                 let v = if wait {
-                    wait_for(&client, &id).await?
+                    wait_for(&client, &id).await?.0
                 } else {
                     client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?.1
                 };
@@ -137,7 +142,7 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
                 if !ferry_core::jobs::is_job_id(&id) {
                     return Err(BadInput(format!("{id:?} is not a job id")).into());
                 }
-                let body = serde_json::to_vec(&serde_json::json!({ "retry_of": id }))?;
+                let body = serde_json::to_vec(&Envelope::retry(id))?;
                 start(&client, body, wait, None).await
             }
             JobsCommand::List { limit, all } => list(&client, limit, all).await,
@@ -146,7 +151,8 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
                 if status == 409 {
                     bail!("{id}: {}", describe_error(&v));
                 }
-                println!("{id}: {}", v["job"]["status"].as_str().unwrap_or("?"));
+                let cancelled: Cancelled = read(&v, "the cancelled job")?;
+                println!("{id}: {}", cancelled.job.status);
                 Ok(())
             }
             JobsCommand::Download { id, output } => download(&client, &id, output.as_deref()).await,
@@ -169,7 +175,7 @@ fn read_body(file: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// The checks the API makes on a submit body that need nothing but the body.
 fn check_body(bytes: &[u8]) -> Result<(), ferry_core::jobs::SubmitError> {
-    let envelope = ferry_core::jobs::parse_envelope(bytes)?;
+    let envelope = ferry_api::jobs::parse_envelope(bytes)?;
     match (envelope.kind.as_deref(), envelope.params) {
         // A retry names a job: only the API can tell whether it may be retried.
         (_, None) if envelope.retry_of.is_some() => Ok(()),
@@ -179,7 +185,7 @@ fn check_body(bytes: &[u8]) -> Result<(), ferry_core::jobs::SubmitError> {
             "kind",
             format!("unknown job kind {kind:?}; known: export, {}", ferry_core::batch::KIND),
         )),
-        _ => ferry_core::jobs::parse_submit(bytes).map(drop),
+        _ => ferry_api::jobs::parse_submit(bytes).map(drop),
     }
 }
 
@@ -190,18 +196,19 @@ async fn submit(client: &Client, file: &Path, wait: bool, output: Option<&Path>)
 /// Posts a submit body; prints the new job's id, or with `wait` its final view.
 async fn start(client: &Client, body: Vec<u8>, wait: bool, output: Option<&Path>) -> anyhow::Result<()> {
     let (status, v) = client.send(reqwest::Method::POST, "/jobs", Some(body)).await?;
-    let id = v["job"]["id"].as_str().context("the API answered without a job id")?.to_owned();
+    let submitted: Submitted = read(&v, "a job id")?;
+    let id = submitted.job.id;
     let note = if status == 200 { " (already running: not started twice)" } else { "" };
-    eprintln!("job {id}: {}{note}", v["job"]["status"].as_str().unwrap_or("?"));
+    eprintln!("job {id}: {}{note}", submitted.job.status);
     if !wait {
         println!("{id}");
         return Ok(());
     }
-    let done = wait_for(client, &id).await?;
-    println!("{}", serde_json::to_string_pretty(&done)?);
-    if done["status"] != "succeeded" {
-        let error = public_error(&done["error"]).map_or_else(|| "no error recorded".to_owned(), |e| e.to_string());
-        bail!("job {id} ended {}: {error}", done["status"].as_str().unwrap_or("?"));
+    let (printed, done) = wait_for(client, &id).await?;
+    println!("{}", serde_json::to_string_pretty(&printed)?);
+    if done.status != Status::Succeeded {
+        let error = done.error.as_ref().map_or_else(|| "no error recorded".to_owned(), |e| e.to_string());
+        bail!("job {id} ended {}: {error}", done.status);
     }
     if let Some(out) = output {
         fetch(client, &done, out).await?;
@@ -210,8 +217,9 @@ async fn start(client: &Client, body: Vec<u8>, wait: bool, output: Option<&Path>
 }
 
 /// Polls the job until it ends, showing its progress; then, for a job that counts items, says on
-/// stderr how they ended and where the failed ones are (stdout stays the job's JSON).
-async fn wait_for(client: &Client, id: &str) -> anyhow::Result<Value> {
+/// stderr how they ended and where the failed ones are (stdout stays the job's JSON). Returns the
+/// job as the API sent it (to print) and as read.
+async fn wait_for(client: &Client, id: &str) -> anyhow::Result<(Value, JobView)> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {prefix} [{elapsed}]")
@@ -221,24 +229,23 @@ async fn wait_for(client: &Client, id: &str) -> anyhow::Result<Value> {
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
         let (_, v) = client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?;
-        let p = &v["progress"];
-        let done = p["done"].as_u64().unwrap_or(0);
-        bar.set_length(p["total"].as_u64().unwrap_or(done).max(done));
-        bar.set_position(done);
-        let (status, phase) = (v["status"].as_str().unwrap_or("?"), p["phase"].as_str().unwrap_or(""));
-        match format_counts(&p["counts"], false) {
+        let job: JobView = read(&v, "a job")?;
+        let p = &job.progress;
+        bar.set_length(p.total.unwrap_or(p.done).max(p.done));
+        bar.set_position(p.done);
+        match format_counts(&serde_json::to_value(&p.counts)?, false) {
             Some(counts) => {
                 bar.set_prefix("items");
-                bar.set_message(format!("{phase}: {counts}"));
+                bar.set_message(format!("{}: {counts}", p.phase));
             }
-            None => bar.set_message(format!("{status} {phase}")),
+            None => bar.set_message(format!("{} {}", job.status, p.phase)),
         }
-        if !matches!(v["status"].as_str(), Some("queued" | "running")) {
+        if !matches!(job.status, Status::Queued | Status::Running) {
             bar.finish_and_clear();
             for line in ending(&v) {
                 eprintln!("{line}");
             }
-            return Ok(v);
+            return Ok((v, job));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -302,18 +309,20 @@ async fn list(client: &Client, limit: u32, all: bool) -> anyhow::Result<()> {
     writeln!(out, "{:<36}  {:<9}  {:<14}  {:>9}  created", "id", "status", "phase", "rows")?;
     loop {
         let (_, v) = client.send(reqwest::Method::GET, &path, None).await?;
-        for j in v["jobs"].as_array().into_iter().flatten() {
+        let page: JobList = read(&v, "a list of jobs")?;
+        for j in &page.jobs {
+            // The rows column is written as it always was: not padded under its heading.
             writeln!(
                 out,
-                "{:<36}  {:<9}  {:<14}  {:>9}  {}",
-                j["id"].as_str().unwrap_or("?"),
-                j["status"].as_str().unwrap_or("?"),
-                j["progress"]["phase"].as_str().unwrap_or(""),
-                j["progress"]["done"],
-                j["created_at"].as_str().unwrap_or("")
+                "{:<36}  {:<9}  {:<14}  {}  {}",
+                j.id,
+                j.status.as_str(),
+                j.progress.phase.as_str(),
+                j.progress.done,
+                j.created_at.as_deref().unwrap_or("")
             )?;
         }
-        match v["next_cursor"].as_str() {
+        match page.next_cursor {
             Some(c) if all => path = format!("/jobs?limit={limit}&cursor={c}"),
             _ => return Ok(()),
         }
@@ -322,17 +331,20 @@ async fn list(client: &Client, limit: u32, all: bool) -> anyhow::Result<()> {
 
 async fn download(client: &Client, id: &str, output: Option<&Path>) -> anyhow::Result<()> {
     let (_, v) = client.send(reqwest::Method::GET, &format!("/jobs/{id}"), None).await?;
-    if v["status"] != "succeeded" {
-        bail!("job {id} is {}: nothing to download", v["status"].as_str().unwrap_or("?"));
+    let job: JobView = read(&v, "a job")?;
+    if job.status != Status::Succeeded {
+        bail!("job {id} is {}: nothing to download", job.status);
     }
-    let default = PathBuf::from(format!("{id}.{}", v["format"].as_str().unwrap_or("out")));
-    fetch(client, &v, output.unwrap_or(&default)).await
+    let format = job.details.get("format").and_then(Value::as_str).unwrap_or("out");
+    let default = PathBuf::from(format!("{id}.{format}"));
+    fetch(client, &job, output.unwrap_or(&default)).await
 }
 
 /// Streams the file behind the job's download link to `out` (beside it, then renamed into place).
-async fn fetch(client: &Client, job: &Value, out: &Path) -> anyhow::Result<()> {
-    let url = job["download"]["url"].as_str().context("the job has no download link")?;
-    let mut resp = client.http.get(url).timeout(Duration::from_secs(3600)).send().await?.error_for_status().context("downloading")?;
+async fn fetch(client: &Client, job: &JobView, out: &Path) -> anyhow::Result<()> {
+    let download = job.download.as_ref().context("the job has no download link")?;
+    let mut resp =
+        client.http.get(&download.url).timeout(Duration::from_secs(3600)).send().await?.error_for_status().context("downloading")?;
     let bar = ProgressBar::new(resp.content_length().unwrap_or(0));
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -356,7 +368,7 @@ async fn fetch(client: &Client, job: &Value, out: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("{}: {} rows, {} bytes", out.display(), job["download"]["rows"], job["download"]["size"]);
+    eprintln!("{}: {} rows, {} bytes", out.display(), download.rows, download.size);
     Ok(())
 }
 

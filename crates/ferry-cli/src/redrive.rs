@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use ferry_api::redrive::{Mode, NativeStarted};
 use ferry_aws::notify::{self, QueuePair, RedriveOptions, RedriveReport};
 use ferry_core::notify::{Channel, ErrorKind, RedriveFilter, parse_age};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -94,10 +95,9 @@ async fn redrive(a: RedriveArgs) -> anyhow::Result<()> {
         let rate = a.rate.map(|r| r.clamp(1, 500) as i32);
         let handle = notify::start_move_task(&sqs, &dlq_arn, Some(&source_arn), rate).await?;
         if a.json {
-            println!(
-                "{}",
-                serde_json::json!({"mode": "native", "task_handle": handle, "source": dlq_arn, "destination": source_arn, "rate": rate})
-            );
+            // The admin route's answer, member for member (through a `Value`, as the route writes it).
+            let started = NativeStarted { mode: Mode::Native, task_handle: handle, source: dlq_arn, destination: source_arn, rate };
+            println!("{}", serde_json::to_value(&started)?);
         } else {
             println!("move task started: {handle}\n  from {dlq_arn}\n  to   {source_arn}\nfollow it with `ferry redrive --status`");
         }

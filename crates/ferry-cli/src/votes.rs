@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use ferry_core::csv;
 use ferry_core::merge::{self, LocaleScores};
 use ferry_core::normalize::{locale_result, normalize_tally};
-use ferry_core::tally;
 use ferry_core::{Method, Tally};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -99,9 +99,9 @@ pub fn run(cmd: VotesCommand) -> anyhow::Result<()> {
 fn read_tally(path: &std::path::Path, cap: u64) -> anyhow::Result<Tally> {
     let name = path.display().to_string();
     let size = std::fs::metadata(path).with_context(|| format!("reading {name}"))?.len();
-    tally::check_size(&name, size, cap).map_err(|e| BadInput(e.to_string()))?;
+    csv::check_size(&name, size, cap).map_err(|e| BadInput(e.to_string()))?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
-    tally::read_tally(&name, &bytes).map_err(|e| BadInput(e.to_string()).into())
+    csv::read_tally(&name, &bytes).map_err(|e| BadInput(e.to_string()).into())
 }
 
 fn merge_files(a: MergeArgs) -> anyhow::Result<()> {

@@ -369,12 +369,12 @@ mod tests {
     /// The job parameter that turns CSV escaping off: on when left out, and the same request then.
     #[test]
     fn formula_escape_is_on_unless_a_request_turns_it_off() {
-        use crate::jobs::{ExportParams, parse_submit};
+        use crate::jobs::ExportParams;
         let params = |extra: &str| {
             let body = format!(
                 r#"{{"kind":"export","params":{{"source":{{"type":"dynamodb_scan","table":"orders"}},"format":"csv","columns":["a"]{extra}}}}}"#
             );
-            parse_submit(body.as_bytes()).unwrap().params
+            ExportParams::parse(serde_json::from_str::<serde_json::Value>(&body).unwrap()["params"].take()).unwrap()
         };
         let (omitted, on, off) = (params(""), params(r#","formula_escape":true"#), params(r#","formula_escape":false"#));
         assert!(omitted.formula_escape && on.formula_escape && !off.formula_escape);

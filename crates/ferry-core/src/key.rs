@@ -4,7 +4,6 @@
 //! - locale result: `result/{evno}/{stage}/result-{locale}.csv`
 //! - global result: `global/{evno}/{stage}/result-global.csv`
 
-use std::borrow::Cow;
 use std::fmt;
 
 use crate::normalize::Method;
@@ -16,18 +15,6 @@ pub struct KeyError {
     pub key: String,
     pub expected: &'static str,
     pub reason: &'static str,
-}
-
-/// Decodes an object key as S3 puts it into event notifications (form-url-encoded: `+` is a space).
-pub fn decode_event_key(raw: &str) -> Cow<'_, str> {
-    if !raw.contains(['+', '%']) {
-        return Cow::Borrowed(raw);
-    }
-    let spaced = raw.replace('+', " ");
-    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
-        Ok(s) => Cow::Owned(s.into_owned()),
-        Err(_) => Cow::Owned(spaced),
-    }
 }
 
 /// A minute timestamp `yyyyMMddHHmm`, ordered chronologically.
@@ -317,14 +304,6 @@ mod tests {
         check_upload("data/7/sub/jp-prod-202611221530.csv", None);
         check_upload("result/7/prod/result-jp.csv", None);
         check_upload("data/7/jp prod-202611221530.csv", None);
-    }
-
-    #[test]
-    fn event_keys_are_form_decoded() {
-        assert_eq!(decode_event_key("data/7/jp-prod-202611221530.csv"), "data/7/jp-prod-202611221530.csv");
-        assert_eq!(decode_event_key("%2Fdata%2F7%2Fjp-prod-202611221530.csv"), "/data/7/jp-prod-202611221530.csv");
-        assert_eq!(decode_event_key("data/7/my+file.csv"), "data/7/my file.csv");
-        assert_eq!(decode_event_key("a%2Bb"), "a+b");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 
-use crate::tally::{self, GlobalRow, Tally};
+use crate::csv::{self, GlobalRow};
+use crate::tally::Tally;
 
 /// A merge that cannot be done.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -73,12 +74,12 @@ impl<'a> Global<'a> {
         (0..self.len()).map(|i| self.row(i))
     }
 
-    /// Writes the result as CSV (see [`crate::tally::write_global_result`]), formatting blocks of rows on
+    /// Writes the result as CSV (see [`crate::csv::write_global_result`]), formatting blocks of rows on
     /// every core and writing them in order; `out` sees the same bytes, and at most a few blocks
     /// are in memory at once.
     pub fn write_csv(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
         const BLOCK: usize = 16 * 1024;
-        out.write_all(&tally::global_header(&self.locales))?;
+        out.write_all(&csv::global_header(&self.locales))?;
         let batch = BLOCK * 2 * rayon::current_num_threads().max(1);
         for start in (0..self.len()).step_by(batch) {
             let end = (start + batch).min(self.len());
@@ -86,7 +87,7 @@ impl<'a> Global<'a> {
                 .step_by(BLOCK)
                 .collect::<Vec<_>>()
                 .into_par_iter()
-                .map(|from| tally::global_rows_csv(Vec::new(), (from..(from + BLOCK).min(end)).map(|i| self.row(i))))
+                .map(|from| csv::global_rows_csv(Vec::new(), (from..(from + BLOCK).min(end)).map(|i| self.row(i))))
                 .collect();
             for block in blocks {
                 out.write_all(&block)?;

@@ -9,7 +9,8 @@ use std::str::FromStr;
 
 use rayon::slice::ParallelSliceMut;
 
-use crate::tally::{NormRow, Tally};
+use crate::csv::NormRow;
+use crate::tally::Tally;
 
 /// How one locale's summed scores are made comparable with another's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -125,7 +126,7 @@ pub fn normalize(method: Method, tally: &Tally) -> Vec<NormRow> {
     rows
 }
 
-/// The locale result of a tally as CSV: the bytes [`crate::tally::write_locale_result`] writes for
+/// The locale result of a tally as CSV: the bytes [`crate::csv::write_locale_result`] writes for
 /// [`normalize`]'s rows, without copying a key into a row of its own. What the normalizer runs; its
 /// peak memory is budgeted in [`crate::budget::NORMALIZE_PEAK_FACTOR`].
 pub fn locale_result(method: Method, tally: &Tally) -> Vec<u8> {
@@ -133,7 +134,7 @@ pub fn locale_result(method: Method, tally: &Tally) -> Vec<u8> {
     let mut order: Vec<usize> = (0..tally.len()).collect();
     // Keys are distinct, so the order is total and a parallel unstable sort gives the one result.
     order.par_sort_unstable_by(|&a, &b| by_score_then_key(scores[a], tally.key(a), scores[b], tally.key(b)));
-    crate::tally::locale_rows_csv(order.len(), order.iter().map(|&i| (tally.key(i), scores[i], tally.value(i))))
+    crate::csv::locale_rows_csv(order.len(), order.iter().map(|&i| (tally.key(i), scores[i], tally.value(i))))
 }
 
 /// The tally's normalised scores, in the tally's order, keeping its keys where they are: what the
@@ -229,7 +230,7 @@ mod tests {
         fn locale_result_writes_what_normalize_writes(pairs in prop::collection::vec(("[a-c,\"]{1,3}", prop_oneof![0.0f64..1e3, Just(1.0), Just(0.0)]), 0..60)) {
             let tally: Tally = pairs.into_iter().collect();
             for m in Method::ALL {
-                prop_assert_eq!(locale_result(m, &tally), crate::tally::write_locale_result(&normalize(m, &tally)));
+                prop_assert_eq!(locale_result(m, &tally), crate::csv::write_locale_result(&normalize(m, &tally)));
             }
         }
 

@@ -1,17 +1,18 @@
 //! Rankings as a region's Redis holds them: a sorted set of `kseq` members scored by votes.
 //!
-//! - [`TallyBuilder`] turns pages of a sorted set (as `ZSCAN` returns them) into a [`Tally`], and
-//!   [`write_tally`] writes it in the regional CSV contract of [`crate::tally`].
-//! - [`read_global`] reads the global result into `(kseq, score)` pairs, refusing anything that
-//!   should not replace a live ranking.
+//! - [`TallyBuilder`] turns pages of a sorted set (as `ZSCAN` returns them) into a [`Tally`], which
+//!   [`crate::csv::write_tally`] writes as a regional upload.
+//! - [`read_global`] reads the global result into `(kseq, score)` pairs through the CSV contract,
+//!   refusing anything that should not replace a live ranking.
 //! - [`top_n`], [`top_changes`] and [`summary_text`] say how the top of a ranking moved since the last.
 
 use std::fmt::Write as _;
 
 use hashbrown::HashMap;
 
+use crate::csv::{self, TallyError};
 use crate::normalize::by_score_then_key;
-use crate::tally::{self, Tally, TallyError, TallyErrorKind};
+use crate::tally::Tally;
 
 /// Why a ranking cannot be carried. Names the sorted set or file, and the member or line at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -110,31 +111,11 @@ fn tally_row(set: &str, member: &[u8], score: &[u8]) -> Result<(String, f64), Ra
     Ok((kseq.to_owned(), value + 0.0))
 }
 
-/// Writes a tally as a regional upload: `kseq,score`, one row per key, in the order given.
-pub fn write_tally(tally: &Tally) -> Vec<u8> {
-    let mut out = csv::Writer::from_writer(Vec::with_capacity(tally.len() * 24 + 16));
-    let mut buf = ryu::Buffer::new();
-    // Writing into a Vec cannot fail.
-    out.write_record(["kseq", "score"]).expect("writing CSV into memory");
-    for (kseq, score) in tally.iter() {
-        out.write_record([kseq, tally::format_number(&mut buf, score)]).expect("writing CSV into memory");
-    }
-    out.into_inner().expect("flushing CSV into memory")
-}
-
 /// Reads the global result (`kseq,score,{locale}...`) as `(kseq, score)` pairs in file order.
 /// Keys must be unique and scores finite (they may be negative: z-scores are). A file without rows
 /// is refused, since loading it would empty the live ranking.
 pub fn read_global(source_name: &str, bytes: &[u8]) -> Result<Vec<(String, f64)>, RankingError> {
-    let mut seen: hashbrown::HashSet<String> = hashbrown::HashSet::new();
-    let mut rows = Vec::new();
-    tally::read_records(source_name, bytes, &["kseq", "score"], |_, kseq, values| {
-        if !seen.insert(kseq.to_owned()) {
-            return Err(TallyErrorKind::DuplicateKey { kseq: kseq.to_owned() });
-        }
-        rows.push((kseq.to_owned(), values[0]));
-        Ok(())
-    })?;
+    let rows = csv::read_global_scores(source_name, bytes)?;
     if rows.is_empty() {
         return Err(RankingError::EmptyGlobal { source_name: source_name.to_owned() });
     }
@@ -268,6 +249,7 @@ pub fn summary_text(headline: &str, changes: &TopChanges) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::csv::TallyErrorKind;
 
     fn pairs(rows: &[(&str, f64)]) -> Vec<(String, f64)> {
         rows.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
@@ -312,15 +294,6 @@ mod tests {
         assert_eq!(t.iter().collect::<Vec<_>>(), vec![("c", 9.0), ("b", 3.0), ("a", 2.0), ("d", 0.0)]);
         let err = TallyBuilder::default().add_page("s", &[("ok", "1"), ("bad", "nan")]).unwrap_err();
         assert!(err.to_string().contains("member \"bad\""), "{err}");
-    }
-
-    #[test]
-    fn written_tally_reads_back_through_the_contract() {
-        let t: Tally = [("(1,2,3)", 5.0), ("say \"hi\"", 0.5), ("x", 0.0)].into_iter().collect();
-        let bytes = write_tally(&t);
-        assert_eq!(String::from_utf8(bytes.clone()).unwrap(), "kseq,score\n\"(1,2,3)\",5.0\n\"say \"\"hi\"\"\",0.5\nx,0.0\n");
-        assert_eq!(tally::read_tally("data/1/jp-prod-202611221530.csv", &bytes).unwrap(), t);
-        assert_eq!(write_tally(&Tally::default()), b"kseq,score\n");
     }
 
     #[track_caller]

@@ -16,8 +16,8 @@ use aws_config::SdkConfig;
 use job_invoker::{Api, JobSettings};
 use serde_json::{Value, json};
 
-use crate::jobs::{LocalLambda, api_and_worker, call};
-use crate::target::{Answer, Behaviour, Call, LocalTarget, outside_api};
+use ferry_testkit::jobs::{api_and_worker, call, start_worker};
+use ferry_testkit::target::{Answer, Behaviour, Call, LocalTarget, outside_api};
 
 const OWNER: Option<&str> = Some("seller-0001");
 /// The partner's limiter trips once every this many items, answering the first call of the next
@@ -133,8 +133,8 @@ pub async fn run(conf: &SdkConfig, items: u64) -> anyhow::Result<String> {
         batch_targets: ferry_core::batch::parse_targets(&targets).map_err(anyhow::Error::msg)?,
         ..JobSettings::default()
     });
-    ferry_aws::jobs::JobTable::new(dynamo, settings.table.clone()).create().await?;
-    s3.create_bucket().bucket(&settings.bucket).send().await.context("creating the jobs bucket")?;
+    ferry_testkit::provision::jobs_table(&dynamo, &settings.table).await?;
+    ferry_testkit::provision::create_bucket(&s3, &settings.bucket).await?;
 
     // The orders to push, as an item file in the bucket's datasets/ (where item files may be read).
     let key = "datasets/partner-push/orders.jsonl";
@@ -163,7 +163,7 @@ pub async fn run(conf: &SdkConfig, items: u64) -> anyhow::Result<String> {
 
     // moto cannot run Lambda functions: the worker runs in this process behind a local Invoke endpoint.
     let (_, make) = api_and_worker(conf, settings.clone(), ferry_aws::lambda::Invoker::new(conf));
-    let lambda = LocalLambda::start(conf, Duration::from_secs(900), make).await?;
+    let lambda = start_worker(conf, Duration::from_secs(900), make).await?;
     let (api, _) = api_and_worker(conf, settings.clone(), lambda.client(conf));
 
     let body = json!({

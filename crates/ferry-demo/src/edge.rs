@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ferry_aws::s3::{S3Client, Store};
 use ferry_aws::votes::VoteSettings;
+use ferry_core::csv;
 use ferry_core::key::Stamp;
-use ferry_core::tally;
 use ferry_edge::{PullConfig, PullOutcome, PushConfig};
+use ferry_testkit::events::s3_put_event;
 use global_merger::Merger;
 use lambda_runtime::{Context, LambdaEvent};
 use regional_normalizer::Normalizer;
 
-use crate::events::s3_put_event;
 use crate::votes::regional_csv;
 
 /// A redis-server of the demo on a free loopback port, stopped when dropped.
@@ -85,7 +85,7 @@ pub async fn run(s3: S3Client, bucket: &str, evno: u64) -> anyhow::Result<String
         let server = LocalRedis::start()?;
         let mut conn = ferry_edge::connect(&server.url()).await?;
         // The region's votes, as its API servers would have counted them into a sorted set.
-        let t = tally::read_tally(locale, &regional_csv(rows, seed, false))?;
+        let t = csv::read_tally(locale, &regional_csv(rows, seed, false))?;
         let mut pipe = redis::pipe();
         let cmd = pipe.cmd("ZADD").arg(&votes_key);
         for (kseq, score) in t.iter() {

@@ -1,4 +1,18 @@
-//! `ferry-demo`: runs ferry's scenarios against a local AWS endpoint (`AWS_ENDPOINT_URL`).
+//! `ferry-demo`: runs ferry's scenarios against a local AWS endpoint (`AWS_ENDPOINT_URL`), over the
+//! stand-ins of `ferry-testkit`.
+//!
+//! - [`votes`]: the cross-region vote scenario, end to end against a local S3.
+//! - [`jobs`]: an xlsx export of 100,000 orders through the job API and a background worker.
+//! - [`batch`]: 3,000 orders pushed to a slow, throttling partner API through the job API and a
+//!   background worker, its failed items retried once the partner is healthy.
+//! - [`notify`]: notifications through SQS with a failing provider, a DLQ and a redrive.
+//! - [`edge`]: regional Redis sorted sets pushed to S3 and the global ranking pulled back.
+
+mod batch;
+mod edge;
+mod jobs;
+mod notify;
+mod votes;
 
 use clap::{Parser, Subcommand};
 
@@ -52,30 +66,30 @@ async fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::All => {
             println!("== cross-region votes ==");
-            print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), "ferry-demo", 1).await?);
+            print!("{}", votes::run(ferry_aws::clients::s3(&conf), "ferry-demo", 1).await?);
             println!("\n== async jobs (xlsx export through the job API) ==");
-            print!("{}", ferry_demo::jobs::run(&conf, 100_000).await?);
+            print!("{}", jobs::run(&conf, 100_000).await?);
             println!("\n== batch job (orders to a partner API, retry of the failed ones) ==");
-            print!("{}", ferry_demo::batch::run(&conf, 3_000).await?);
+            print!("{}", batch::run(&conf, 3_000).await?);
             println!("\n== regional edge (Redis) ==");
-            print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), "ferry-demo", 2).await?);
+            print!("{}", edge::run(ferry_aws::clients::s3(&conf), "ferry-demo", 2).await?);
             println!("\n== notifications (SQS, DLQ, redrive) ==");
-            print!("{}", ferry_demo::notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);
+            print!("{}", notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);
         }
         Scenario::Votes { bucket, evno } => {
-            print!("{}", ferry_demo::votes::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);
+            print!("{}", votes::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);
         }
         Scenario::Jobs { orders } => {
-            print!("{}", ferry_demo::jobs::run(&conf, orders).await?);
+            print!("{}", jobs::run(&conf, orders).await?);
         }
         Scenario::Batch { items } => {
-            print!("{}", ferry_demo::batch::run(&conf, items).await?);
+            print!("{}", batch::run(&conf, items).await?);
         }
         Scenario::Notify => {
-            print!("{}", ferry_demo::notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);
+            print!("{}", notify::run(ferry_aws::clients::sqs(&conf), ferry_aws::clients::dynamodb(&conf)).await?);
         }
         Scenario::Edge { bucket, evno } => {
-            print!("{}", ferry_demo::edge::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);
+            print!("{}", edge::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);
         }
     }
     Ok(())

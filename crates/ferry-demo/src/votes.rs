@@ -6,11 +6,10 @@ use anyhow::{Context as _, bail};
 use ferry_aws::s3::{Fetched, S3Client, Store};
 use ferry_aws::votes::VoteSettings;
 use ferry_core::key::Stamp;
+use ferry_testkit::events::s3_put_event;
 use global_merger::Merger;
 use lambda_runtime::{Context, LambdaEvent};
 use regional_normalizer::Normalizer;
-
-use crate::events::s3_put_event;
 
 /// A small deterministic generator (SplitMix64), so every run of the demo shows the same data.
 #[derive(Debug)]

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use ferry_aws::s3::{Fetched, Store};
+use ferry_core::csv::{TallyError, TallyErrorKind};
 use ferry_core::key::GlobalKey;
 use ferry_core::ranking::{self, RankingError, TopChanges};
-use ferry_core::tally::{TallyError, TallyErrorKind};
 use redis::aio::MultiplexedConnection;
 
 use crate::chat::Webhook;

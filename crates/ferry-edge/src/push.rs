@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use ferry_aws::s3::{NewObject, Put, S3Error, Store};
+use ferry_core::csv;
 use ferry_core::key::{Stamp, UploadKey};
-use ferry_core::ranking::{self, TallyBuilder};
+use ferry_core::ranking::TallyBuilder;
 use redis::aio::MultiplexedConnection;
 
 use crate::EdgeError;
@@ -90,7 +91,7 @@ pub async fn push(
     }
     let tally = builder.finish();
     let sum: f64 = tally.values().iter().sum();
-    let body = ranking::write_tally(&tally);
+    let body = csv::write_tally(&tally);
     let metadata = HashMap::from([(META_SOURCE.to_owned(), format!("redis:{}", cfg.key)), (META_ROWS.to_owned(), tally.len().to_string())]);
     // Unconditional: the key names the minute, and a rerun in the same minute means to replace it.
     let object = NewObject { body, content_type: "text/csv", metadata, precondition: None };
@@ -98,13 +99,7 @@ pub async fn push(
         Put::Written { etag } => etag,
         // Without a precondition only a concurrent conditional writer can cause this; the next run retries.
         Put::Conflict => {
-            return Err(EdgeError::S3(S3Error {
-                bucket: store.bucket().to_owned(),
-                key: upload,
-                op: "PutObject",
-                code: None,
-                message: "a concurrent conditional write won".to_owned(),
-            }));
+            return Err(EdgeError::S3(S3Error::new(store.bucket(), &upload, "PutObject", None, "a concurrent conditional write won")));
         }
     };
     Ok(PushOutcome { upload, etag, members: tally.len(), sum })

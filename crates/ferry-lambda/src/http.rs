@@ -2,17 +2,18 @@
 //!
 //! Identity comes only from the claims API Gateway's JWT authorizer verified ([`claims`],
 //! [`claim`]), never from the body. Every error a caller sees is one body,
-//! `{"error": {"code", "message", "field"?, "request_id"?}}` (a [`PublicError`]): the request id
-//! lets the caller quote what the log holds under it, and a message that would show internals is
-//! replaced by its code's default message ([`stamp`]).
+//! `{"error": {"code", "message", "field"?, "request_id"?}}` (`ferry_api::error::ErrorBody`, a
+//! [`PublicError`]): the request id lets the caller quote what the log holds under it, and a
+//! message that would show internals is replaced by its code's default message ([`stamp`]).
 
 use std::collections::HashMap;
 
+use ferry_api::error::ErrorBody;
 use ferry_core::public::{ErrorCode, PublicError, leaks_internals};
 use lambda_http::http::{HeaderValue, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
-use serde_json::Value;
+use serde::Serialize;
 
 /// The JWT claims API Gateway's authorizer verified; `None` when the route has no JWT authorizer.
 pub fn claims(req: &Request) -> Option<&HashMap<String, String>> {
@@ -39,9 +40,13 @@ pub fn request_id(req: &Request) -> Option<String> {
     lambda.filter(|id| !id.is_empty()).or_else(|| gateway().filter(|id| !id.is_empty())).map(str::to_owned)
 }
 
-/// A JSON response.
-pub fn json(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut res = Response::new(Body::Text(value.to_string()));
+/// A JSON response with `body` (a `ferry_api` shape, or a `serde_json::Value`).
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Body> {
+    // Through a `Value`, so that members come out in the order a `Value` keeps them, as the
+    // answers built as values always did. Our shapes hold strings, numbers and string-keyed
+    // maps only: serialising cannot fail.
+    let text = serde_json::to_value(body).unwrap_or_default().to_string();
+    let mut res = Response::new(Body::Text(text));
     *res.status_mut() = status;
     res.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
     res
@@ -64,10 +69,10 @@ pub fn stamp(mut error: PublicError, request_id: Option<&str>) -> PublicError {
     }
 }
 
-/// `{"error": error}`, stamped ([`stamp`]). A route may add members beside `error` (the job
-/// it is about) before answering with [`json`].
-pub fn error_body(error: PublicError, request_id: Option<&str>) -> Value {
-    serde_json::json!({ "error": stamp(error, request_id) })
+/// `{"error": error}` ([`ErrorBody`]), stamped ([`stamp`]). A route may add the job it is about
+/// ([`ErrorBody::with_job`]) before answering with [`json`].
+pub fn error_body(error: PublicError, request_id: Option<&str>) -> ErrorBody {
+    ErrorBody::new(stamp(error, request_id))
 }
 
 /// The answer to `req` for `error`: the code's status and [`error_body`] with the request's id.
@@ -83,6 +88,8 @@ pub fn forbidden(req: &Request) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     /// An HTTP API v2 request with `claims` (no authorizer when `None`) and API Gateway's
@@ -194,7 +201,7 @@ mod tests {
 
     #[test]
     fn extra_members_sit_beside_the_error() {
-        let mut b = error_body(PublicError::code(ErrorCode::Conflict), None);
+        let mut b = serde_json::to_value(error_body(PublicError::code(ErrorCode::Conflict), None)).expect("a JSON body");
         b["job"] = serde_json::json!({ "id": "j-1" });
         assert_eq!(b["error"]["code"], "conflict");
         assert_eq!(b["job"]["id"], "j-1");

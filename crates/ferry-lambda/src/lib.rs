@@ -1,9 +1,9 @@
 //! The Lambda edge every ferry function shares, written once.
 //!
 //! - [`http`]: an HTTP API (payload v2) request as the routes read it (the verified JWT claims,
-//!   the request id) and the answers they give: [`http::json`], and the one error body
-//!   `{"error": PublicError}` ([`http::error_response`]) with the request id and the guard against
-//!   messages that show internals.
+//!   the request id) and the answers they give: [`http::json`] of a `ferry_api` shape, and the one
+//!   error body `{"error": PublicError}` ([`http::error_response`]) with the request id and the
+//!   guard against messages that show internals.
 //! - [`s3`]: an S3 notification as the handlers read it: `s3:TestEvent` detection
 //!   ([`s3::parse`]), the records as [`s3::ObjectEvent`]s with decoded keys, the `ObjectCreated`
 //!   filter ([`s3::ObjectEvent::admit`]), and every failure of an invocation as one error
@@ -18,6 +18,7 @@
 pub mod diagnostic;
 pub mod http;
 pub mod s3;
+pub mod settings;
 
 /// `error` and each of its sources, joined by `": "`: the whole cause on one log line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

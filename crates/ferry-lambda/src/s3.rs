@@ -13,7 +13,7 @@
 use std::fmt::{self, Display};
 
 use aws_lambda_events::s3::S3Event;
-use ferry_core::key::decode_event_key;
+use ferry_api::s3::decode_event_key;
 use lambda_runtime::Diagnostic;
 
 /// The name S3 gives its test event.

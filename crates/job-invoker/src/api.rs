@@ -10,24 +10,30 @@
 //! The owner is the JWT `sub` the authorizer verified. Another owner's job is 404, as is a job past its
 //! retention. Every error answer is `{"error": {"code", "message", "field"?, "request_id"}}` (a
 //! `ferry_core::public::PublicError`): a code from a closed set and a message built from what the
-//! caller sent. Causes go to the log under the same request id, never into a body.
+//! caller sent. Causes go to the log under the same request id, never into a body. The bodies are
+//! `ferry_api`'s shapes ([`ferry_api::jobs`], [`ferry_api::error::ErrorBody`]); the request's
+//! identity and id, and the JSON answer, are `ferry_lambda::http`'s.
 //!
 //! Each kind admits its own params ([`crate::kind::Kind::admit`]): an export's source must be on the
 //! allowlist (`JobSettings::source_policy`), a batch's target configured and its item file on the
 //! allowlist and well formed. What the kind returns is stored, and is what the worker reads.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ferry_api::error::ErrorBody;
+use ferry_api::jobs::{Cancelled, Download, FileLink, JobList, JobView};
 use ferry_aws::jobs::{JobStoreError, NewJob, Refused, Submitted};
 use ferry_aws::lambda::{InvokeError, Invoker, WorkerPayload};
 use ferry_aws::s3::S3Error;
 use ferry_core::jobs::{self, JobRecord, ListCursor, Status, SubmitError, rfc3339};
 use ferry_core::public::{ErrorCode, PublicError};
+use ferry_lambda::http::{self, json};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use lambda_runtime::Diagnostic;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::kind::{Admission, AdmitError, JobEnv, Kind, Registry};
 use crate::lifecycle::{self, Lifecycle};
@@ -65,7 +71,7 @@ impl ApiError {
 
 impl From<ApiError> for Diagnostic {
     fn from(e: ApiError) -> Diagnostic {
-        Diagnostic { error_type: e.kind().to_owned(), error_message: e.to_string() }
+        ferry_lambda::diagnostic::of(e.kind(), &e)
     }
 }
 
@@ -79,11 +85,12 @@ struct Caller {
 impl Caller {
     /// `e` as an answer, with the request id to quote. The status follows the code.
     fn error(&self, e: PublicError) -> Response<Body> {
-        let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        self.error_with(status, e, None)
+        self.error_with(http::status_of(e.code), e, None)
     }
 
-    /// `e` with the request id to quote, when there is one.
+    /// `e` with the request id to quote, when there is one. Not [`http::stamp`]: its guard would
+    /// replace a 400's message that echoes what the caller sent (a URL given as a batch target),
+    /// which the caller needs to see to fix the request.
     fn stamp(&self, e: PublicError) -> PublicError {
         match &self.request_id {
             Some(id) => e.with_request_id(id.clone()),
@@ -91,13 +98,10 @@ impl Caller {
         }
     }
 
-    /// `e` with an explicit status and extra members beside `error` (the job it is about).
-    fn error_with(&self, status: StatusCode, e: PublicError, extra: Option<(&str, Value)>) -> Response<Body> {
-        let mut body = json!({ "error": self.stamp(e) });
-        if let Some((k, v)) = extra {
-            body[k] = v;
-        }
-        respond(status, body)
+    /// `e` with an explicit status and the job it is about beside `error`.
+    fn error_with(&self, status: StatusCode, e: PublicError, job: Option<JobView>) -> Response<Body> {
+        let body = ErrorBody { error: self.stamp(e), job };
+        json(status, &body)
     }
 
     /// A request the caller must fix: logged with who asked, answered 400 naming the field.
@@ -108,31 +112,6 @@ impl Caller {
 
     fn not_found(&self) -> Response<Body> {
         self.error(PublicError::new(ErrorCode::NotFound, "no such job").with_field("id"))
-    }
-}
-
-fn respond(status: StatusCode, body: Value) -> Response<Body> {
-    let mut r = Response::new(Body::Text(body.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert("content-type", lambda_http::http::HeaderValue::from_static("application/json"));
-    r
-}
-
-/// The Lambda request id (the one in the function's log lines), or API Gateway's when the handler
-/// runs outside Lambda.
-fn request_id(req: &Request) -> Option<String> {
-    let lambda = req.lambda_context_ref().map(|c| c.request_id.clone()).filter(|id| !id.is_empty());
-    lambda.or_else(|| match req.request_context_ref()? {
-        RequestContext::ApiGatewayV2(ctx) => ctx.request_id.clone().filter(|id| !id.is_empty()),
-        _ => None,
-    })
-}
-
-/// The JWT `sub` of the caller, as API Gateway's JWT authorizer put it in the request context.
-fn owner(req: &Request) -> Option<String> {
-    match req.request_context_ref()? {
-        RequestContext::ApiGatewayV2(ctx) => ctx.authorizer.as_ref()?.jwt.as_ref()?.claims.get("sub").filter(|s| !s.is_empty()).cloned(),
-        _ => None,
     }
 }
 
@@ -148,38 +127,24 @@ fn status_url(req: &Request, id: &str) -> String {
     }
 }
 
-/// A job as the API shows it. `download` is added for a succeeded job by [`Api::view`].
-fn summary(kinds: &Registry, job: &JobRecord, now: i64) -> Value {
-    let status = job.status_at(now);
-    let mut v = json!({
-        "id": job.id,
-        "kind": job.kind,
-        "status": status.as_str(),
-        "progress": job.progress,
-        "attempt": job.attempt,
-        "created_at": rfc3339(job.created_at),
-        "updated_at": rfc3339(job.updated_at),
-        "retained_until": rfc3339(job.retain_until),
-    });
-    if let Some(kind) = kinds.get(&job.kind) {
-        for (k, d) in kind.describe(&job.params) {
-            v[k] = d;
-        }
-    }
-    if let Some(e) = job.error_at(now) {
-        v["error"] = json!(e);
-    }
-    v
+/// A job as the API shows it, with what its kind says of its params. The links are added for a
+/// succeeded job by [`Api::view`].
+fn summary(kinds: &Registry, job: &JobRecord, now: i64) -> JobView {
+    let details: BTreeMap<String, Value> = kinds
+        .get(&job.kind)
+        .map(|kind| kind.describe(&job.params).into_iter().map(|(k, d)| (k.to_owned(), d)).collect())
+        .unwrap_or_default();
+    JobView::summary(job, now, details)
 }
 
 impl Api {
-    fn summary(&self, job: &JobRecord, now: i64) -> Value {
+    fn summary(&self, job: &JobRecord, now: i64) -> JobView {
         summary(&self.env.kinds, job, now)
     }
 
     /// The summary, with download links once it succeeded (or failed keeping output): `download`
     /// for the main result and `files.{name}` for each other output (a batch's failed items).
-    async fn view(&self, job: &JobRecord, now: i64) -> Result<Value, ApiError> {
+    async fn view(&self, job: &JobRecord, now: i64) -> Result<JobView, ApiError> {
         let mut v = self.summary(job, now);
         // A failed job may have kept output too (a batch that failed early: its results and failed items).
         if let (Status::Succeeded | Status::Failed, Some(result)) = (job.status_at(now), &job.result) {
@@ -191,20 +156,19 @@ impl Api {
             let store = self.env.store.in_bucket(result.bucket.clone());
             let lifetime = self.env.settings.link_lifetime.min(ferry_aws::exports::MAX_LINK_LIFETIME);
             let url = ferry_aws::exports::presign_get(&store, &result.key, &name(None), lifetime).await?;
-            v["download"] = json!({
-                "url": url,
-                "expires_at": rfc3339(now + ms(lifetime)),
-                "size": result.size,
-                "rows": result.rows,
-                "sheets": result.sheets,
-                "truncated_cells": result.truncated_cells,
+            v.download = Some(Download {
+                url,
+                expires_at: rfc3339(now + ms(lifetime)),
+                size: result.size,
+                rows: result.rows,
+                sheets: result.sheets,
+                truncated_cells: result.truncated_cells,
             });
-            if !result.counts.is_empty() {
-                v["counts"] = json!(result.counts);
-            }
+            v.counts = result.counts.clone();
             for (file, out) in &result.files {
                 let url = ferry_aws::exports::presign_get(&store, &out.key, &name(Some(file)), lifetime).await?;
-                v["files"][file] = json!({ "url": url, "expires_at": rfc3339(now + ms(lifetime)), "size": out.size, "rows": out.rows });
+                let link = FileLink { url, expires_at: rfc3339(now + ms(lifetime)), size: out.size, rows: out.rows };
+                v.files.insert(file.clone(), link);
             }
         }
         Ok(v)
@@ -239,7 +203,7 @@ impl Api {
 /// Handles one request. Never fails: a failure of a dependency is logged with its cause and
 /// answered `unavailable` with the request id, so that API Gateway's bare 500 is never the answer.
 pub async fn handle(api: &Api, req: Request) -> Result<Response<Body>, ApiError> {
-    let caller = Caller { owner: owner(&req), request_id: request_id(&req) };
+    let caller = Caller { owner: http::claim(&req, "sub").map(str::to_owned), request_id: http::request_id(&req) };
     match route(api, &req, &caller).await {
         Ok(resp) => Ok(resp),
         Err(e) => {
@@ -263,7 +227,7 @@ async fn route(api: &Api, req: &Request, caller: &Caller) -> Result<Response<Bod
         (["jobs", id], Method::GET) => {
             let now = now_ms();
             match api.owned(id, owner, now).await? {
-                Some(job) => Ok(respond(StatusCode::OK, api.view(&job, now).await?)),
+                Some(job) => Ok(json(StatusCode::OK, &api.view(&job, now).await?)),
                 None => Ok(caller.not_found()),
             }
         }
@@ -280,9 +244,8 @@ async fn route(api: &Api, req: &Request, caller: &Caller) -> Result<Response<Bod
 const RETRY_AFTER_SECS: &str = "30";
 
 async fn duplicate(api: &Api, req: &Request, job: &JobRecord, now: i64) -> Result<Response<Body>, ApiError> {
-    let mut body = json!({ "job": api.view(job, now).await?, "status_url": status_url(req, &job.id) });
-    body["duplicate"] = Value::Bool(true);
-    Ok(respond(StatusCode::OK, body))
+    let body = ferry_api::jobs::Submitted { job: api.view(job, now).await?, status_url: status_url(req, &job.id), duplicate: true };
+    Ok(json(StatusCode::OK, &body))
 }
 
 async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Result<Response<Body>, ApiError> {
@@ -292,7 +255,7 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
         Body::Binary(b) => b,
         _ => b"",
     };
-    let envelope = match jobs::parse_envelope(body) {
+    let envelope = match ferry_api::jobs::parse_envelope(body) {
         Ok(r) => r,
         Err(e) => return Ok(caller.bad_request(&e)),
     };
@@ -361,7 +324,7 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
             if let Err(e) = start_worker(api, &payload).await {
                 let failed = fail_unstarted(api, &job, &e, &unstarted()).await?;
                 let status = StatusCode::SERVICE_UNAVAILABLE;
-                return Ok(caller.error_with(status, unstarted(), Some(("job", api.summary(&failed, now_ms())))));
+                return Ok(caller.error_with(status, unstarted(), Some(api.summary(&failed, now_ms()))));
             }
         }
         InvokeMode::Detached => {
@@ -373,7 +336,8 @@ async fn submit(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Resul
             });
         }
     }
-    let mut resp = respond(StatusCode::ACCEPTED, json!({ "job": api.summary(&job, now), "status_url": status_url(req, &job.id) }));
+    let body = ferry_api::jobs::Submitted { job: api.summary(&job, now), status_url: status_url(req, &job.id), duplicate: false };
+    let mut resp = json(StatusCode::ACCEPTED, &body);
     if let Ok(v) = lambda_http::http::HeaderValue::from_str(&format!("/jobs/{}", job.id)) {
         resp.headers_mut().insert("location", v);
     }
@@ -413,8 +377,8 @@ async fn list(api: &Api, req: &Request, caller: &Caller, owner: &str) -> Result<
     for job in &found {
         api.announce_if_lost(job, now).await;
     }
-    let jobs: Vec<Value> = found.iter().map(|j| api.summary(j, now)).collect();
-    Ok(respond(StatusCode::OK, json!({ "jobs": jobs, "next_cursor": next.map(|c| c.encode()) })))
+    let jobs = found.iter().map(|j| api.summary(j, now)).collect();
+    Ok(json(StatusCode::OK, &JobList { jobs, next_cursor: next.map(|c| c.encode()) }))
 }
 
 async fn cancel(api: &Api, caller: &Caller, id: &str, owner: &str) -> Result<Response<Body>, ApiError> {
@@ -424,14 +388,14 @@ async fn cancel(api: &Api, caller: &Caller, id: &str, owner: &str) -> Result<Res
         Ok(cancelled) => {
             tracing::info!(job_id = cancelled.id, "job cancelled");
             lifecycle::announce(&api.env, Lifecycle::Cancelled, &cancelled).await;
-            Ok(respond(StatusCode::OK, json!({ "job": api.summary(&cancelled, now) })))
+            Ok(json(StatusCode::OK, &Cancelled { job: api.summary(&cancelled, now) }))
         }
         // Already ended (or cancelled): say how.
         Err(Refused::NotOurs(_) | Refused::Cancelled) => match api.owned(id, owner, now).await? {
             Some(current) => {
                 let message = format!("the job is already {}", current.status_at(now));
                 let e = PublicError::new(ErrorCode::Conflict, message).with_field("status");
-                Ok(caller.error_with(StatusCode::CONFLICT, e, Some(("job", api.summary(&current, now)))))
+                Ok(caller.error_with(StatusCode::CONFLICT, e, Some(api.summary(&current, now))))
             }
             None => Ok(caller.not_found()),
         },

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ferry_core::batch::Target;
 use ferry_core::jobs::XLSX_MAX_ROWS;
 use ferry_core::sources::{self, DatasetLocation, SourcePolicy, TablePattern};
+use ferry_lambda::settings::{SettingsError, Vars};
 
 /// How the API starts a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,100 +113,87 @@ impl Default for JobSettings {
 }
 
 impl JobSettings {
+    /// [`JobSettings::from_vars`] over the process environment.
+    pub fn from_env() -> Result<JobSettings, SettingsError> {
+        JobSettings::from_vars(&Vars::env())
+    }
+
     /// Reads `FERRY_JOBS_TABLE`, `FERRY_EXPORT_BUCKET`, `FERRY_JOB_WORKER_FUNCTION`, `FERRY_JOB_INVOKE`
     /// (`await` or `detached`), `FERRY_JOB_RETENTION_HOURS`, `FERRY_JOB_PAGE_SIZE`,
     /// `FERRY_JOB_CONTINUE_MARGIN_SECS`, `FERRY_JOB_LEASE_SECS`, `FERRY_JOB_START_LEASE_SECS`,
     /// `FERRY_JOB_MAX_RUNNING_PER_OWNER`, `FERRY_JOB_READ_AHEAD`, `FERRY_JOB_MAX_OBJECT_BYTES`,
     /// Lambda's `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, `FERRY_EXPORT_DATASETS` (comma-separated `bucket/prefix`),
     /// `FERRY_EXPORT_SOURCE_TABLES` (comma-separated names or patterns), `FERRY_NOTIFY_TABLE`,
-    /// `FERRY_JOB_EVENT_BUS`, `FERRY_BATCH_TARGETS`, `FERRY_BATCH_SECRETS_PATH` and `FERRY_BATCH_MAX_ITEM_FILE_BYTES`;
-    /// unset ones keep their defaults, malformed ones are an error naming the variable.
-    pub fn from_env() -> Result<JobSettings, String> {
-        JobSettings::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// [`JobSettings::from_env`] over any source of variables.
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<JobSettings, String> {
+    /// `FERRY_JOB_EVENT_BUS`, `FERRY_BATCH_TARGETS`, `FERRY_BATCH_SECRETS_PATH` and `FERRY_BATCH_MAX_ITEM_FILE_BYTES`.
+    /// Every one has a default (the README's settings table): the table, bucket and worker names
+    /// default to the names a local run uses. Malformed ones are an error naming the variable.
+    pub fn from_vars(vars: &Vars) -> Result<JobSettings, SettingsError> {
         let mut s = JobSettings::default();
-        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let number = |name: &str, v: String| v.parse::<u64>().map_err(|_| format!("{name}: {v:?} is not a whole number"));
-        if let Some(v) = var("FERRY_JOBS_TABLE") {
+        if let Some(v) = vars.optional("FERRY_JOBS_TABLE") {
             s.table = v;
         }
-        if let Some(v) = var("FERRY_EXPORT_BUCKET") {
+        if let Some(v) = vars.optional("FERRY_EXPORT_BUCKET") {
             s.bucket = v;
         }
-        if let Some(v) = var("FERRY_JOB_WORKER_FUNCTION") {
+        if let Some(v) = vars.optional("FERRY_JOB_WORKER_FUNCTION") {
             s.worker_function = v;
         }
-        if let Some(v) = var("FERRY_JOB_INVOKE") {
-            s.invoke_mode = match v.as_str() {
-                "await" => InvokeMode::Await,
-                "detached" => InvokeMode::Detached,
-                _ => return Err(format!("FERRY_JOB_INVOKE: {v:?} is not `await` or `detached`")),
-            };
+        let modes = [("await", InvokeMode::Await), ("detached", InvokeMode::Detached)];
+        if let Some(m) = vars.choice("FERRY_JOB_INVOKE", &modes)? {
+            s.invoke_mode = m;
         }
-        if let Some(v) = var("FERRY_JOB_RETENTION_HOURS") {
-            s.retention = Duration::from_secs(number("FERRY_JOB_RETENTION_HOURS", v)? * 3600);
+        if let Some(h) = vars.whole::<u64>("FERRY_JOB_RETENTION_HOURS")? {
+            s.retention = Duration::from_secs(h.saturating_mul(3600));
         }
-        // A whole number within `lo..=hi`; out of range is "{name}: must be {lo} to {hi}{why}".
-        let within = |name: &str, v: String, (lo, hi): (u64, u64), why: &str| -> Result<u64, String> {
-            let n = number(name, v)?;
-            if (lo..=hi).contains(&n) { Ok(n) } else { Err(format!("{name}: must be {lo} to {hi}{why}")) }
-        };
         // Every bound below fits in a u32.
         let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        if let Some(v) = var("FERRY_JOB_PAGE_SIZE") {
-            s.page_size = small(within("FERRY_JOB_PAGE_SIZE", v, (1, 10_000), "")?);
+        if let Some(n) = vars.within("FERRY_JOB_PAGE_SIZE", 1..=10_000, "")? {
+            s.page_size = small(n);
         }
-        if let Some(v) = var("FERRY_JOB_LEASE_SECS") {
-            // The worker heartbeats every third of the lease; below 3 s a slow DynamoDB call loses it.
-            s.lease = Duration::from_secs(within("FERRY_JOB_LEASE_SECS", v, (3, 900), "")?);
+        // The worker heartbeats every third of the lease; below 3 s a slow DynamoDB call loses it.
+        if let Some(n) = vars.within("FERRY_JOB_LEASE_SECS", 3..=900, "")? {
+            s.lease = Duration::from_secs(n);
         }
-        if let Some(v) = var("FERRY_JOB_START_LEASE_SECS") {
-            let why = " (Lambda keeps an async event at most 6 hours)";
-            s.start_lease = Duration::from_secs(within("FERRY_JOB_START_LEASE_SECS", v, (10, 6 * 3600), why)?);
+        let why = " (Lambda keeps an async event at most 6 hours)";
+        if let Some(n) = vars.within("FERRY_JOB_START_LEASE_SECS", 10..=6 * 3600, why)? {
+            s.start_lease = Duration::from_secs(n);
         }
-        if let Some(v) = var("FERRY_JOB_MAX_RUNNING_PER_OWNER") {
-            s.max_running_per_owner = small(within("FERRY_JOB_MAX_RUNNING_PER_OWNER", v, (1, 1000), "")?);
+        if let Some(n) = vars.within("FERRY_JOB_MAX_RUNNING_PER_OWNER", 1..=1000, "")? {
+            s.max_running_per_owner = small(n);
         }
-        if let Some(v) = var("FERRY_JOB_READ_AHEAD") {
-            s.read_ahead = small(within("FERRY_JOB_READ_AHEAD", v, (1, 64), "")?) as usize;
+        if let Some(n) = vars.within("FERRY_JOB_READ_AHEAD", 1..=64, "")? {
+            s.read_ahead = small(n) as usize;
         }
-        if let Some(v) = var("FERRY_JOB_MAX_OBJECT_BYTES") {
-            s.max_object_bytes = within("FERRY_JOB_MAX_OBJECT_BYTES", v, (1, u64::MAX), "")?;
+        if let Some(n) = vars.within("FERRY_JOB_MAX_OBJECT_BYTES", 1..=u64::MAX, "")? {
+            s.max_object_bytes = n;
         }
-        if let Some(v) = var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
-            s.memory_mb = Some(v.parse().map_err(|_| format!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE: {v:?} is not a whole number of MB"))?);
+        s.memory_mb = vars.whole_in("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "MB")?;
+        if let Some(n) = vars.whole::<u64>("FERRY_JOB_CONTINUE_MARGIN_SECS")? {
+            s.continue_margin = Duration::from_secs(n);
         }
-        if let Some(v) = var("FERRY_JOB_CONTINUE_MARGIN_SECS") {
-            s.continue_margin = Duration::from_secs(number("FERRY_JOB_CONTINUE_MARGIN_SECS", v)?);
+        s.dataset_locations = vars.parsed("FERRY_EXPORT_DATASETS", |v| sources::parse_list(v, DatasetLocation::parse))?;
+        if let Some(list) = vars.parsed("FERRY_EXPORT_SOURCE_TABLES", |v| sources::parse_list(v, TablePattern::parse))? {
+            s.source_tables = list;
         }
-        if let Some(v) = var("FERRY_EXPORT_DATASETS") {
-            let list = sources::parse_list(&v, DatasetLocation::parse).map_err(|e| format!("FERRY_EXPORT_DATASETS: {e}"))?;
-            s.dataset_locations = Some(list);
+        s.notify_table = vars.optional("FERRY_NOTIFY_TABLE");
+        s.event_bus = vars.optional("FERRY_JOB_EVENT_BUS");
+        if let Some(targets) = vars.parsed("FERRY_BATCH_TARGETS", ferry_core::batch::parse_targets)? {
+            s.batch_targets = targets;
         }
-        if let Some(v) = var("FERRY_EXPORT_SOURCE_TABLES") {
-            s.source_tables = sources::parse_list(&v, TablePattern::parse).map_err(|e| format!("FERRY_EXPORT_SOURCE_TABLES: {e}"))?;
-        }
-        s.notify_table = var("FERRY_NOTIFY_TABLE");
-        s.event_bus = var("FERRY_JOB_EVENT_BUS");
-        if let Some(v) = var("FERRY_BATCH_TARGETS") {
-            s.batch_targets = ferry_core::batch::parse_targets(&v).map_err(|e| format!("FERRY_BATCH_TARGETS: {e}"))?;
-        }
-        if let Some(v) = var("FERRY_BATCH_SECRETS_PATH") {
+        if let Some(v) = vars.optional("FERRY_BATCH_SECRETS_PATH") {
             if !(v.starts_with('/') && v.ends_with('/')) {
-                return Err(format!("FERRY_BATCH_SECRETS_PATH: {v:?} must start and end with `/`"));
+                return Err(SettingsError::invalid("FERRY_BATCH_SECRETS_PATH", format!("{v:?} must start and end with `/`")));
             }
             s.batch_secrets_path = v;
         }
         for (name, target) in &s.batch_targets {
             if let Some(p) = target.secret_headers.values().find(|p| !p.starts_with(&s.batch_secrets_path)) {
-                return Err(format!("FERRY_BATCH_TARGETS: targets.{name}.secret_headers: {p:?} is not under {}", s.batch_secrets_path));
+                let problem = format!("targets.{name}.secret_headers: {p:?} is not under {}", s.batch_secrets_path);
+                return Err(SettingsError::invalid("FERRY_BATCH_TARGETS", problem));
             }
         }
-        if let Some(v) = var("FERRY_BATCH_MAX_ITEM_FILE_BYTES") {
-            s.batch_max_item_file_bytes = within("FERRY_BATCH_MAX_ITEM_FILE_BYTES", v, (1, u64::MAX), "")?;
+        if let Some(n) = vars.within("FERRY_BATCH_MAX_ITEM_FILE_BYTES", 1..=u64::MAX, "")? {
+            s.batch_max_item_file_bytes = n;
         }
         Ok(s)
     }
@@ -245,7 +233,7 @@ mod tests {
     use super::*;
 
     fn from(vars: &[(&str, &str)]) -> Result<JobSettings, String> {
-        JobSettings::from_vars(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
+        JobSettings::from_vars(&Vars::from_pairs(vars)).map_err(|e| e.to_string())
     }
 
     #[test]

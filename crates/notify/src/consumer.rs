@@ -9,8 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use ferry_api::sqs::attr;
 use ferry_aws::notify::{Claim, DeliveryTable, LetterScope, LetterSlot, NotifyAwsError, SqsClient, now_ms, send_dead_letter};
-use ferry_core::notify::{Channel, ErrorKind, Notification, Sender, Status, attr, mask_recipient};
+use ferry_core::notify::{Channel, ErrorKind, Notification, Sender, Status, mask_recipient};
+use ferry_lambda::settings::{SettingsError, Vars};
 use futures::StreamExt;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 
@@ -29,27 +31,27 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
+    /// The settings of a consumer dead-lettering to `dlq_url`, every other one at its default.
     pub fn new(dlq_url: impl Into<String>) -> ConsumerSettings {
         ConsumerSettings { dlq_url: dlq_url.into(), concurrency: 8, lease: Duration::from_secs(120) }
     }
 
     /// Reads `FERRY_NOTIFY_DLQ_URL` (required), `FERRY_NOTIFY_CONCURRENCY` (default 8) and
     /// `FERRY_NOTIFY_LEASE_SECS` (default 120).
-    pub fn from_env() -> Result<ConsumerSettings, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let mut s = ConsumerSettings::new(var("FERRY_NOTIFY_DLQ_URL").ok_or("FERRY_NOTIFY_DLQ_URL: not set (the dead-letter queue URL)")?);
-        if let Some(v) = var("FERRY_NOTIFY_CONCURRENCY") {
-            s.concurrency = v
-                .parse()
-                .ok()
-                .filter(|&c| c > 0)
-                .ok_or_else(|| format!("FERRY_NOTIFY_CONCURRENCY: {v:?} is not a positive whole number"))?;
+    pub fn from_vars(vars: &Vars) -> Result<ConsumerSettings, SettingsError> {
+        let mut s = ConsumerSettings::new(vars.required("FERRY_NOTIFY_DLQ_URL")?);
+        if let Some(c) = vars.positive("FERRY_NOTIFY_CONCURRENCY")? {
+            s.concurrency = usize::try_from(c).unwrap_or(usize::MAX);
         }
-        if let Some(v) = var("FERRY_NOTIFY_LEASE_SECS") {
-            s.lease =
-                Duration::from_secs(v.parse().map_err(|_| format!("FERRY_NOTIFY_LEASE_SECS: {v:?} is not a whole number of seconds"))?);
+        if let Some(lease) = vars.secs("FERRY_NOTIFY_LEASE_SECS")? {
+            s.lease = lease;
         }
         Ok(s)
+    }
+
+    /// [`ConsumerSettings::from_vars`] over the process environment.
+    pub fn from_env() -> Result<ConsumerSettings, SettingsError> {
+        ConsumerSettings::from_vars(&Vars::env())
     }
 }
 

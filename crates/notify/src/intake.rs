@@ -4,14 +4,16 @@
 //! In order: the caller's identity ([`Sender`], from the verified claims), the scope (when one is
 //! configured), the body limit, validation ([`Notification::parse`], a 400 names the field), the
 //! caller's throttle ([`DeliveryTable::admit`], a 429 says when to retry), then the message goes
-//! onto the queue with its sender ([`ferry_core::notify::attr::SENDER`]). The consumer keys its
+//! onto the queue with its sender ([`ferry_api::sqs::attr::SENDER`]). The consumer keys its
 //! claim on (sender, notification id), so one caller's ids never touch another's. Nothing is
 //! queued for a refused request.
 
+use ferry_api::notifications::Queued;
 use ferry_aws::notify::{Admission, DeliveryTable, DynamoClient, SqsClient, send_notification};
 use ferry_core::notify::{FixedWindow, MessageError, Notification, Sender, has_scope};
 use ferry_core::public::{ErrorCode, PublicError};
 use ferry_lambda::http;
+use ferry_lambda::settings::{SettingsError, Vars};
 use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 
@@ -40,6 +42,7 @@ pub struct IntakeSettings {
 }
 
 impl IntakeSettings {
+    /// The settings of an intake onto `queue_url` throttled in `table`, every other one at its default.
     pub fn new(queue_url: impl Into<String>, table: impl Into<String>) -> IntakeSettings {
         IntakeSettings {
             queue_url: queue_url.into(),
@@ -51,35 +54,24 @@ impl IntakeSettings {
     }
 
     /// Reads `FERRY_NOTIFY_QUEUE_URL` and `FERRY_NOTIFY_TABLE` (required), `FERRY_NOTIFY_SCOPE`
-    /// (empty: none), `FERRY_NOTIFY_MAX_BODY_BYTES` (default 16384), `FERRY_NOTIFY_RATE_LIMIT`
+    /// (unset: none), `FERRY_NOTIFY_MAX_BODY_BYTES` (default 16384), `FERRY_NOTIFY_RATE_LIMIT`
     /// (requests per caller and window, default 60; 0 turns the throttle off) and
     /// `FERRY_NOTIFY_RATE_WINDOW_SECS` (default 60).
-    pub fn from_env() -> Result<IntakeSettings, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let required = |name: &str| var(name).ok_or_else(|| format!("{name}: not set"));
-        let number = |name: &str, default: u64| -> Result<u64, String> {
-            match var(name) {
-                Some(v) => v.parse().map_err(|_| format!("{name}: {v:?} is not a whole number")),
-                None => Ok(default),
-            }
-        };
-        let mut s = IntakeSettings::new(required("FERRY_NOTIFY_QUEUE_URL")?, required("FERRY_NOTIFY_TABLE")?);
-        s.scope = var("FERRY_NOTIFY_SCOPE");
-        s.max_body_bytes = usize::try_from(number("FERRY_NOTIFY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?)
-            .ok()
-            .filter(|&b| b > 0)
-            .ok_or("FERRY_NOTIFY_MAX_BODY_BYTES: must be positive")?;
-        let limit = number("FERRY_NOTIFY_RATE_LIMIT", DEFAULT_RATE_LIMIT.into())?;
-        let window_secs = number("FERRY_NOTIFY_RATE_WINDOW_SECS", DEFAULT_RATE_WINDOW_SECS)?;
-        if window_secs == 0 {
-            return Err("FERRY_NOTIFY_RATE_WINDOW_SECS: must be positive".to_owned());
-        }
-        s.rate = match u32::try_from(limit) {
-            Ok(0) => None,
-            Ok(limit) => Some(FixedWindow { limit, window_secs }),
-            Err(_) => return Err(format!("FERRY_NOTIFY_RATE_LIMIT: {limit} is too large")),
-        };
+    pub fn from_vars(vars: &Vars) -> Result<IntakeSettings, SettingsError> {
+        let mut s = IntakeSettings::new(vars.required("FERRY_NOTIFY_QUEUE_URL")?, vars.required("FERRY_NOTIFY_TABLE")?);
+        s.scope = vars.optional("FERRY_NOTIFY_SCOPE");
+        let max_body = vars.positive("FERRY_NOTIFY_MAX_BODY_BYTES")?.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        s.max_body_bytes = usize::try_from(max_body).unwrap_or(usize::MAX);
+        let limit = vars.within("FERRY_NOTIFY_RATE_LIMIT", 0..=u32::MAX.into(), "")?.unwrap_or(DEFAULT_RATE_LIMIT.into());
+        let window_secs = vars.positive("FERRY_NOTIFY_RATE_WINDOW_SECS")?.unwrap_or(DEFAULT_RATE_WINDOW_SECS);
+        // `within` bounds the limit to a u32.
+        s.rate = (limit > 0).then(|| FixedWindow { limit: u32::try_from(limit).unwrap_or(u32::MAX), window_secs });
         Ok(s)
+    }
+
+    /// [`IntakeSettings::from_vars`] over the process environment.
+    pub fn from_env() -> Result<IntakeSettings, SettingsError> {
+        IntakeSettings::from_vars(&Vars::env())
     }
 }
 
@@ -158,10 +150,7 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
     match send_notification(&state.sqs, &state.settings.queue_url, &sender, text).await {
         Ok(message_id) => {
             tracing::info!(request_id, %sender, notification_id = notification.notification_id, message_id, "queued");
-            Ok(http::json(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({ "notification_id": notification.notification_id, "status": "queued" }),
-            ))
+            Ok(http::json(StatusCode::ACCEPTED, &Queued::new(notification.notification_id)))
         }
         Err(e) => {
             tracing::error!(request_id, %sender, notification_id = notification.notification_id, error = %e, "could not queue");

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use ferry_core::notify::{Attempt, Channel, Notification, Sender, Status, classify_status, mask_recipient};
 use ferry_lambda::error_chain;
+use ferry_lambda::settings::{SettingsError, Vars};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -47,35 +48,32 @@ pub struct AuthSource {
 impl ProviderSettings {
     /// Reads `FERRY_PROVIDER_URL` (required; `https://`, or `http://` to a loopback address for
     /// local runs) and `FERRY_PROVIDER_TIMEOUT_MS` (default 5000).
-    pub fn from_env() -> Result<ProviderSettings, String> {
-        let base_url = std::env::var("FERRY_PROVIDER_URL")
-            .ok()
-            .filter(|v| !v.is_empty())
-            .ok_or("FERRY_PROVIDER_URL: not set (the provider's base URL)")?;
-        check_base_url(&base_url).map_err(|e| format!("FERRY_PROVIDER_URL: {e}"))?;
-        let timeout = match std::env::var("FERRY_PROVIDER_TIMEOUT_MS").ok().filter(|v| !v.is_empty()) {
-            Some(v) => Duration::from_millis(
-                v.parse().map_err(|_| format!("FERRY_PROVIDER_TIMEOUT_MS: {v:?} is not a whole number of milliseconds"))?,
-            ),
-            None => Duration::from_millis(5000),
-        };
+    pub fn from_vars(vars: &Vars) -> Result<ProviderSettings, SettingsError> {
+        let base_url = vars.required("FERRY_PROVIDER_URL")?;
+        check_base_url(&base_url).map_err(|e| SettingsError::invalid("FERRY_PROVIDER_URL", e))?;
+        let timeout = vars.millis("FERRY_PROVIDER_TIMEOUT_MS")?.unwrap_or(Duration::from_millis(5000));
         Ok(ProviderSettings { base_url, timeout })
+    }
+
+    /// [`ProviderSettings::from_vars`] over the process environment.
+    pub fn from_env() -> Result<ProviderSettings, SettingsError> {
+        ProviderSettings::from_vars(&Vars::env())
     }
 
     /// Reads `FERRY_PROVIDER_AUTH_HEADER` (the header name, e.g. `Authorization` or `X-Api-Key`)
     /// and `FERRY_PROVIDER_AUTH_PARAMETER` (the SSM parameter holding its value): both or neither.
-    pub fn auth_from_env() -> Result<Option<AuthSource>, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        match (var("FERRY_PROVIDER_AUTH_HEADER"), var("FERRY_PROVIDER_AUTH_PARAMETER")) {
-            (None, None) => Ok(None),
-            (Some(header), Some(parameter)) => {
-                HeaderName::try_from(header.as_str())
-                    .map_err(|_| format!("FERRY_PROVIDER_AUTH_HEADER: {header:?} is not a header name"))?;
-                Ok(Some(AuthSource { header, parameter }))
-            }
-            (Some(_), None) => Err("FERRY_PROVIDER_AUTH_HEADER is set but FERRY_PROVIDER_AUTH_PARAMETER is not".to_owned()),
-            (None, Some(_)) => Err("FERRY_PROVIDER_AUTH_PARAMETER is set but FERRY_PROVIDER_AUTH_HEADER is not".to_owned()),
-        }
+    pub fn auth_from_vars(vars: &Vars) -> Result<Option<AuthSource>, SettingsError> {
+        let Some((header, parameter)) = vars.pair("FERRY_PROVIDER_AUTH_HEADER", "FERRY_PROVIDER_AUTH_PARAMETER")? else {
+            return Ok(None);
+        };
+        HeaderName::try_from(header.as_str())
+            .map_err(|_| SettingsError::invalid("FERRY_PROVIDER_AUTH_HEADER", format!("{header:?} is not a header name")))?;
+        Ok(Some(AuthSource { header, parameter }))
+    }
+
+    /// [`ProviderSettings::auth_from_vars`] over the process environment.
+    pub fn auth_from_env() -> Result<Option<AuthSource>, SettingsError> {
+        ProviderSettings::auth_from_vars(&Vars::env())
     }
 }
 

@@ -3,18 +3,22 @@
 //! - `GET /admin/redrive`: the DLQ's recent move tasks (`ListMessageMoveTasks`).
 //! - `POST /admin/redrive`: without a filter or `dry_run`, starts SQS's own move task
 //!   (`StartMessageMoveTask`, optional `rate`); with them, runs a selective redrive and answers
-//!   with what it moved (or, dry, would move). Body: [`RedriveRequest`].
+//!   with what it moved (or, dry, would move). Body and answers: [`ferry_api::redrive`].
 //!
-//! Every request must carry the admin claim ([`AdminRule`]: exact membership); anyone else gets a
-//! 403 that says only "forbidden". Errors are [`PublicError`]s; an AWS failure is a 503 whose
-//! cause is logged under the request id.
+//! Every request must carry the admin claim ([`AdminRule`]: exact membership, over the claim's
+//! items as [`ferry_api::claims::is_admin`] reads them); anyone else gets a 403 that says only
+//! "forbidden". Errors are [`PublicError`]s; an AWS failure is a 503 whose cause is logged under
+//! the request id.
 
 use std::time::Duration;
 
+use ferry_api::claims;
+use ferry_api::redrive::{Mode, NativeStarted, RedriveRequest, RedriveStatus, SelectiveDone};
 use ferry_aws::notify::{self, NotifyAwsError, QueuePair, RedriveOptions, SqsClient};
-use ferry_core::notify::{AdminRule, Channel, ErrorKind, RedriveFilter, parse_age};
+use ferry_core::notify::{AdminRule, RedriveFilter};
 use ferry_core::public::{ErrorCode, PublicError};
 use ferry_lambda::http::{self, json};
+use ferry_lambda::settings::{SettingsError, Vars};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 
@@ -34,85 +38,32 @@ pub struct Redriver {
 impl Redriver {
     /// Reads `FERRY_NOTIFY_QUEUE_URL`, `FERRY_NOTIFY_DLQ_URL` (both required), `FERRY_ADMIN_CLAIM`
     /// and `FERRY_ADMIN_VALUE` (default: `cognito:groups` holding `ferry-admin`).
-    pub fn from_env(sqs: SqsClient) -> Result<Redriver, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let required = |name: &str| var(name).ok_or_else(|| format!("{name}: not set"));
+    pub fn from_vars(sqs: SqsClient, vars: &Vars) -> Result<Redriver, SettingsError> {
         let mut admin = AdminRule::default();
-        if let Some(c) = var("FERRY_ADMIN_CLAIM") {
+        if let Some(c) = vars.optional("FERRY_ADMIN_CLAIM") {
             admin.claim = c;
         }
-        if let Some(v) = var("FERRY_ADMIN_VALUE") {
+        if let Some(v) = vars.optional("FERRY_ADMIN_VALUE") {
             admin.value = v;
         }
         Ok(Redriver {
             sqs,
-            queues: QueuePair { source_url: required("FERRY_NOTIFY_QUEUE_URL")?, dlq_url: required("FERRY_NOTIFY_DLQ_URL")? },
+            queues: QueuePair { source_url: vars.required("FERRY_NOTIFY_QUEUE_URL")?, dlq_url: vars.required("FERRY_NOTIFY_DLQ_URL")? },
             admin,
             time_budget: Duration::from_secs(25),
         })
     }
-}
 
-/// The body of `POST /admin/redrive`. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedriveRequest {
-    /// `native` or `selective`; by default selective when a filter or `dry_run` is given.
-    pub mode: Option<Mode>,
-    /// Messages per second.
-    pub rate: Option<u32>,
-    #[serde(default)]
-    pub dry_run: bool,
-    #[serde(default)]
-    pub filter: FilterRequest,
-    /// Selective mode: stop after this many.
-    pub max_messages: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Native,
-    Selective,
-}
-
-/// A [`RedriveFilter`] as JSON: `{"kinds": ["provider_rejected"], "channels": ["sms"], "min_age": "1h", "max_age": "7d"}`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FilterRequest {
-    #[serde(default)]
-    pub kinds: Vec<String>,
-    #[serde(default)]
-    pub channels: Vec<String>,
-    pub min_age: Option<String>,
-    pub max_age: Option<String>,
-}
-
-impl FilterRequest {
-    /// The filter, or a 400 naming the field at fault and why.
-    pub fn to_filter(&self) -> Result<RedriveFilter, PublicError> {
-        let bad = |field: String, message: String| PublicError::new(ErrorCode::BadRequest, message).with_field(field);
-        let kinds = self
-            .kinds
-            .iter()
-            .enumerate()
-            .map(|(i, k)| k.parse::<ErrorKind>().map_err(|e| bad(format!("filter.kinds[{i}]"), e)))
-            .collect::<Result<_, _>>()?;
-        let channels = self
-            .channels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| c.parse::<Channel>().map_err(|e| bad(format!("filter.channels[{i}]"), e)))
-            .collect::<Result<_, _>>()?;
-        let age = |field: &str, v: &Option<String>| v.as_deref().map(parse_age).transpose().map_err(|e| bad(format!("filter.{field}"), e));
-        Ok(RedriveFilter { kinds, channels, min_age_secs: age("min_age", &self.min_age)?, max_age_secs: age("max_age", &self.max_age)? })
+    /// [`Redriver::from_vars`] over the process environment.
+    pub fn from_env(sqs: SqsClient) -> Result<Redriver, SettingsError> {
+        Redriver::from_vars(sqs, &Vars::env())
     }
 }
 
 /// Whether the caller carries the admin claim, per the JWT authorizer's claims. No authorizer at
 /// all (a misconfigured route) is no admin.
 pub fn is_admin(rule: &AdminRule, req: &Request) -> bool {
-    http::claims(req).is_some_and(|claims| rule.allows(|k| claims.get(k).map(String::as_str)))
+    http::claims(req).is_some_and(|claims| claims::is_admin(rule, |k| claims.get(k).map(String::as_str)))
 }
 
 /// The Lambda handler. Every outcome is a response.
@@ -141,7 +92,7 @@ async fn route(state: &Redriver, req: &Request) -> Result<Response<Body>, Notify
         Method::GET => {
             let arn = notify::queue_arn(&state.sqs, &state.queues.dlq_url).await?;
             let tasks = notify::list_move_tasks(&state.sqs, &arn).await?;
-            Ok(json(StatusCode::OK, &serde_json::json!({ "dead_letter_queue": arn, "tasks": tasks })))
+            Ok(json(StatusCode::OK, &RedriveStatus { dead_letter_queue: arn, tasks }))
         }
         Method::POST => {
             let body: &[u8] = req.body().as_ref();
@@ -183,7 +134,7 @@ async fn start_native(state: &Redriver, rate: Option<u32>) -> Result<Response<Bo
     tracing::info!(dlq = dlq_arn, destination = source_arn, rate, task = handle, "move task started");
     Ok(json(
         StatusCode::ACCEPTED,
-        &serde_json::json!({ "mode": "native", "task_handle": handle, "source": dlq_arn, "destination": source_arn, "rate": rate }),
+        &NativeStarted { mode: Mode::Native, task_handle: handle, source: dlq_arn, destination: source_arn, rate },
     ))
 }
 
@@ -203,7 +154,5 @@ async fn run_selective(state: &Redriver, filter: &RedriveFilter, request: &Redri
         moved = report.moved,
         "selective redrive done"
     );
-    let mut body = serde_json::to_value(&report).unwrap_or_default();
-    body["mode"] = "selective".into();
-    Ok(json(StatusCode::OK, &body))
+    Ok(json(StatusCode::OK, &SelectiveDone::new(report)))
 }

@@ -4,7 +4,8 @@ use regional_normalizer::{Normalizer, handle};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let settings = ferry_aws::votes::VoteSettings::from_env()?;
+    let vars = ferry_lambda::settings::Vars::env();
+    let settings = ferry_aws::votes::VoteSettings::from_vars(|name| vars.optional(name))?;
     // A cap the memory cannot hold would end in an out-of-memory kill on the first large input.
     if let Err(e) = settings.check_normalizer_memory() {
         tracing::error!(error = %e, "refusing to start");

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_demo::jobs::{LocalLambda, call, start_local};
-use ferry_demo::target::{Answer, Behaviour, LocalTarget, outside_api};
-use ferry_tests::{sdk_config, unique};
+use ferry_testkit::jobs::{WorkerLambda, call, start_local};
+use ferry_testkit::target::{Answer, Behaviour, LocalTarget, outside_api};
+use ferry_testkit::{sdk_config, unique};
 use job_invoker::worker::WorkerReport;
 use job_invoker::{Api, JobSettings};
 use serde_json::{Value, json};
@@ -17,7 +17,7 @@ const OWNER: Option<&str> = Some("seller-0001");
 
 struct Env {
     api: Api,
-    lambda: LocalLambda,
+    lambda: WorkerLambda,
     settings: Arc<JobSettings>,
     s3: aws_sdk_s3::Client,
     target: LocalTarget,
@@ -174,7 +174,7 @@ async fn a_429_is_retried_no_sooner_than_its_retry_after() {
     assert_eq!(view["status"], "succeeded", "{view}");
     let calls = e.target.calls();
     for seq in [0u64, 4, 8] {
-        let tries: Vec<&(ferry_demo::target::Call, u16)> =
+        let tries: Vec<&(ferry_testkit::target::Call, u16)> =
             calls.iter().filter(|(c, _)| c.key.as_deref().map(seq_of) == Some(seq)).collect();
         assert_eq!(tries.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [429, 200], "item {seq}");
         let waited = tries[1].0.at - tries[0].0.at;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use ferry_aws::Store;
 use ferry_aws::votes::{self, VoteSettings};
+use ferry_core::csv::{self, GlobalRow};
 use ferry_core::key::Stamp;
 use ferry_core::ranking::Movement;
-use ferry_core::tally::{self, GlobalRow};
 use ferry_edge::{ChatError, ChatStatus, EdgeError, PullConfig, PullOutcome, PushConfig, Webhook};
-use ferry_tests::redis::redis_url;
-use ferry_tests::{bucket, unique};
+use ferry_testkit::redis::redis_url;
+use ferry_testkit::{bucket, unique};
 use redis::aio::MultiplexedConnection;
 
 struct Env {
@@ -42,7 +42,7 @@ fn pairs(rows: &[(&str, f64)]) -> Vec<(String, f64)> {
 fn global_csv(rows: &[(String, f64)]) -> Vec<u8> {
     let rows: Vec<GlobalRow<'_>> =
         rows.iter().map(|(k, v)| GlobalRow { kseq: k, score: *v, contributions: std::slice::from_ref(v) }).collect();
-    tally::write_global_result(&["jp".to_owned()], rows)
+    csv::write_global_result(&["jp".to_owned()], rows)
 }
 
 fn pull_cfg(key: &str) -> PullConfig<'_> {
@@ -55,7 +55,7 @@ impl Env {
     }
 
     async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
-        ferry_tests::put_object(&self.s3, &self.bucket, key, body).await;
+        ferry_testkit::put_object(&self.s3, &self.bucket, key, body).await;
     }
 
     async fn get(&self, key: &str) -> (Vec<u8>, String) {
@@ -65,7 +65,7 @@ impl Env {
     }
 
     async fn keys(&self, prefix: &str) -> Vec<String> {
-        ferry_tests::list_keys(&self.s3, &self.bucket, prefix).await
+        ferry_testkit::list_keys(&self.s3, &self.bucket, prefix).await
     }
 
     async fn put_global(&self, rows: &[(String, f64)]) {
@@ -136,7 +136,7 @@ async fn push_uploads_the_set_in_the_regional_contract_and_reruns_are_idempotent
     assert_eq!(out.members, all.len());
     assert_eq!(out.sum, all.iter().map(|(_, v)| v).sum::<f64>());
     let (body, etag) = e.get(&out.upload).await;
-    let t = tally::read_tally(&out.upload, &body).expect("the upload reads back through the contract");
+    let t = csv::read_tally(&out.upload, &body).expect("the upload reads back through the contract");
     assert_eq!(sorted(t.iter().map(|(k, v)| (k.to_owned(), v)).collect()), sorted(all.clone()));
 
     // A cron rerun in the same minute writes the same key with the same bytes.
@@ -171,7 +171,7 @@ async fn push_of_a_million_members() {
     assert_eq!(out.members, n as usize);
 
     let (body, _) = e.get(&out.upload).await;
-    let t = tally::read_tally(&out.upload, &body).expect("contract");
+    let t = csv::read_tally(&out.upload, &body).expect("contract");
     assert_eq!(t.len(), n as usize);
     assert_eq!(t.values().iter().sum::<f64>(), expected_sum);
     assert_eq!(out.sum, expected_sum);
@@ -379,7 +379,7 @@ async fn a_failing_webhook_never_fails_the_pull() {
     let e = env().await;
     let (err500, _) = webhook_server(500, Duration::ZERO).await;
     let (slow, _) = webhook_server(200, Duration::from_secs(10)).await;
-    let closed = format!("http://127.0.0.1:{}/hook", ferry_tests::free_port());
+    let closed = format!("http://127.0.0.1:{}/hook", ferry_testkit::free_port());
     for (i, url) in [err500, slow, closed].iter().enumerate() {
         let key = unique("rank-hook");
         e.put_global(&pairs(&[("a", 1.0 + i as f64), ("b", 1.0)])).await;

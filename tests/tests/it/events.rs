@@ -9,7 +9,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_mocks::{MockResponseInterceptor, mock};
 use ferry_aws::events::{EventBus, EventsClient};
 use ferry_core::events::{JobEvent, JobEventDetail, JobEventType, ResultLocation, SOURCE};
-use ferry_tests::{sdk_config, unique};
+use ferry_testkit::{sdk_config, unique};
 use serde_json::{Value, json};
 
 const AT: &str = "2026-03-01T12:00:00Z";
@@ -101,7 +101,7 @@ async fn a_refused_entry_is_an_error_naming_its_code() {
                 .entries(PutEventsResultEntry::builder().error_code("ThrottlingException").error_message("Rate exceeded").build())
                 .build()
         });
-    let client: EventsClient = ferry_tests::mocked_client!(aws_sdk_eventbridge, MockResponseInterceptor::new().with_rule(&refuse));
+    let client: EventsClient = ferry_testkit::mocked_client!(aws_sdk_eventbridge, MockResponseInterceptor::new().with_rule(&refuse));
     let bus = EventBus::new(client, "jobs");
     let e = bus.publish(&events("j-1")[0]).await.unwrap_err();
     assert_eq!(e.to_string(), "eventbridge bus jobs: PutEvents failed: event j-1:JobStarted:1 refused: ThrottlingException: Rate exceeded");

@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use ferry_aws::jobs::{JobTable, WorkerPayload};
 use ferry_core::sources::{DatasetLocation, TablePattern};
-use ferry_demo::jobs::{LocalLambda, api_and_worker, api_request, call, count_xlsx_rows, seed_orders, start_local};
-use ferry_tests::{sdk_config, unique};
+use ferry_testkit::events::api_request;
+use ferry_testkit::jobs::{WorkerLambda, api_and_worker, call, start_local};
+use ferry_testkit::provision;
+use ferry_testkit::seed::seed_orders;
+use ferry_testkit::workbook::count_xlsx_rows;
+use ferry_testkit::{sdk_config, unique};
 use job_invoker::worker::{self, WorkerReport};
 use job_invoker::{Api, JobSettings};
 use lambda_runtime::{Context, LambdaEvent};
@@ -20,7 +24,7 @@ const OWNER: Option<&str> = Some("seller-0001");
 
 struct Env {
     api: Api,
-    lambda: LocalLambda,
+    lambda: WorkerLambda,
     settings: Arc<JobSettings>,
     dynamo: aws_sdk_dynamodb::Client,
     s3: aws_sdk_s3::Client,
@@ -702,7 +706,7 @@ async fn objects_added_under_the_prefix_between_continuations_are_not_exported()
         let body = e.object(&ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Csv)).await.expect("the export");
         let ids: Vec<String> = csv::Reader::from_reader(&body[..]).records().map(|r| r.expect("a record")[0].to_owned()).collect();
         assert_eq!(ids, ["3", "4", "5", "6", "7", "8"], "exactly the listed objects' rows, once each (staged: {staged})");
-        assert_eq!(ferry_tests::list_keys(&e.s3, &own, ferry_core::jobs::STAGING_PREFIX).await, Vec::<String>::new(), "staged: {staged}");
+        assert_eq!(ferry_testkit::list_keys(&e.s3, &own, ferry_core::jobs::STAGING_PREFIX).await, Vec::<String>::new(), "staged: {staged}");
         assert_eq!(e.open_uploads().await, 0);
     }
 }
@@ -744,7 +748,7 @@ async fn an_object_removed_or_overwritten_after_the_listing_fails_the_job_naming
         assert!(e.object(&ferry_core::jobs::export_key("seller-0001", &id, ferry_core::jobs::Format::Csv)).await.is_none(), "no export");
         assert_eq!(e.lambda.invocations.count(), 2, "no further continuation");
         // The upload is abandoned, and the carried bytes and the staged snapshot deleted.
-        assert_eq!(ferry_tests::list_keys(&e.s3, &own, ferry_core::jobs::STAGING_PREFIX).await, Vec::<String>::new(), "{what}");
+        assert_eq!(ferry_testkit::list_keys(&e.s3, &own, ferry_core::jobs::STAGING_PREFIX).await, Vec::<String>::new(), "{what}");
         assert_eq!(e.open_uploads().await, 0, "{what}");
     }
 }
@@ -798,8 +802,8 @@ async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
     let conf = sdk_config();
     let name = unique("jobs");
     let plain = JobTable::new(ferry_aws::clients::dynamodb(&conf), name.clone());
-    plain.create().await.unwrap();
-    let params = ferry_core::jobs::parse_submit(export("orders", "csv", 1).as_bytes()).unwrap().params.to_value();
+    provision::jobs_table(&ferry_aws::clients::dynamodb(&conf), &name).await.unwrap();
+    let params = ferry_api::jobs::parse_submit(export("orders", "csv", 1).as_bytes()).unwrap().params.to_value();
     let id = unique("job");
     let now = job_invoker::settings::now_ms();
     let new = NewJob {
@@ -820,7 +824,7 @@ async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
     let client = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&conf).retry_config(retry).interceptor(Lossy(lossy.clone())).build(),
     );
-    let table = JobTable::new(client, name);
+    let table = JobTable::new(client, name.clone());
     let claimed = table.claim(&id, 0, now, 30_000).await.unwrap();
 
     let sent = lossy.sent.lock().unwrap().clone();
@@ -829,7 +833,9 @@ async fn a_claim_the_sdk_resends_after_it_landed_is_still_this_workers() {
     assert_eq!(sent[0].1, sent[1].1, "the resend is the same request, token included");
     let claimed = claimed.expect("the resent claim is recognised as this call's own");
     assert_eq!((claimed.record.status, claimed.record.attempt, claimed.checkpoint), (Status::Running, 0, None));
-    assert_eq!(plain.lock_holder("seller-0001", "export", &params, now).await.unwrap().as_deref(), Some(id.as_str()));
+    let dynamo = ferry_aws::clients::dynamodb(&conf);
+    let holder = provision::lock_holder(&dynamo, &name, "seller-0001", "export", &params, now).await.unwrap();
+    assert_eq!(holder.as_deref(), Some(id.as_str()));
 
     // Another delivery of the same attempt is still refused, and the claim stays with this worker.
     let other = plain.claim(&id, 0, job_invoker::settings::now_ms(), 30_000).await.unwrap();
@@ -926,7 +932,7 @@ impl Env {
     async fn run_worker(&self, worker: &job_invoker::Worker, payload: Value) -> Value {
         let mut ctx = Context::default();
         ctx.deadline = (job_invoker::settings::now_ms() + 600_000) as u64;
-        ctx.request_id = ferry_demo::jobs::next_request_id();
+        ctx.request_id = ferry_testkit::events::next_request_id();
         let id = payload["job_id"].as_str().expect("a job id").to_owned();
         let _ = worker::handle(worker, LambdaEvent::new(payload, ctx)).await;
         self.status(&id).await
@@ -1182,7 +1188,7 @@ fn denied_dynamo() -> aws_sdk_dynamodb::Client {
     let describe = mock!(aws_sdk_dynamodb::Client::describe_table).then_error(|| DescribeTableError::generic(meta()));
     let scan = mock!(aws_sdk_dynamodb::Client::scan).then_error(|| ScanError::generic(meta()));
     let interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny).with_rule(&describe).with_rule(&scan);
-    ferry_tests::mocked_client!(aws_sdk_dynamodb, interceptor)
+    ferry_testkit::mocked_client!(aws_sdk_dynamodb, interceptor)
 }
 
 fn denied_s3() -> aws_sdk_s3::Client {
@@ -1192,7 +1198,7 @@ fn denied_s3() -> aws_sdk_s3::Client {
     let list = mock!(aws_sdk_s3::Client::list_objects_v2)
         .then_error(|| ListObjectsV2Error::generic(ErrorMetadata::builder().code("AccessDenied").message(DENIED).build()));
     let interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny).with_rule(&list);
-    ferry_tests::mocked_client!(aws_sdk_s3, interceptor)
+    ferry_testkit::mocked_client!(aws_sdk_s3, interceptor)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1243,7 +1249,7 @@ async fn a_worker_that_cannot_be_invoked_and_a_missing_jobs_table_answer_without
         source_tables: vec![TablePattern::parse("orders*").unwrap()],
         ..JobSettings::default()
     };
-    JobTable::new(ferry_aws::clients::dynamodb(&conf), settings.table.clone()).create().await.unwrap();
+    provision::jobs_table(&ferry_aws::clients::dynamodb(&conf), &settings.table).await.unwrap();
     let (api, _) = api_and_worker(&conf, Arc::new(settings.clone()), ferry_aws::clients::lambda(&conf));
     let (code, v) = call(&api, "POST", "/jobs", Some(&export("orders", "csv", 1)), OWNER).await.unwrap();
     assert_eq!(code, 503, "{v}");
@@ -1305,7 +1311,7 @@ async fn gateway(
     let sub = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).filter(|t| !t.is_empty());
     let Some(sub) = sub else { return answer(401, br#"{"message":"Unauthorized"}"#.to_vec()) };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let req = ferry_demo::jobs::api_request(method.as_str(), path, (!body.is_empty()).then_some(body.as_str()), Some(sub));
+    let req = api_request(method.as_str(), path, (!body.is_empty()).then_some(body.as_str()), Some(sub));
     match job_invoker::api::handle(&api, req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -1346,7 +1352,7 @@ impl Run {
 
 /// Runs `ferry jobs args...` in `dir` with `FERRY_API_URL` and `FERRY_API_TOKEN` set (when given).
 async fn ferry_jobs(dir: &std::path::Path, api: Option<&str>, token: Option<&str>, args: &[&str]) -> Run {
-    let mut cmd = tokio::process::Command::new(ferry_tests::binary("ferry"));
+    let mut cmd = tokio::process::Command::new(ferry_testkit::binary("ferry"));
     cmd.arg("jobs").args(args).current_dir(dir).env_remove("FERRY_API_URL").env_remove("FERRY_API_TOKEN");
     if let Some(a) = api {
         cmd.env("FERRY_API_URL", a);
@@ -1701,14 +1707,14 @@ async fn an_xlsx_wider_than_a_sheet_fails_before_writing_instead_of_dropping_col
 
     // One column more: the job fails naming the limit, and nothing is written.
     e.put("datasets/wide/part-1.csv", &wide_csv(limit + 1)).await;
-    let before = ferry_tests::list_keys(&e.s3, &own, "exports/").await;
+    let before = ferry_testkit::list_keys(&e.s3, &own, "exports/").await;
     let v = failed_job(&e, &json!({"kind": "export", "params": xlsx_of("datasets/wide/")}).to_string()).await;
     assert_eq!(v["error"]["code"], "too_large", "{v}");
     let message = v["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("16385 columns, over xlsx's limit of 16384 columns"), "{message}");
     assert_safe("too many columns", &v["error"], &["datasets/", &own]);
     assert!(v.get("download").is_none(), "{v}");
-    assert_eq!(ferry_tests::list_keys(&e.s3, &own, "exports/").await, before, "no export or staged rows left behind");
+    assert_eq!(ferry_testkit::list_keys(&e.s3, &own, "exports/").await, before, "no export or staged rows left behind");
     assert_eq!(e.open_uploads().await, 0, "the multipart upload is abandoned");
 }
 

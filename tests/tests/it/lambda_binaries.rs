@@ -11,7 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use ferry_tests::{binary, bucket, moto_endpoint, s3_put_event};
+use ferry_testkit::events::s3_put_event;
+use ferry_testkit::{binary, bucket, moto_endpoint};
 use tokio::sync::mpsc;
 
 /// What the function posted back for one invocation.

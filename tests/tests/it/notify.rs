@@ -9,12 +9,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, mock};
+use ferry_api::sqs::attr;
 use ferry_aws::notify::{
-    self as aws, Claim, DeliveryTable, LetterScope, LetterSlot, QueuePair, QueueSettings, Received, RedriveOptions, SqsClient, Written,
+    self as aws, Claim, DeliveryTable, LetterScope, LetterSlot, QueuePair, Received, RedriveOptions, SqsClient, Written,
 };
-use ferry_core::notify::{Channel, ErrorKind, FixedWindow, Notification, RedriveFilter, Sender, Status, attr};
-use ferry_demo::notify::{Failure, LocalProvider, PumpSettings, notification, notify_request, peek_and_release, pump, sqs_event};
-use ferry_tests::{event_fixture, sdk_config, unique};
+use ferry_core::notify::{Channel, ErrorKind, FixedWindow, Notification, RedriveFilter, Sender, Status};
+use ferry_testkit::events::{notification, notify_request, sqs_event};
+use ferry_testkit::provider::{Failure, LocalProvider};
+use ferry_testkit::provision::{self, QueueSettings};
+use ferry_testkit::sqs::{PumpSettings, PumpStats, peek_and_release, pump};
+use ferry_testkit::{event_fixture, sdk_config, unique};
 use lambda_runtime::{Context, LambdaEvent};
 use notify::consumer::{Consumer, RecordOutcome};
 use notify::provider::Reply;
@@ -41,8 +45,8 @@ async fn env(queue: QueueSettings) -> Env {
     let sqs = ferry_aws::clients::sqs(&conf);
     let dynamodb = ferry_aws::clients::dynamodb(&conf);
     let table = DeliveryTable::new(dynamodb.clone(), unique("notifications"));
-    table.create_if_missing().await.expect("creating the table on moto");
-    let queues = aws::create_queue_pair(&sqs, &unique("notify"), queue).await.expect("creating queues on moto");
+    provision::deliveries_table(&dynamodb, table.name()).await.expect("creating the table on moto");
+    let queues = provision::queue_pair(&sqs, &unique("notify"), queue).await.expect("creating queues on moto");
     let provider = LocalProvider::start(Duration::from_millis(800)).await.expect("local provider");
     let consumer = Consumer {
         sqs: sqs.clone(),
@@ -68,7 +72,7 @@ impl Env {
         peek_and_release(&self.sqs, &self.queues.source_url).await.expect("reading the queue")
     }
 
-    async fn drain(&self) -> ferry_demo::notify::PumpStats {
+    async fn drain(&self) -> PumpStats {
         pump(&self.consumer, &self.sqs, &self.queues.source_url, PumpSettings::default()).await.expect("pumping the queue")
     }
 }
@@ -183,7 +187,7 @@ async fn thousands_of_messages_nothing_lost_none_sent_twice() {
     // copy, as a redrive's would.
     let mut queues = vec![e.queues.clone()];
     for _ in 0..9 {
-        queues.push(aws::create_queue_pair(&e.sqs, &unique("notify"), queue).await.expect("creating queues on moto"));
+        queues.push(provision::queue_pair(&e.sqs, &unique("notify"), queue).await.expect("creating queues on moto"));
     }
     let chunk = bodies.len().div_ceil(queues.len());
     let mut reported_failures = 0;
@@ -358,12 +362,12 @@ async fn selective_redrive_moves_only_what_matches() {
 
 /// Runs the `ferry` binary against moto, as an operator would with the queue URLs in the environment.
 fn ferry_redrive(e: &Env, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(ferry_tests::binary("ferry"))
+    let out = std::process::Command::new(ferry_testkit::binary("ferry"))
         .arg("redrive")
         .args(args)
         .env("FERRY_NOTIFY_QUEUE_URL", &e.queues.source_url)
         .env("FERRY_NOTIFY_DLQ_URL", &e.queues.dlq_url)
-        .env("AWS_ENDPOINT_URL", ferry_tests::moto_endpoint())
+        .env("AWS_ENDPOINT_URL", ferry_testkit::moto_endpoint())
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
@@ -573,7 +577,7 @@ fn mocked_sqs(rules: &[&Rule]) -> SqsClient {
     for r in rules {
         interceptor = interceptor.with_rule(r);
     }
-    ferry_tests::mocked_client!(aws_sdk_sqs, interceptor)
+    ferry_testkit::mocked_client!(aws_sdk_sqs, interceptor)
 }
 
 fn queue_arn_rule() -> Rule {
@@ -843,7 +847,7 @@ async fn the_intake_refuses_a_body_that_is_not_utf8_and_queues_nothing() {
     let intake = intake(&e, Some("ferry/notify"), None);
     // API Gateway hands over a body that is not text base64-encoded: here `{"notification_id":"`,
     // the bytes 0xff 0xfe, then `"}`.
-    let mut v: serde_json::Value = serde_json::from_str(ferry_demo::notify::APIGW_NOTIFY).expect("the fixture");
+    let mut v: serde_json::Value = serde_json::from_str(ferry_testkit::events::APIGW_NOTIFY).expect("the fixture");
     v["requestContext"]["authorizer"]["jwt"]["claims"] = serde_json::json!({"sub": unique("user"), "scope": "ferry/notify"});
     v["body"] = "eyJub3RpZmljYXRpb25faWQiOiL//iJ9".into();
     v["isBase64Encoded"] = true.into();
@@ -1124,7 +1128,7 @@ async fn the_provider_client_follows_no_redirect_reads_a_bounded_body_and_gives_
     assert!(started.elapsed() < Duration::from_secs(2), "bounded by the timeout: {:?}", started.elapsed());
 
     // Failures never carry the URL (its query may hold a token) or the full recipient.
-    let closed = format!("http://127.0.0.1:{}/api?token=s3cret", ferry_tests::free_port());
+    let closed = format!("http://127.0.0.1:{}/api?token=s3cret", ferry_testkit::free_port());
     let reply = client(&closed, 500).send(&shop, &sms("n-closed"), Channel::Sms).await;
     assert!(matches!(&reply, Reply::Transient(r) if !r.contains("s3cret") && !r.contains("127.0.0.1")), "{reply:?}");
     let echo = raw_server(|mut socket| async move {
@@ -1161,7 +1165,7 @@ async fn the_provider_auth_header_comes_from_ssm_parameter_store() {
 
 #[test]
 fn the_consumer_refuses_to_start_with_a_plain_http_provider() {
-    let out = std::process::Command::new(ferry_tests::binary("notify-consumer"))
+    let out = std::process::Command::new(ferry_testkit::binary("notify-consumer"))
         .env_clear()
         .env("FERRY_NOTIFY_DLQ_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/notify-dlq")
         .env("FERRY_PROVIDER_URL", "http://provider.example.com")

@@ -7,8 +7,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use ferry_aws::Store;
 use ferry_aws::votes::{self, MergeOutcome, NormalizeOutcome, VoteSettings};
 use ferry_core::merge::LocaleScores;
-use ferry_core::{Method, tally};
-use ferry_tests::{bucket, event_fixture, s3_put_event};
+use ferry_core::{Method, csv};
+use ferry_testkit::events::s3_put_event;
+use ferry_testkit::{bucket, event_fixture};
 use global_merger::Merger;
 use lambda_runtime::{Context, LambdaEvent};
 use regional_normalizer::Normalizer;
@@ -35,7 +36,7 @@ impl Env {
     }
 
     async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
-        ferry_tests::put_object(&self.s3, &self.bucket, key, body).await;
+        ferry_testkit::put_object(&self.s3, &self.bucket, key, body).await;
     }
 
     async fn get(&self, key: &str) -> Option<(String, String, HashMap<String, String>)> {
@@ -47,7 +48,7 @@ impl Env {
     }
 
     async fn keys(&self, prefix: &str) -> Vec<String> {
-        ferry_tests::list_keys(&self.s3, &self.bucket, prefix).await
+        ferry_testkit::list_keys(&self.s3, &self.bucket, prefix).await
     }
 
     /// The ETag of `key` as a listing gives it (unquoted).
@@ -72,8 +73,8 @@ impl Env {
 
 /// The locale result the offline contract gives for `csv`.
 fn expected_locale(csv: &str, method: Method) -> String {
-    let t = tally::read_tally("x", csv.as_bytes()).expect("valid test input");
-    String::from_utf8(tally::write_locale_result(&ferry_core::normalize::normalize(method, &t))).expect("utf8")
+    let t = csv::read_tally("x", csv.as_bytes()).expect("valid test input");
+    String::from_utf8(csv::write_locale_result(&ferry_core::normalize::normalize(method, &t))).expect("utf8")
 }
 
 const JP: &str = "kseq,score\n\"(1,2,3)\",5\nb,3\nc,2\n";
@@ -310,7 +311,7 @@ async fn a_body_of_newlines_is_bad_input_in_bounded_memory() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["votes::normalizer_in_a_child_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_BUCKET, &e.bucket)
-        .env(CHILD_ENDPOINT, ferry_tests::moto_endpoint())
+        .env(CHILD_ENDPOINT, ferry_testkit::moto_endpoint())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -415,7 +416,7 @@ async fn an_upload_under_the_cap_with_more_keys_than_the_memory_holds_is_refused
     assert_eq!(err.kind(), "BadInput", "{err}");
     let votes::VoteError::Tally(t) = &err else { panic!("not a tally error: {err:?}") };
     assert_eq!(t.source_name, key);
-    let tally::TallyErrorKind::OverMemory { keys, memory } = t.kind else { panic!("not OverMemory: {t:?}") };
+    let csv::TallyErrorKind::OverMemory { keys, memory } = t.kind else { panic!("not OverMemory: {t:?}") };
     assert_eq!(memory, ferry_core::budget::usable_bytes(Some(65)));
     assert!(keys > 1000 && keys < 20_000, "refused where the keys outgrew the memory, not at the end: {keys}");
     assert!(err.to_string().contains("need more than the 1048576 bytes of memory"), "{err}");
@@ -527,12 +528,12 @@ async fn racing_merges_never_leave_a_stale_global() {
     for l in locales {
         let (body, etag, _) = e.get(&format!("result/5/prod/result-{l}.csv")).await.unwrap();
         manifest.push(format!("{l}={}", etag.trim_matches('"')));
-        inputs.push((l, tally::read_locale_result(l, body.as_bytes()).unwrap()));
+        inputs.push((l, csv::read_locale_result(l, body.as_bytes()).unwrap()));
     }
     assert_eq!(meta[votes::META_INPUTS], manifest.join(";"));
     let scores: Vec<LocaleScores<'_>> = inputs.iter().map(|(l, r)| LocaleScores { locale: l, weight: 1.0, scores: r }).collect();
     let expect = ferry_core::merge::merge(&scores).unwrap();
-    assert_eq!(global, String::from_utf8(tally::write_global_result(&expect.locales, expect.rows())).unwrap());
+    assert_eq!(global, String::from_utf8(csv::write_global_result(&expect.locales, expect.rows())).unwrap());
     // And a merge now has nothing to do.
     let out = votes::merge_stage(&e.store(), &VoteSettings::default(), 5, "prod").await.unwrap();
     assert!(matches!(out, MergeOutcome::UpToDate { .. }), "{out:?}");

@@ -1,14 +1,13 @@
 //! One attempt of a job while it runs: the claim of a delivery, then the writes of its runner
 //! (keep-alive, heartbeat, checkpoint), each conditional on the attempt and its lease.
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::ReturnValue;
 use ferry_core::jobs::{JobRecord, Progress, Status, Transition};
 
-use super::codec::{from_item, job_pk, n, num, s, status_in, text};
+use super::codec::{from_item, job_pk, status_in, transition};
 use super::lock::{LOCK_LEASE_SET, lock_lease_values, lock_pk};
-use super::{Beat, Claimed, JobStoreError, JobTable, Refused, service_code};
+use super::{Beat, Claimed, JobStoreError, JobTable, Refused};
+use crate::dynamo::{AttributeValue, Item, Written, is_true, n, num, s, text};
 
 /// One write to a running attempt: its lease always, progress and a hand-over when given.
 struct RunningUpdate<'a> {
@@ -35,22 +34,19 @@ impl<'a> RunningUpdate<'a> {
 
 /// What a claim sets: running, claimed under `claim_token`, with a fresh lease.
 const CLAIM_SET: &str =
-    "SET #status = :running, claimed = :true, claim_token = :token, lease_expires_at = :lease, updated_at = :now, phase = :phase";
+    "SET #status = :to, claimed = :true, claim_token = :token, lease_expires_at = :lease, updated_at = :now, phase = :phase";
 
 /// The condition of a claim (the status it may come from, the attempt, unclaimed) and the values of
 /// it and [`CLAIM_SET`].
-fn claim_update(token: &str, attempt: u32, now: i64, lease_ms: i64) -> (String, HashMap<String, AttributeValue>) {
-    let (cond, values) = status_in(Transition::Claim.allowed_from());
-    let mut values: HashMap<String, AttributeValue> = values.into_iter().collect();
+fn claim_update(token: &str, attempt: u32, now: i64, lease_ms: i64) -> (String, Item) {
+    let (cond, mut values) = transition(Transition::Claim);
     for (k, v) in [
-        (":running", s(Status::Running.as_str())),
         (":true", AttributeValue::Bool(true)),
         (":false", AttributeValue::Bool(false)),
         (":token", s(token)),
         (":attempt", n(attempt)),
         (":lease", n(now + lease_ms)),
         (":now", n(now)),
-        (":phase", s("reading")),
     ] {
         values.insert(k.to_owned(), v);
     }
@@ -81,9 +77,9 @@ impl JobTable {
             .send()
             .await;
         let item = match self.conditional(&pk, "UpdateItem", out)? {
-            Some(o) => o.attributes.unwrap_or_default(),
+            Written::Done(o) => o.attributes.unwrap_or_default(),
             // Refused, or a resend of this very claim after the first send landed: the token tells.
-            None => {
+            Written::ConditionFailed => {
                 let mut current = self.get_raw(&pk).await?;
                 if let Some(item) = current.as_ref().filter(|i| Self::waits_past_its_lease(i, attempt, now)) {
                     current = self.late_claim(item, &token, now, lease_ms).await?;
@@ -102,7 +98,7 @@ impl JobTable {
     /// Whether `item` is attempt `attempt`, unclaimed, with a lease that passed: its delivery waited
     /// in Lambda's retry queue (a throttle) longer than the lease. Readers call it `lost`, but that
     /// is derived; the delivery may still take it unless another job took its lock meanwhile.
-    fn waits_past_its_lease(item: &HashMap<String, AttributeValue>, attempt: u32, now: i64) -> bool {
+    fn waits_past_its_lease(item: &Item, attempt: u32, now: i64) -> bool {
         num(item, "attempt") == Some(i64::from(attempt))
             && item.get("claimed") == Some(&AttributeValue::Bool(false))
             && text(item, "status").is_some_and(|st| Transition::Claim.allowed_from().iter().any(|a| a.as_str() == st))
@@ -114,13 +110,7 @@ impl JobTable {
     /// the job is still unclaimed at its attempt. Returns the job item as it is afterwards (read
     /// back, so a resent transaction that landed the first time counts); the caller's token tells
     /// whether the claim is its own.
-    async fn late_claim(
-        &self,
-        item: &HashMap<String, AttributeValue>,
-        token: &str,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, JobStoreError> {
+    async fn late_claim(&self, item: &Item, token: &str, now: i64, lease_ms: i64) -> Result<Option<Item>, JobStoreError> {
         use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
         let record = from_item(item).map_err(|m| self.corrupt(&text(item, "pk").unwrap_or_default(), m))?;
         let pk = job_pk(&record.id);
@@ -150,10 +140,12 @@ impl JobTable {
             .transact_items(TransactWriteItem::builder().update(held).build())
             .send()
             .await;
-        match out {
-            Ok(_) => {}
-            Err(e) if service_code(&e) == Some("TransactionCanceledException") => {}
-            Err(e) => return Err(self.error(&pk, "TransactWriteItems", e)),
+        // Cancelled: a condition did not hold (another claim, or the lock moved on); the item read
+        // back below tells.
+        if let Err(e) = out.map_err(|e| self.error(&pk, "TransactWriteItems", e))
+            && e.0.code() != Some("TransactionCanceledException")
+        {
+            return Err(e);
         }
         self.get_raw(&pk).await
     }
@@ -166,10 +158,10 @@ impl JobTable {
     }
 
     /// Whether `item` is running attempt `attempt` under the claim written with `token`, unexpired.
-    fn holds_claim(item: &HashMap<String, AttributeValue>, token: &str, attempt: u32, now: i64) -> bool {
+    fn holds_claim(item: &Item, token: &str, attempt: u32, now: i64) -> bool {
         text(item, "claim_token").as_deref() == Some(token)
             && num(item, "attempt") == Some(i64::from(attempt))
-            && item.get("claimed") == Some(&AttributeValue::Bool(true))
+            && is_true(item, "claimed")
             && text(item, "status").as_deref() == Some(Status::Running.as_str())
             && num(item, "lease_expires_at").is_some_and(|l| l >= now)
     }
@@ -181,7 +173,7 @@ impl JobTable {
     }
 
     /// Why a conditional write on the job item `pk`, now holding `item`, did not go through.
-    fn refusal_of(&self, pk: &str, item: Option<HashMap<String, AttributeValue>>, now: i64) -> Result<Refused, JobStoreError> {
+    fn refusal_of(&self, pk: &str, item: Option<Item>, now: i64) -> Result<Refused, JobStoreError> {
         let record = item.map(|i| from_item(&i).map_err(|m| self.corrupt(pk, m))).transpose()?;
         Ok(match record.filter(|r| !r.is_expired(now)) {
             None => Refused::Missing,
@@ -216,7 +208,9 @@ impl JobTable {
         let mut set = String::from("SET lease_expires_at = :lease, updated_at = :now");
         if let Some(progress) = u.progress {
             set.push_str(", phase = :phase, done = :done");
-            req = req.expression_attribute_values(":phase", s(&progress.phase)).expression_attribute_values(":done", n(progress.done));
+            req = req
+                .expression_attribute_values(":phase", s(progress.phase.as_str()))
+                .expression_attribute_values(":done", n(progress.done));
             if let Some(t) = progress.total {
                 set.push_str(", #total = :total");
                 req = req.expression_attribute_names("#total", "total").expression_attribute_values(":total", n(t));
@@ -244,7 +238,7 @@ impl JobTable {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        let Some(o) = self.conditional(&pk, "UpdateItem", out)? else { return Ok(Err(self.refusal(u.id, u.now).await?)) };
+        let Written::Done(o) = self.conditional(&pk, "UpdateItem", out)? else { return Ok(Err(self.refusal(u.id, u.now).await?)) };
         let record = from_item(&o.attributes.unwrap_or_default()).map_err(|m| self.corrupt(&pk, m))?;
         if !self.extend_lock(&record, u.now + u.lease_ms).await? {
             // Another job of the same request holds the lock: this one was lost and replaced.

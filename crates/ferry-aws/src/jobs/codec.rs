@@ -2,17 +2,10 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use ferry_core::jobs::{JobRecord, JobResult, ListCursor, Progress, Status, canonical_json};
+use ferry_core::jobs::{JobRecord, JobResult, ListCursor, Phase, Progress, Status, Transition, canonical_json};
 use ferry_core::public::{ErrorCode, PublicError};
 
-pub(super) fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-pub(super) fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
+use crate::dynamo::{AttributeValue, Item, n, num, s, text};
 
 pub(super) fn job_pk(id: &str) -> String {
     format!("JOB#{id}")
@@ -25,15 +18,20 @@ pub(super) fn status_in(statuses: &[Status]) -> (String, Vec<(String, AttributeV
     (format!("#status IN ({})", names.join(", ")), values)
 }
 
-pub(super) fn text(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
-    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+/// What a write making transition `t` is conditional on and sets: `#status IN (...)` over the
+/// statuses `t` may start from, with their values, and `:to` (the status it sets) and `:phase` (the
+/// phase, if `t` sets one), both `t`'s own.
+pub(super) fn transition(t: Transition) -> (String, Item) {
+    let (cond, values) = status_in(t.allowed_from());
+    let mut values: Item = values.into_iter().collect();
+    values.insert(":to".to_owned(), s(t.target().as_str()));
+    if let Some(phase) = t.phase() {
+        values.insert(":phase".to_owned(), s(phase.as_str()));
+    }
+    (cond, values)
 }
 
-pub(super) fn num(item: &HashMap<String, AttributeValue>, name: &str) -> Option<i64> {
-    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
-}
-
-pub(super) fn to_item(r: &JobRecord) -> HashMap<String, AttributeValue> {
+pub(super) fn to_item(r: &JobRecord) -> Item {
     let mut item = HashMap::from([
         ("pk".to_owned(), s(job_pk(&r.id))),
         ("id".to_owned(), s(&r.id)),
@@ -45,7 +43,7 @@ pub(super) fn to_item(r: &JobRecord) -> HashMap<String, AttributeValue> {
         ("status".to_owned(), s(r.status.as_str())),
         ("attempt".to_owned(), n(r.attempt)),
         ("claimed".to_owned(), AttributeValue::Bool(false)),
-        ("phase".to_owned(), s(&r.progress.phase)),
+        ("phase".to_owned(), s(r.progress.phase.as_str())),
         ("done".to_owned(), n(r.progress.done)),
         ("lease_expires_at".to_owned(), n(r.lease_expires_at)),
         ("created_at".to_owned(), n(r.created_at)),
@@ -86,7 +84,7 @@ fn error_of(v: &AttributeValue) -> PublicError {
     e
 }
 
-pub(super) fn from_item(item: &HashMap<String, AttributeValue>) -> Result<JobRecord, String> {
+pub(super) fn from_item(item: &Item) -> Result<JobRecord, String> {
     let need = |name: &str| text(item, name).ok_or_else(|| format!("attribute {name} is missing or not a string"));
     let need_n = |name: &str| num(item, name).ok_or_else(|| format!("attribute {name} is missing or not a number"));
     let kind = need("kind")?;
@@ -105,7 +103,7 @@ pub(super) fn from_item(item: &HashMap<String, AttributeValue>) -> Result<JobRec
         status: Status::parse(&status).filter(|s| *s != Status::Lost).ok_or_else(|| format!("attribute status: unknown {status:?}"))?,
         attempt: u32::try_from(need_n("attempt")?).map_err(|e| format!("attribute attempt: {e}"))?,
         progress: Progress {
-            phase: text(item, "phase").unwrap_or_default(),
+            phase: text(item, "phase").map(Phase::from).unwrap_or_default(),
             done: num(item, "done").unwrap_or(0).max(0) as u64,
             total: num(item, "total").map(|t| t.max(0) as u64),
             counts: match text(item, "counts") {
@@ -125,6 +123,29 @@ pub(super) fn from_item(item: &HashMap<String, AttributeValue>) -> Result<JobRec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transition_writes_its_own_status_and_phase() {
+        let check = |t: Transition, cond: &str, expect: &[(&str, &str)]| {
+            let (c, values) = transition(t);
+            assert_eq!(c, cond, "{t:?}");
+            let expect: Item = expect.iter().map(|(k, v)| ((*k).to_owned(), s(*v))).collect();
+            assert_eq!(values, expect, "{t:?}");
+        };
+        check(
+            Transition::Claim,
+            "#status IN (:s0, :s1)",
+            &[(":s0", "queued"), (":s1", "running"), (":to", "running"), (":phase", "reading")],
+        );
+        check(Transition::Succeed, "#status IN (:s0)", &[(":s0", "running"), (":to", "succeeded"), (":phase", "done")]);
+        check(Transition::Fail, "#status IN (:s0, :s1)", &[(":s0", "queued"), (":s1", "running"), (":to", "failed"), (":phase", "failed")]);
+        check(
+            Transition::Cancel,
+            "#status IN (:s0, :s1)",
+            &[(":s0", "queued"), (":s1", "running"), (":to", "cancelled"), (":phase", "cancelled")],
+        );
+        check(Transition::Heartbeat, "#status IN (:s0)", &[(":s0", "running"), (":to", "running")]);
+    }
 
     #[test]
     fn stored_errors_round_trip_and_old_text_reads_as_internal() {

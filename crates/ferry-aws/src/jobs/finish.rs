@@ -1,20 +1,21 @@
 //! How a job ends: succeeded, failed or cancelled (each releasing its lock), and the one-time
 //! record that it was announced lost.
 
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+use aws_sdk_dynamodb::types::ReturnValue;
 use ferry_core::jobs::{JobRecord, JobResult, Status, Transition};
 use ferry_core::public::PublicError;
 
-use super::codec::{error_value, from_item, job_pk, n, s, status_in};
-use super::{Beat, HttpResponse, JobStoreError, JobTable, Refused};
+use super::codec::{error_value, from_item, job_pk, status_in, transition};
+use super::{Beat, JobStoreError, JobTable, Refused};
+use crate::dynamo::{AttributeValue, Written, n, s};
+use crate::error::SdkError;
 
 impl JobTable {
     /// Marks the running attempt succeeded with its result and releases the lock.
     pub async fn succeed(&self, beat: Beat<'_>, result: &JobResult) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let pk = job_pk(beat.id);
-        let (cond, values) = status_in(Transition::Succeed.allowed_from());
+        let (cond, values) = transition(Transition::Succeed);
         let out = self
             .client
             .update_item()
@@ -26,13 +27,11 @@ impl JobTable {
             .expression_attribute_names("#result", "result")
             .expression_attribute_names("#total", "total")
             // Sets the whole map: every value below goes after it.
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .set_expression_attribute_values(Some(values))
             .expression_attribute_values(":total", n(beat.progress.total.unwrap_or(beat.progress.done)))
-            .expression_attribute_values(":to", s(Status::Succeeded.as_str()))
             .expression_attribute_values(":attempt", n(beat.attempt))
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":now", n(beat.now))
-            .expression_attribute_values(":phase", s("done"))
             .expression_attribute_values(":done", n(beat.progress.done))
             .expression_attribute_values(":counts", s(serde_json::to_string(&beat.progress.counts).unwrap_or_default()))
             .expression_attribute_values(":result", s(serde_json::to_string(result).unwrap_or_default()))
@@ -101,7 +100,7 @@ impl JobTable {
         result: Option<&JobResult>,
     ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let pk = job_pk(id);
-        let (cond, statuses) = status_in(Transition::Fail.allowed_from());
+        let (cond, statuses) = transition(Transition::Fail);
         let set = if result.is_some() { ", #result = :result" } else { "" };
         let mut req = self
             .client
@@ -114,10 +113,8 @@ impl JobTable {
             .condition_expression(format!("{cond} AND {condition}"))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
-            .set_expression_attribute_values(Some(statuses.into_iter().collect()))
-            .expression_attribute_values(":to", s(Status::Failed.as_str()))
+            .set_expression_attribute_values(Some(statuses))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":phase", s("failed"))
             .expression_attribute_values(":error", error_value(error))
             .return_values(ReturnValue::AllNew);
         for (k, v) in values {
@@ -136,7 +133,7 @@ impl JobTable {
     /// `Ok(Err(Refused::NotOurs))` carries a job that had already finished.
     pub async fn cancel(&self, id: &str, owner: &str, now: i64) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let pk = job_pk(id);
-        let (cond, values) = status_in(Transition::Cancel.allowed_from());
+        let (cond, values) = transition(Transition::Cancel);
         let out = self
             .client
             .update_item()
@@ -146,11 +143,9 @@ impl JobTable {
             .condition_expression(format!("{cond} AND #owner = :owner"))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#owner", "owner")
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
-            .expression_attribute_values(":to", s(Status::Cancelled.as_str()))
+            .set_expression_attribute_values(Some(values))
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":phase", s("cancelled"))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
@@ -158,14 +153,14 @@ impl JobTable {
     }
 
     /// The end of a finishing write: the record as written (its lock released), or why it was refused.
-    async fn finish<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    async fn finish<R: std::fmt::Debug + Send + Sync + 'static>(
         &self,
         id: &str,
         now: i64,
-        out: Result<UpdateItemOutput, SdkError<E, HttpResponse>>,
+        out: Result<UpdateItemOutput, SdkError<UpdateItemError, R>>,
     ) -> Result<Result<JobRecord, Refused>, JobStoreError> {
         let pk = job_pk(id);
-        let Some(o) = self.conditional(&pk, "UpdateItem", out)? else { return Ok(Err(self.refusal(id, now).await?)) };
+        let Written::Done(o) = self.conditional(&pk, "UpdateItem", out)? else { return Ok(Err(self.refusal(id, now).await?)) };
         let record = from_item(&o.attributes.unwrap_or_default()).map_err(|m| self.corrupt(&pk, m))?;
         self.release_lock(&record.owner, &record.kind, &record.params_hash, &record.id).await?;
         Ok(Ok(record))
@@ -188,6 +183,6 @@ impl JobTable {
             .expression_attribute_values(":now", n(now))
             .send()
             .await;
-        Ok(self.conditional(&pk, "UpdateItem", out)?.is_some())
+        Ok(self.conditional(&pk, "UpdateItem", out)?.is_done())
     }
 }

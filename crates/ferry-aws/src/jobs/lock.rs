@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use ferry_core::jobs::{JobRecord, canonical_json, params_hash};
+use ferry_core::jobs::JobRecord;
 
-use super::codec::{n, num, s, text};
 use super::{JobStoreError, JobTable, WRITE_GRACE_MS};
+use crate::dynamo::{Item, n, num, s, text};
 
 fn slot_pk(owner: &str, k: u32) -> String {
     format!("SLOT#{owner}#{k}")
@@ -20,7 +19,7 @@ pub(super) fn lock_pk(owner: &str, kind: &str, hash: &str) -> String {
 /// What extending a lock's lease sets, conditional on `job_id = :id`.
 pub(super) const LOCK_LEASE_SET: &str = "SET lease_expires_at = :lease, expires_at = :ttl";
 
-pub(super) fn lock_lease_values(job_id: &str, lease: i64) -> HashMap<String, AttributeValue> {
+pub(super) fn lock_lease_values(job_id: &str, lease: i64) -> Item {
     HashMap::from([(":lease".to_owned(), n(lease)), (":ttl".to_owned(), n(lease / 1000 + 86_400)), (":id".to_owned(), s(job_id))])
 }
 
@@ -46,7 +45,7 @@ impl JobTable {
                 }
                 req.send()
             };
-            if self.conditional(&pk, "PutItem", put("attribute_not_exists(pk)", None).await)?.is_some() {
+            if self.conditional(&pk, "PutItem", put("attribute_not_exists(pk)", None).await)?.is_done() {
                 return Ok(true);
             }
             let Some(slot) = self.get_raw(&pk).await? else { continue };
@@ -56,7 +55,7 @@ impl JobTable {
                 continue;
             }
             // `None`: another submit took it first.
-            if self.conditional(&pk, "PutItem", put("job_id = :old", Some(&holder_id)).await)?.is_some() {
+            if self.conditional(&pk, "PutItem", put("job_id = :old", Some(&holder_id)).await)?.is_done() {
                 return Ok(true);
             }
         }
@@ -76,7 +75,7 @@ impl JobTable {
             .set_expression_attribute_values(Some(lock_lease_values(&job.id, lease)))
             .send()
             .await;
-        Ok(self.conditional(&lock, "UpdateItem", out)?.is_some())
+        Ok(self.conditional(&lock, "UpdateItem", out)?.is_done())
     }
 
     /// Deletes the lock if job `id` still holds it.
@@ -94,17 +93,5 @@ impl JobTable {
         // Held by another job (or gone): nothing of ours to release.
         self.conditional(&lock, "DeleteItem", out)?;
         Ok(())
-    }
-
-    /// The job id holding the lock of (owner, kind, params), if any and unexpired.
-    pub async fn lock_holder(
-        &self,
-        owner: &str,
-        kind: &str,
-        params: &serde_json::Value,
-        now: i64,
-    ) -> Result<Option<String>, JobStoreError> {
-        let lock = lock_pk(owner, kind, &params_hash(&canonical_json(params)));
-        Ok(self.get_raw(&lock).await?.filter(|l| num(l, "lease_expires_at").unwrap_or(0) >= now).and_then(|l| text(&l, "job_id")))
     }
 }

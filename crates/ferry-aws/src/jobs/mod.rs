@@ -15,7 +15,9 @@
 //! The global secondary index `by-owner` (`owner`, `created_key`) lists an owner's jobs newest first.
 //! DynamoDB's TTL deletes days late, so every read checks leases and retention in code. Every write
 //! that changes a status is conditional on the statuses [`Transition::allowed_from`] names, on the
-//! attempt, and on an unexpired lease, so only one worker ever runs an attempt.
+//! attempt, and on an unexpired lease, so only one worker ever runs an attempt; the status and phase
+//! it sets are the transition's ([`Transition::target`], [`Transition::phase`]), and a submit writes
+//! [`JobRecord::queued`]. Conditional writes go through [`crate::dynamo::Written`].
 //!
 //! [`JobTable`]'s methods, by file: `table` (create, submit, reads), `attempt` (claim, keep-alive,
 //! heartbeat, checkpoint), `finish` (succeed, fail, cancel, the lost announcement), `lock` (locks
@@ -23,6 +25,8 @@
 //! and is re-exported here.
 //!
 //! [`Transition::allowed_from`]: ferry_core::jobs::Transition::allowed_from
+//! [`Transition::target`]: ferry_core::jobs::Transition::target
+//! [`Transition::phase`]: ferry_core::jobs::Transition::phase
 
 mod attempt;
 mod codec;
@@ -30,11 +34,12 @@ mod finish;
 mod lock;
 mod table;
 
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use ferry_core::jobs::{JobRecord, Progress};
 
 /// The SDK's DynamoDB client, named here so callers hold one without depending on the SDK.
-pub use aws_sdk_dynamodb::Client as DynamoClient;
+pub use crate::dynamo::DynamoClient;
+use crate::dynamo::{self, Written};
+use crate::error::SdkError;
 // The invoke moved to `crate::lambda`; its old paths stay.
 pub use crate::lambda::{InvokeError, WorkerPayload, invoke_worker};
 
@@ -42,17 +47,11 @@ pub use crate::lambda::{InvokeError, WorkerPayload, invoke_worker};
 /// that is still missing after this was left by a submit that died between the two writes.
 pub const WRITE_GRACE_MS: i64 = 30_000;
 
-type HttpResponse = aws_sdk_dynamodb::config::http::HttpResponse;
-
-/// A DynamoDB call that failed. Names the table, the item and the operation.
+/// A call on the jobs table that failed, or an item it could not read. The [`crate::Error`] names
+/// the table, the item and the operation.
 #[derive(Debug, thiserror::Error)]
-#[error("dynamodb table {table}, item {item}: {op} failed: {message}")]
-pub struct JobStoreError {
-    pub table: String,
-    pub item: String,
-    pub op: &'static str,
-    pub message: String,
-}
+#[error(transparent)]
+pub struct JobStoreError(#[from] pub crate::Error);
 
 /// The jobs table.
 #[derive(Debug, Clone)]
@@ -120,14 +119,6 @@ pub struct Beat<'a> {
     pub lease_ms: i64,
 }
 
-fn service_code<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Option<&str> {
-    e.as_service_error().and_then(|s| s.code())
-}
-
-fn is_condition_failed<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
-    service_code(e) == Some("ConditionalCheckFailedException")
-}
-
 impl JobTable {
     pub fn new(client: DynamoClient, table: impl Into<String>) -> JobTable {
         JobTable { client, table: table.into() }
@@ -141,32 +132,24 @@ impl JobTable {
         &self.client
     }
 
-    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
-        &self,
-        item: &str,
-        op: &'static str,
-        e: SdkError<E, HttpResponse>,
-    ) -> JobStoreError {
-        JobStoreError { table: self.table.clone(), item: item.to_owned(), op, message: crate::sdk_message(&e) }
+    fn error<E, R>(&self, item: &str, op: &'static str, e: SdkError<E, R>) -> JobStoreError
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        JobStoreError(dynamo::error(op, &dynamo::item_resource(&self.table, item), e))
     }
 
     fn corrupt(&self, item: &str, message: String) -> JobStoreError {
-        JobStoreError { table: self.table.clone(), item: item.to_owned(), op: "decode", message }
+        JobStoreError(crate::Error::other("DynamoDB", "decode", dynamo::item_resource(&self.table, item), message))
     }
 
-    /// A conditional write's outcome: `Some` when it went through, `None` when its condition did
-    /// not hold (what that means is the caller's: a refusal, a lock held elsewhere), and any other
-    /// failure as the error of `op` on `item`.
-    fn conditional<T, E: ProvideErrorMetadata + std::error::Error + 'static>(
-        &self,
-        item: &str,
-        op: &'static str,
-        out: Result<T, SdkError<E, HttpResponse>>,
-    ) -> Result<Option<T>, JobStoreError> {
-        match out {
-            Ok(o) => Ok(Some(o)),
-            Err(e) if is_condition_failed(&e) => Ok(None),
-            Err(e) => Err(self.error(item, op, e)),
-        }
+    /// A conditional write's outcome; any failure but its condition as the error of `op` on `item`.
+    fn conditional<T, E, R>(&self, item: &str, op: &'static str, out: Result<T, SdkError<E, R>>) -> Result<Written<T>, JobStoreError>
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        Ok(dynamo::written(op, &dynamo::item_resource(&self.table, item), out)?)
     }
 }

@@ -1,16 +1,11 @@
-//! Creating the table, submitting a job, and reading jobs back.
+//! Submitting a job, and reading jobs back.
 
-use std::collections::HashMap;
+use ferry_core::jobs::{JobRecord, ListCursor};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, TimeToLiveSpecification,
-};
-use ferry_core::jobs::{JobRecord, ListCursor, Progress, Status, canonical_json, params_hash};
-
-use super::codec::{from_item, job_pk, n, num, s, text, to_item};
+use super::codec::{from_item, job_pk, to_item};
 use super::lock::lock_pk;
-use super::{Claimed, JobStoreError, JobTable, NewJob, Submitted, WRITE_GRACE_MS, service_code};
+use super::{Claimed, JobStoreError, JobTable, NewJob, Submitted, WRITE_GRACE_MS};
+use crate::dynamo::{Item, n, num, s, text};
 
 const BY_OWNER: &str = "by-owner";
 /// How many times a submit re-reads after its lock changed under it.
@@ -19,64 +14,13 @@ const SUBMIT_ATTEMPTS: u32 = 8;
 const HOLDER_POLLS: u32 = 25;
 
 impl JobTable {
-    /// Creates the table with its owner index and TTL attribute (for local runs and tests; the
-    /// deployed table comes from the template).
-    pub async fn create(&self) -> Result<(), JobStoreError> {
-        let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
-        let attr = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
-        let build = |e: aws_sdk_dynamodb::error::BuildError| self.corrupt(&self.table, e.to_string());
-        let gsi = GlobalSecondaryIndex::builder()
-            .index_name(BY_OWNER)
-            .key_schema(key("owner", KeyType::Hash).map_err(build)?)
-            .key_schema(key("created_key", KeyType::Range).map_err(build)?)
-            .projection(Projection::builder().projection_type(ProjectionType::All).build())
-            .build()
-            .map_err(build)?;
-        let created = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr("pk").map_err(build)?)
-            .attribute_definitions(attr("owner").map_err(build)?)
-            .attribute_definitions(attr("created_key").map_err(build)?)
-            .key_schema(key("pk", KeyType::Hash).map_err(build)?)
-            .global_secondary_indexes(gsi)
-            .send()
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(e) if service_code(&e) == Some("ResourceInUseException") => {}
-            Err(e) => return Err(self.error(&self.table, "CreateTable", e)),
-        }
-        let ttl = TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().map_err(build)?;
-        self.client.update_time_to_live().table_name(&self.table).time_to_live_specification(ttl).send().await.map(|_| ()).or_else(|e| {
-            if service_code(&e) == Some("ValidationException") { Ok(()) } else { Err(self.error(&self.table, "UpdateTimeToLive", e)) }
-        })
-    }
-
     /// Takes the lock of (owner, kind, params) and creates the job, or returns the job that holds the
     /// lock. Concurrent equal submits create exactly one job: the lock is one conditional put.
     pub async fn submit(&self, job: NewJob<'_>) -> Result<Submitted, JobStoreError> {
-        let hash = params_hash(&canonical_json(job.params));
+        let record = JobRecord::queued(job.id, job.owner, job.kind, job.params, job.now, job.start_lease_ms, job.retention_ms);
+        let hash = record.params_hash.clone();
         let lock = lock_pk(job.owner, job.kind, &hash);
-        let lease = job.now + job.start_lease_ms;
-        let record = JobRecord {
-            id: job.id.to_owned(),
-            owner: job.owner.to_owned(),
-            kind: job.kind.to_owned(),
-            params: job.params.clone(),
-            params_hash: hash.clone(),
-            status: Status::Queued,
-            attempt: 0,
-            progress: Progress { phase: "queued".into(), ..Progress::default() },
-            lease_expires_at: lease,
-            result: None,
-            error: None,
-            created_at: job.now,
-            updated_at: job.now,
-            retain_until: job.now + job.retention_ms,
-        };
+        let lease = record.lease_expires_at;
         for _ in 0..SUBMIT_ATTEMPTS {
             // The lock first, then the job: a concurrent submit that finds the lock waits for the job.
             // (Not one transaction: the lock alone decides, and the job item is only ever written by
@@ -94,7 +38,7 @@ impl JobTable {
                 .expression_attribute_values(":now", n(job.now))
                 .send()
                 .await;
-            if self.conditional(&lock, "PutItem", taken)?.is_some() {
+            if self.conditional(&lock, "PutItem", taken)?.is_done() {
                 // The request is new: it needs one of the owner's slots, or it is refused and
                 // leaves nothing behind.
                 if !self.take_slot(job.owner, job.id, job.max_running, job.now).await? {
@@ -140,15 +84,11 @@ impl JobTable {
                 None => return Ok(Submitted::Busy { holder: holder_id }),
             }
         }
-        Err(JobStoreError {
-            table: self.table.clone(),
-            item: lock,
-            op: "submit",
-            message: format!("lock changed hands {SUBMIT_ATTEMPTS} times while submitting"),
-        })
+        let message = format!("lock changed hands {SUBMIT_ATTEMPTS} times while submitting");
+        Err(JobStoreError(crate::Error::other("DynamoDB", "submit", crate::dynamo::item_resource(&self.table, &lock), message)))
     }
 
-    pub(super) async fn get_raw(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, JobStoreError> {
+    pub(super) async fn get_raw(&self, pk: &str) -> Result<Option<Item>, JobStoreError> {
         let out = self
             .client
             .get_item()

@@ -6,7 +6,8 @@ use std::time::Duration;
 use ferry_core::notify::Sender;
 
 use super::deliveries::{K_EXPIRES, K_ID, K_LEASE, K_UPDATED, Written};
-use super::{DeliveryTable, NotifyAwsError, keys, n, now_ms, s};
+use super::{DeliveryTable, NotifyAwsError, keys, now_ms};
+use crate::dynamo::{self, n, num, s, text};
 
 // A marker's attributes, besides the shared key, lease, update time and expiry.
 const K_DL_STATE: &str = "dead_letter_state";
@@ -52,7 +53,7 @@ impl DeliveryTable {
     /// delete of it lost until `maxReceiveCount`) leaves a second copy.
     ///
     /// `redriven`: the message came back from the DLQ (it carries
-    /// [`attr::FIRST_SENT_AT`](ferry_core::notify::attr::FIRST_SENT_AT)); it left the DLQ, so
+    /// [`attr::FIRST_SENT_AT`](ferry_api::sqs::attr::FIRST_SENT_AT)); it left the DLQ, so
     /// failing again it is dead-lettered again even though an earlier message was.
     pub async fn begin_dead_letter(
         &self,
@@ -90,20 +91,16 @@ impl DeliveryTable {
             .expression_attribute_values(":now_s", n(now / 1000))
             .expression_attribute_values(":exp", n(now / 1000 + MARKER_RETENTION_SECS));
         let res = if redriven { res.expression_attribute_values(":done", s(DL_DONE)) } else { res };
-        match res.send().await {
-            Ok(_) => Ok(LetterSlot::Take),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-                let Some(item) = self.get_item(&key).await? else {
-                    return Ok(LetterSlot::InFlight { lease_until_ms: now });
-                };
-                let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-                let lease_until_ms = item.get(K_LEASE).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(now);
-                match text(K_DL_STATE).as_deref() {
-                    Some(DL_DONE) => Ok(LetterSlot::Done { message_id: text(K_DL_MESSAGE).unwrap_or_default() }),
-                    _ => Ok(LetterSlot::InFlight { lease_until_ms }),
-                }
-            }
-            Err(e) => Err(self.err(&key, "UpdateItem (dead-letter marker)")(e)),
+        if let dynamo::Written::Done(_) = self.written(&key, "UpdateItem (dead-letter marker)", res.send().await)? {
+            return Ok(LetterSlot::Take);
+        }
+        let Some(item) = self.get_item(&key).await? else {
+            return Ok(LetterSlot::InFlight { lease_until_ms: now });
+        };
+        let lease_until_ms = num(&item, K_LEASE).unwrap_or(now);
+        match text(&item, K_DL_STATE).as_deref() {
+            Some(DL_DONE) => Ok(LetterSlot::Done { message_id: text(&item, K_DL_MESSAGE).unwrap_or_default() }),
+            _ => Ok(LetterSlot::InFlight { lease_until_ms }),
         }
     }
 
@@ -141,10 +138,6 @@ impl DeliveryTable {
                 "UpdateItem (dead-letter release)",
             )
         };
-        match req.send().await {
-            Ok(_) => Ok(Written::Applied),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Written::Skipped),
-            Err(e) => Err(self.err(&key, op)(e)),
-        }
+        Ok(Written::of(self.written(&key, op, req.send().await)?))
     }
 }

@@ -1,15 +1,14 @@
 //! Delivery records and throttle counters in the deliveries table.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue, ScalarAttributeType,
-};
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::ReturnValue;
 use ferry_core::notify::{Channel, FixedWindow, Sender, Status};
 
-use super::{DynamoClient, NotifyAwsError, keys, n, now_ms, s, sdk_message, truncate};
+use super::{DynamoClient, NotifyAwsError, keys, now_ms};
+use crate::dynamo::{self, AttributeValue, Item, is_true, n, num, s, text};
+use crate::error::SdkError;
+use crate::sqs::truncate;
 
 pub(super) const K_ID: &str = "notification_id";
 const K_SENDER: &str = "sender";
@@ -68,6 +67,12 @@ pub enum Written {
     Skipped,
 }
 
+impl Written {
+    pub(super) fn of<T>(w: dynamo::Written<T>) -> Written {
+        if w.is_done() { Written::Applied } else { Written::Skipped }
+    }
+}
+
 /// The delivery table: partition key `notification_id` (string), holding the items of [`keys`].
 #[derive(Debug, Clone)]
 pub struct DeliveryTable {
@@ -86,42 +91,30 @@ impl DeliveryTable {
 
     pub(super) fn err<E, R>(&self, id: &str, op: &'static str) -> impl FnOnce(SdkError<E, R>) -> NotifyAwsError + use<'_, E, R>
     where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
     {
-        let (table, id) = (self.table.clone(), id.to_owned());
-        move |e| NotifyAwsError::Dynamo { table, id, op, message: sdk_message(&e) }
+        let resource = dynamo::item_resource(&self.table, id);
+        move |e| NotifyAwsError(dynamo::error(op, &resource, e))
     }
 
-    /// Creates the table (on-demand billing) unless it exists. For local runs and tests; the
-    /// deployed table comes from the template.
-    pub async fn create_if_missing(&self) -> Result<(), NotifyAwsError> {
-        let res = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(K_ID)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|e| NotifyAwsError::BadItem { table: self.table.clone(), id: String::new(), message: e.to_string() })?,
-            )
-            .key_schema(
-                KeySchemaElement::builder().attribute_name(K_ID).key_type(KeyType::Hash).build().map_err(|e| NotifyAwsError::BadItem {
-                    table: self.table.clone(),
-                    id: String::new(),
-                    message: e.to_string(),
-                })?,
-            )
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(()),
-            Err(e) => Err(self.err("-", "CreateTable")(e)),
-        }
+    /// A conditional write's outcome; any failure but its condition as the error of `op` on `id`.
+    pub(super) fn written<T, E, R>(
+        &self,
+        id: &str,
+        op: &'static str,
+        out: Result<T, SdkError<E, R>>,
+    ) -> Result<dynamo::Written<T>, NotifyAwsError>
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        Ok(dynamo::written(op, &dynamo::item_resource(&self.table, id), out)?)
+    }
+
+    /// The item `id` could not be read as what it should be.
+    pub(super) fn bad_item(&self, id: &str, message: String) -> NotifyAwsError {
+        NotifyAwsError(crate::Error::other("DynamoDB", "decode", dynamo::item_resource(&self.table, id), message))
     }
 
     /// Takes the right to send `sender`'s notification `id` for `lease`. Succeeds when there is no
@@ -162,12 +155,12 @@ impl DeliveryTable {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match res {
-            Ok(out) => {
-                let primary_rejected = matches!(out.attributes().and_then(|a| a.get(K_PRIMARY_REJECTED)), Some(AttributeValue::Bool(true)));
+        match self.written(&key, "UpdateItem (claim)", res)? {
+            dynamo::Written::Done(out) => {
+                let primary_rejected = out.attributes().is_some_and(|a| is_true(a, K_PRIMARY_REJECTED));
                 Ok(Claim::Claimed { token, primary_rejected })
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            dynamo::Written::ConditionFailed => {
                 let Some(current) = self.get(sender, id).await? else {
                     // Deleted between the write and the read: let the retry claim it afresh.
                     return Ok(Claim::InFlight { lease_until_ms: now });
@@ -178,7 +171,6 @@ impl DeliveryTable {
                     Ok(Claim::InFlight { lease_until_ms: current.lease_until_ms.unwrap_or(now) })
                 }
             }
-            Err(e) => Err(self.err(&key, "UpdateItem (claim)")(e)),
         }
     }
 
@@ -217,11 +209,7 @@ impl DeliveryTable {
                 .expression_attribute_values(":pm", s(pm)),
             None => req.update_expression("SET #st = :st, #rank = :rank, #ch = :ch, #upd = :now REMOVE #tok, #lease"),
         };
-        match req.send().await {
-            Ok(_) => Ok(Written::Applied),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Written::Skipped),
-            Err(e) => Err(self.err(&key, "UpdateItem (advance)")(e)),
-        }
+        Ok(Written::of(self.written(&key, "UpdateItem (advance)", req.send().await)?))
     }
 
     /// Gives a claim back after a transient failure, so the retry need not wait for the lease.
@@ -246,11 +234,7 @@ impl DeliveryTable {
             .expression_attribute_values(":sending", s(Status::Sending.as_str()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(Written::Applied),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Written::Skipped),
-            Err(e) => Err(self.err(&key, "UpdateItem (release)")(e)),
-        }
+        Ok(Written::of(self.written(&key, "UpdateItem (release)", res)?))
     }
 
     /// Records a permanent failure on every channel. A later redrive may claim it again.
@@ -276,20 +260,16 @@ impl DeliveryTable {
             .expression_attribute_values(":sending", s(Status::Sending.as_str()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(Written::Applied),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Written::Skipped),
-            Err(e) => Err(self.err(&key, "UpdateItem (failed)")(e)),
-        }
+        Ok(Written::of(self.written(&key, "UpdateItem (failed)", res)?))
     }
 
     /// Reads `sender`'s record of notification `id` (strongly consistent).
     pub async fn get(&self, sender: &Sender, id: &str) -> Result<Option<DeliveryRecord>, NotifyAwsError> {
         let key = keys::delivery(sender, id);
         let Some(item) = self.get_item(&key).await? else { return Ok(None) };
-        let bad = |message: String| NotifyAwsError::BadItem { table: self.table.clone(), id: key.clone(), message };
-        let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-        let num = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
+        let bad = |message: String| self.bad_item(&key, message);
+        let text = |k: &str| text(&item, k);
+        let num = |k: &str| num(&item, k);
         let status = text(K_STATUS).ok_or_else(|| bad(format!("no {K_STATUS}")))?.parse::<Status>().map_err(bad)?;
         // As stored by the claim, not as asked for: the record says whose it is.
         let stored_sender =
@@ -303,11 +283,11 @@ impl DeliveryTable {
             provider_message_id: text(K_PROVIDER_ID),
             last_error: text(K_ERROR),
             lease_until_ms: num(K_LEASE),
-            primary_rejected: matches!(item.get(K_PRIMARY_REJECTED), Some(AttributeValue::Bool(true))),
+            primary_rejected: is_true(&item, K_PRIMARY_REJECTED),
         }))
     }
 
-    pub(super) async fn get_item(&self, key: &str) -> Result<Option<HashMap<String, AttributeValue>>, NotifyAwsError> {
+    pub(super) async fn get_item(&self, key: &str) -> Result<Option<Item>, NotifyAwsError> {
         let out = self
             .client
             .get_item()
@@ -354,13 +334,10 @@ impl DeliveryTable {
             .expression_attribute_values(":limit", n(rule.limit))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(Admission::Admitted),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-                Ok(Admission::Limited { retry_after: Duration::from_secs(retry_after) })
-            }
-            Err(e) => Err(self.err(&key, "UpdateItem (throttle)")(e)),
-        }
+        Ok(match self.written(&key, "UpdateItem (throttle)", res)? {
+            dynamo::Written::Done(_) => Admission::Admitted,
+            dynamo::Written::ConditionFailed => Admission::Limited { retry_after: Duration::from_secs(retry_after) },
+        })
     }
 }
 

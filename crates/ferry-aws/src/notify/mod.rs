@@ -9,15 +9,15 @@
 //!   message (and per notification).
 //! - [`keys`]: how those three kinds of item share the table's one key.
 //! - `queues`: [`send_notification`] (a submitted notification onto the queue with its sender),
-//!   [`send_dead_letter`] (a message to the DLQ with attributes saying why, [`attr`]), receiving,
-//!   deleting, queue attributes, and the local queue pair.
+//!   [`send_dead_letter`] (a message to the DLQ with attributes saying why, [`attr`]) and the local
+//!   queue pair, over [`crate::sqs`] (receiving, deleting, queue attributes: re-exported here).
 //! - `redrive`: [`start_move_task`] / [`list_move_tasks`] (SQS's own redrive,
 //!   `StartMessageMoveTask`), and [`selective_redrive`], which moves only the dead letters a
 //!   [`RedriveFilter`] selects: it sends to the source queue first and deletes from the DLQ only
 //!   after the send succeeded.
 //!
 //! [`Status::rank`]: ferry_core::notify::Status::rank
-//! [`attr`]: ferry_core::notify::attr
+//! [`attr`]: ferry_api::sqs::attr
 //! [`RedriveFilter`]: ferry_core::notify::RedriveFilter
 
 mod dead_letters;
@@ -25,39 +25,18 @@ mod deliveries;
 mod queues;
 mod redrive;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-
-use crate::sdk_message;
-
-pub use aws_sdk_dynamodb::Client as DynamoClient;
-pub use aws_sdk_sqs::Client as SqsClient;
+pub use crate::dynamo::DynamoClient;
+pub use crate::sqs::{Received, SqsClient, delete_all, queue_arn, queue_depth, receive};
 pub use dead_letters::{LetterScope, LetterSlot};
 pub use deliveries::{Admission, Claim, DeliveryRecord, DeliveryTable, Written};
-pub use queues::{
-    QueuePair, QueueSettings, Received, create_queue_pair, delete_all, queue_arn, queue_depth, receive, send_all_as, send_dead_letter,
-    send_notification,
-};
+pub use queues::{QueuePair, send_all_as, send_dead_letter, send_notification};
 pub use redrive::{Matched, MoveTask, RedriveOptions, RedriveProgress, RedriveReport, list_move_tasks, selective_redrive, start_move_task};
 
-/// An AWS call that failed. Names the queue or table (and notification) and the operation.
+/// An AWS call of the notification adapters that failed, or an item they could not read. The
+/// [`crate::Error`] names the queue or table (and item) and the operation.
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyAwsError {
-    #[error("SQS {op} on {queue}: {message}")]
-    Sqs { queue: String, op: &'static str, message: String },
-    #[error("DynamoDB {op} on table {table}, item {id}: {message}")]
-    Dynamo { table: String, id: String, op: &'static str, message: String },
-    #[error("table {table}, item {id}: unreadable: {message}")]
-    BadItem { table: String, id: String, message: String },
-}
-
-fn sqs_err<E, R>(queue: &str, op: &'static str) -> impl FnOnce(SdkError<E, R>) -> NotifyAwsError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    move |e| NotifyAwsError::Sqs { queue: queue.to_owned(), op, message: sdk_message(&e) }
-}
+#[error(transparent)]
+pub struct NotifyAwsError(#[from] pub crate::Error);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -92,23 +71,4 @@ pub mod keys {
             super::LetterScope::Message { message_id } => format!("{DEAD_LETTER}m#{message_id}"),
         }
     }
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

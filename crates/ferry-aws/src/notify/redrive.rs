@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, SendMessageBatchRequestEntry};
-use ferry_core::notify::{DeadLetter, RedriveFilter, attr};
+use ferry_api::sqs::attr;
+use ferry_core::notify::{DeadLetter, RedriveFilter};
 
-use super::queues::attr_values;
-use super::{NotifyAwsError, QueuePair, Received, SqsClient, delete_all, now_ms, receive, sdk_message, sqs_err};
+use super::{NotifyAwsError, QueuePair, now_ms};
+use crate::sqs::{self, Outgoing, Received, SqsClient, delete_all, receive, release_all};
 
 /// A message move task as `ListMessageMoveTasks` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -41,14 +41,19 @@ pub async fn start_move_task(
         .set_max_number_of_messages_per_second(rate)
         .send()
         .await
-        .map_err(sqs_err(dlq_arn, "StartMessageMoveTask"))?;
+        .map_err(|e| sqs::error("StartMessageMoveTask", dlq_arn, e))?;
     Ok(out.task_handle().unwrap_or_default().to_owned())
 }
 
 /// The most recent move tasks of the DLQ `dlq_arn` (SQS keeps the last ten), newest first.
 pub async fn list_move_tasks(sqs: &SqsClient, dlq_arn: &str) -> Result<Vec<MoveTask>, NotifyAwsError> {
-    let out =
-        sqs.list_message_move_tasks().source_arn(dlq_arn).max_results(10).send().await.map_err(sqs_err(dlq_arn, "ListMessageMoveTasks"))?;
+    let out = sqs
+        .list_message_move_tasks()
+        .source_arn(dlq_arn)
+        .max_results(10)
+        .send()
+        .await
+        .map_err(|e| sqs::error("ListMessageMoveTasks", dlq_arn, e))?;
     Ok(out
         .results()
         .iter()
@@ -210,7 +215,8 @@ pub async fn selective_redrive(
         Ok(())
     }
     .await;
-    reveal(sqs, &queues.dlq_url, &left_alone).await;
+    // Best effort: what stays hidden reappears when its visibility timeout ends.
+    release_all(sqs, &queues.dlq_url, &left_alone).await;
     result.map(|()| report)
 }
 
@@ -220,63 +226,25 @@ async fn move_batch(
     batch: &[(Received, DeadLetter)],
     report: &mut RedriveReport,
 ) -> Result<(), NotifyAwsError> {
-    let mut entries = Vec::with_capacity(batch.len());
-    for (i, (m, letter)) in batch.iter().enumerate() {
-        let mut attrs: BTreeMap<String, String> =
-            m.attributes.iter().filter(|(k, _)| !FAILURE_ATTRS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-        attrs.insert(attr::FIRST_SENT_AT.to_owned(), letter.first_sent_at.to_string());
-        let entry = SendMessageBatchRequestEntry::builder()
-            .id(i.to_string())
-            .message_body(&m.body)
-            .set_message_attributes(Some(attr_values(&queues.source_url, &attrs)?))
-            .build()
-            .map_err(|e| NotifyAwsError::Sqs { queue: queues.source_url.clone(), op: "SendMessageBatch", message: e.to_string() })?;
-        entries.push(entry);
-    }
-    let out = sqs
-        .send_message_batch()
-        .queue_url(&queues.source_url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-        .map_err(sqs_err(&queues.source_url, "SendMessageBatch"))?;
-    for f in out.failed() {
-        tracing::warn!(
-            queue = queues.source_url,
-            entry = f.id(),
-            code = f.code(),
-            message = f.message(),
-            "send refused; the dead letter stays in the DLQ"
-        );
-    }
-    report.send_failures += out.failed().len();
-    // Only what the source queue now holds leaves the DLQ.
-    let sent: Vec<&str> = out
-        .successful()
+    let attrs: Vec<BTreeMap<String, String>> = batch
         .iter()
-        .filter_map(|s| s.id().parse::<usize>().ok())
-        .filter_map(|i| batch.get(i))
-        .map(|(m, _)| m.receipt_handle.as_str())
+        .map(|(m, letter)| {
+            let mut attrs: BTreeMap<String, String> =
+                m.attributes.iter().filter(|(k, _)| !FAILURE_ATTRS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+            attrs.insert(attr::FIRST_SENT_AT.to_owned(), letter.first_sent_at.to_string());
+            attrs
+        })
         .collect();
+    let messages: Vec<Outgoing<'_>> = batch.iter().zip(&attrs).map(|((m, _), a)| Outgoing { body: &m.body, attributes: a }).collect();
+    let out = sqs::send_batch(sqs, &queues.source_url, &messages).await?;
+    for (entry, code, message) in &out.refused {
+        tracing::warn!(queue = queues.source_url, entry, code, message, "send refused; the dead letter stays in the DLQ");
+    }
+    report.send_failures += out.refused.len();
+    // Only what the source queue now holds leaves the DLQ.
+    let sent: Vec<&str> = out.sent.iter().filter_map(|&i| batch.get(i)).map(|(m, _)| m.receipt_handle.as_str()).collect();
     let refused = delete_all(sqs, &queues.dlq_url, &sent).await?;
     report.delete_failures += refused;
     report.moved += sent.len() - refused;
     Ok(())
-}
-
-/// Makes hidden messages visible again at once (best effort: a lapsed handle is ignored).
-async fn reveal(sqs: &SqsClient, queue_url: &str, receipts: &[String]) {
-    for chunk in receipts.chunks(10) {
-        let entries: Result<Vec<_>, _> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).visibility_timeout(0).build()
-            })
-            .collect();
-        let Ok(entries) = entries else { continue };
-        if let Err(e) = sqs.change_message_visibility_batch().queue_url(queue_url).set_entries(Some(entries)).send().await {
-            tracing::warn!(queue = queue_url, error = %sdk_message(&e), "could not make skipped dead letters visible again; they reappear when their visibility timeout ends");
-        }
-    }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::Phase;
 use crate::public::{ErrorCode, PublicError};
 
 /// Where a job is. `Lost` is derived, never stored.
@@ -99,13 +100,25 @@ impl Transition {
     pub fn apply(self, from: Status) -> Result<Status, TransitionError> {
         if self.allowed_from().contains(&from) { Ok(self.target()) } else { Err(TransitionError { from, transition: self }) }
     }
+
+    /// The phase the write of this transition sets: a claim starts reading, an end names itself. A
+    /// heartbeat sets none of its own: it records the phase its worker reports.
+    pub fn phase(self) -> Option<Phase> {
+        match self {
+            Transition::Claim => Some(Phase::Reading),
+            Transition::Heartbeat => None,
+            Transition::Succeed => Some(Phase::Done),
+            Transition::Fail => Some(Phase::Failed),
+            Transition::Cancel => Some(Phase::Cancelled),
+        }
+    }
 }
 
 /// How far a running job is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
-    /// What the worker is doing: `queued`, `reading`, `writing`, `done`, ...
-    pub phase: String,
+    /// What the worker is doing: `queued`, `reading`, `done`, ...
+    pub phase: Phase,
     /// Rows (or items) done so far.
     pub done: u64,
     /// Rows expected in all, when the source can tell.
@@ -172,6 +185,35 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// The record of a job just submitted: queued at attempt 0, with the params' hash (the lock it
+    /// takes), a lease for its worker to start within, and its retention, all counted from `now`.
+    pub fn queued(
+        id: &str,
+        owner: &str,
+        kind: &str,
+        params: &serde_json::Value,
+        now: i64,
+        start_lease_ms: i64,
+        retention_ms: i64,
+    ) -> JobRecord {
+        JobRecord {
+            id: id.to_owned(),
+            owner: owner.to_owned(),
+            kind: kind.to_owned(),
+            params: params.clone(),
+            params_hash: super::params_hash(&super::canonical_json(params)),
+            status: Status::Queued,
+            attempt: 0,
+            progress: Progress { phase: Phase::Queued, ..Progress::default() },
+            lease_expires_at: now + start_lease_ms,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            retain_until: now + retention_ms,
+        }
+    }
+
     /// The status as of `now`: an active job whose lease passed is `Lost`.
     pub fn status_at(&self, now: i64) -> Status {
         if self.status.is_active() && self.lease_expires_at < now { Status::Lost } else { self.status }
@@ -217,7 +259,7 @@ pub fn slot_is_free(holder: Option<&JobRecord>, held_until: i64, now: i64) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::parse_submit;
+    use crate::jobs::ExportParams;
     use crate::jobs::submit::tests::SCAN;
 
     #[track_caller]
@@ -253,7 +295,7 @@ mod tests {
             id: "00000000-0000-4000-8000-000000000000".into(),
             owner: "u".into(),
             kind: "export".into(),
-            params: parse_submit(format!(r#"{{"kind":"export","params":{SCAN}}}"#).as_bytes()).unwrap().params.to_value(),
+            params: ExportParams::parse(serde_json::from_str(SCAN).unwrap()).unwrap().to_value(),
             params_hash: String::new(),
             status,
             attempt: 0,
@@ -265,6 +307,28 @@ mod tests {
             updated_at: 0,
             retain_until: 5_000,
         }
+    }
+
+    #[test]
+    fn each_write_sets_its_phase() {
+        let check = |t: Transition, expect: Option<Phase>| assert_eq!(t.phase(), expect, "{t:?}");
+        check(Transition::Claim, Some(Phase::Reading));
+        check(Transition::Heartbeat, None);
+        check(Transition::Succeed, Some(Phase::Done));
+        check(Transition::Fail, Some(Phase::Failed));
+        check(Transition::Cancel, Some(Phase::Cancelled));
+    }
+
+    #[test]
+    fn a_submitted_job_is_queued_with_its_lease_and_retention() {
+        let params = serde_json::json!({"b": 1, "a": [2]});
+        let r = JobRecord::queued("j-1", "u", "export", &params, 1_000, 60_000, 86_400_000);
+        assert_eq!((r.status, r.attempt, r.progress.phase.as_str()), (Status::Queued, 0, "queued"));
+        assert_eq!((r.lease_expires_at, r.created_at, r.updated_at, r.retain_until), (61_000, 1_000, 1_000, 86_401_000));
+        assert_eq!(r.params_hash, crate::jobs::params_hash(&crate::jobs::canonical_json(&params)));
+        assert_eq!((r.id.as_str(), r.owner.as_str(), r.kind.as_str(), &r.params), ("j-1", "u", "export", &params));
+        assert_eq!((r.status_at(61_000), r.status_at(61_001)), (Status::Queued, Status::Lost));
+        assert_eq!((r.result, r.error), (None, None));
     }
 
     #[test]

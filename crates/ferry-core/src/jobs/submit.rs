@@ -1,7 +1,8 @@
-//! What a `POST /jobs` body may ask for: the envelope ([`parse_envelope`]: a kind and its params,
-//! or `retry_of`), an export's [`ExportParams`] validated ([`parse_submit`]), and the canonical JSON
-//! of params and its hash ([`canonical_json`], [`params_hash`]) that make equal requests take the
-//! same lock.
+//! What a `POST /jobs` body may ask for: the decisions its envelope passes through
+//! ([`check_body_size`], [`check_kind_name`], [`check_retry_of`], [`check_envelope`]), an
+//! export's [`ExportParams`] validated ([`ExportParams::parse`]), and the canonical JSON of params
+//! and its hash ([`canonical_json`], [`params_hash`]) that make equal requests take the same lock.
+//! Reading the body's JSON is the API's (`ferry_api::jobs::parse_envelope`).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -200,66 +201,34 @@ impl SubmitError {
     }
 }
 
-/// The envelope of a `POST /jobs` body: `{"kind": ..., "params": {...}}`, or
-/// `{"retry_of": job_id}` (with an optional `kind`) to run again what a batch job left undone.
-/// The kind checks its own params.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
-    pub kind: Option<String>,
-    pub params: Option<serde_json::Value>,
-    pub retry_of: Option<String>,
+/// Refuses a `POST /jobs` body over [`MAX_SUBMIT_BYTES`] before it is read.
+pub fn check_body_size(len: usize) -> Result<(), SubmitError> {
+    if len > MAX_SUBMIT_BYTES {
+        return Err(SubmitError::new("body", format!("{len} bytes is over the limit of {MAX_SUBMIT_BYTES}")));
+    }
+    Ok(())
 }
 
-/// Parses the envelope of a `POST /jobs` body; errors name the field.
-pub fn parse_envelope(body: &[u8]) -> Result<Envelope, SubmitError> {
-    if body.len() > MAX_SUBMIT_BYTES {
-        return Err(SubmitError::new("body", format!("{} bytes is over the limit of {MAX_SUBMIT_BYTES}", body.len())));
-    }
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| SubmitError::new("body", format!("not valid JSON: {e}")))?;
-    let serde_json::Value::Object(mut map) = value else {
-        return Err(SubmitError::new("body", "must be a JSON object"));
-    };
-    if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "kind" | "params" | "retry_of")) {
-        return Err(SubmitError::new(extra.as_str(), "unknown field; expected `kind` and `params` (or `retry_of`)"));
-    }
-    let kind = match map.remove("kind") {
-        Some(serde_json::Value::String(k)) if is_kind_name(&k) => Some(k),
-        Some(serde_json::Value::String(k)) => return Err(SubmitError::new("kind", format!("unknown job kind {k:?}"))),
-        Some(_) => return Err(SubmitError::new("kind", "must be a string")),
-        None => None,
-    };
-    let retry_of = match map.remove("retry_of") {
-        Some(serde_json::Value::String(id)) if is_job_id(&id) => Some(id),
-        Some(_) => return Err(SubmitError::new("retry_of", "must be the id of one of your jobs")),
-        None => None,
-    };
-    let params = map.remove("params");
-    match (&kind, &params, &retry_of) {
-        (_, Some(_), Some(_)) => {
-            Err(SubmitError::new("params", "cannot be given with `retry_of`: the retry runs with the first job's params"))
-        }
-        (None, _, None) => Err(SubmitError::new("kind", "is missing")),
-        (Some(_), None, None) => Err(SubmitError::new("params", "is missing")),
-        _ => Ok(Envelope { kind, params, retry_of }),
-    }
+/// Refuses a `kind` that cannot name a job kind ([`is_kind_name`]).
+pub fn check_kind_name(kind: &str) -> Result<(), SubmitError> {
+    if is_kind_name(kind) { Ok(()) } else { Err(SubmitError::new("kind", format!("unknown job kind {kind:?}"))) }
 }
 
-/// A validated export submit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubmitRequest {
-    pub kind: String,
-    pub params: ExportParams,
+/// Refuses a `retry_of` that cannot be a job id ([`is_job_id`]); whose job it is, is the API's to
+/// look up.
+pub fn check_retry_of(id: &str) -> Result<(), SubmitError> {
+    if is_job_id(id) { Ok(()) } else { Err(SubmitError::new("retry_of", "must be the id of one of your jobs")) }
 }
 
-/// Parses and validates an export's `POST /jobs` body: `{"kind": "export", "params": {...}}`.
-pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, SubmitError> {
-    let envelope = parse_envelope(body)?;
-    let kind = envelope.kind.unwrap_or_default();
-    if kind != "export" {
-        return Err(SubmitError::new("kind", format!("unknown job kind {kind:?}; known: export")));
+/// Which members of a submit go together: a kind with its params, or `retry_of` (with an
+/// optional kind) and no params, since a retry runs with the first job's params.
+pub fn check_envelope(has_kind: bool, has_params: bool, has_retry_of: bool) -> Result<(), SubmitError> {
+    match (has_kind, has_params, has_retry_of) {
+        (_, true, true) => Err(SubmitError::new("params", "cannot be given with `retry_of`: the retry runs with the first job's params")),
+        (false, _, false) => Err(SubmitError::new("kind", "is missing")),
+        (true, false, false) => Err(SubmitError::new("params", "is missing")),
+        _ => Ok(()),
     }
-    let params = envelope.params.ok_or_else(|| SubmitError::new("params", "is missing"))?;
-    Ok(SubmitRequest { kind, params: ExportParams::parse(params)? })
 }
 
 fn validate(p: &ExportParams) -> Result<(), SubmitError> {
@@ -332,109 +301,39 @@ fn check_table(table: &str) -> Result<(), SubmitError> {
 pub(super) mod tests {
     use super::*;
 
-    #[track_caller]
-    fn check_submit(body: &str, expect: Result<&str, (&str, &str)>) {
-        let got = parse_submit(body.as_bytes());
-        match (got, expect) {
-            (Ok(req), Ok(canonical)) => assert_eq!(req.params.canonical(), canonical, "{body}"),
-            (Err(e), Err((field, needle))) => {
-                assert_eq!(e.field, field, "{body}: {e}");
-                assert!(e.message.contains(needle), "{body}: {e:?} does not say {needle:?}");
-            }
-            (got, expect) => panic!("{body}: got {got:?}, expected {expect:?}"),
-        }
-    }
-
     pub(in crate::jobs) const SCAN: &str =
         r#"{"format":"xlsx","source":{"segments":4,"table":"orders","type":"dynamodb_scan"},"columns":["id"]}"#;
 
     #[test]
-    fn submit_requests() {
-        check_submit(
-            &format!(r#"{{"kind":"export","params":{SCAN}}}"#),
-            Ok(r#"{"columns":["id"],"format":"xlsx","source":{"segments":4,"table":"orders","type":"dynamodb_scan"}}"#),
-        );
-        // Defaults are filled in, so leaving one out is the same request as spelling it.
-        check_submit(
-            r#"{"params":{"source":{"type":"dynamodb_scan","table":"orders"},"columns":["id"],"format":"csv"},"kind":"export"}"#,
-            Ok(r#"{"columns":["id"],"format":"csv","source":{"segments":1,"table":"orders","type":"dynamodb_scan"}}"#),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"data-lake","prefix":"orders/","format":"parquet"},"format":"jsonl","filter":{"column":"status","op":"eq","value":"paid"}}}"#,
-            Ok(
-                r#"{"filter":{"column":"status","op":"eq","value":"paid"},"format":"jsonl","source":{"bucket":"data-lake","format":"parquet","prefix":"orders/","type":"s3"}}"#,
-            ),
-        );
-        check_submit("{", Err(("body", "not valid JSON")));
-        check_submit("[1]", Err(("body", "JSON object")));
-        check_submit(r#"{"kind":"report","params":{}}"#, Err(("kind", "unknown job kind \"report\"")));
-        check_submit(r#"{"kind":7,"params":{}}"#, Err(("kind", "must be a string")));
-        check_submit(r#"{"params":{}}"#, Err(("kind", "is missing")));
-        check_submit(r#"{"kind":"export"}"#, Err(("params", "is missing")));
-        check_submit(r#"{"kind":"export","params":{},"x":1}"#, Err(("x", "unknown field")));
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"pdf","columns":["a"]}}"#,
-            Err(("params", "pdf")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":0},"format":"csv","columns":["a"]}}"#,
-            Err(("params.source.segments", "1 to 64")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"o"},"format":"csv","columns":["a"]}}"#,
-            Err(("params.source.table", "not a valid table name")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv"}}"#,
-            Err(("params.columns", "required")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a","a"]}}"#,
-            Err(("params.columns", "twice")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"dynamodb_query","table":"orders","key":"seller","value":[1]},"format":"csv","columns":["a"]}}"#,
-            Err(("params.source.value", "string or a number")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","color":1},"format":"csv","columns":["a"]}}"#,
-            Err(("params", "color")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"B","prefix":"","format":"csv"},"format":"csv"}}"#,
-            Err(("params.source.bucket", "not a valid bucket")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"s3","bucket":"lake","prefix":"datasets/../../x","format":"csv"},"format":"csv"}}"#,
-            Err(("params.source.prefix", "climbs above")),
-        );
-        check_submit(
-            r#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders"},"format":"csv","columns":["a"],"filter":{"column":"a","op":"eq","value":1}}}"#,
-            Err(("params.filter", "only supported")),
-        );
-        let big = format!(r#"{{"kind":"export","params":{{"x":"{}"}}}}"#, "a".repeat(MAX_SUBMIT_BYTES));
-        check_submit(&big, Err(("body", "over the limit")));
+    fn envelope_decisions_name_the_field() {
+        let id = "00000000-0000-4000-8000-000000000000";
+        let field = |r: Result<(), SubmitError>| r.err().map(|e| e.field);
+        assert_eq!(field(check_body_size(MAX_SUBMIT_BYTES)), None);
+        assert_eq!(field(check_body_size(MAX_SUBMIT_BYTES + 1)).as_deref(), Some("body"));
+        assert_eq!(field(check_kind_name("my_kind2")), None);
+        assert_eq!(field(check_kind_name("Batch!")).as_deref(), Some("kind"));
+        assert_eq!(field(check_retry_of(id)), None);
+        for bad in ["", "../x", &"g".repeat(36)] {
+            assert_eq!(field(check_retry_of(bad)).as_deref(), Some("retry_of"), "{bad:?}");
+        }
+        // (kind, params, retry_of) given.
+        let cases = [
+            ((true, true, false), None),
+            ((false, false, true), None),
+            ((true, false, true), None),
+            ((true, true, true), Some("params")),
+            ((false, true, true), Some("params")),
+            ((false, true, false), Some("kind")),
+            ((false, false, false), Some("kind")),
+            ((true, false, false), Some("params")),
+        ];
+        for ((kind, params, retry_of), expect) in cases {
+            assert_eq!(field(check_envelope(kind, params, retry_of)).as_deref(), expect, "{kind} {params} {retry_of}");
+        }
     }
 
     #[test]
-    fn envelopes_leave_params_to_their_kind_and_retry_of_stands_alone() {
-        let id = "00000000-0000-4000-8000-000000000000";
-        let e = parse_envelope(br#"{"kind":"batch","params":{"target":"crm","items":[1]}}"#).unwrap();
-        assert_eq!((e.kind.as_deref(), e.retry_of), (Some("batch"), None));
-        assert_eq!(e.params, Some(serde_json::json!({"target": "crm", "items": [1]})));
-        let e = parse_envelope(format!(r#"{{"retry_of":"{id}"}}"#).as_bytes()).unwrap();
-        assert_eq!((e.kind, e.params, e.retry_of.as_deref()), (None, None, Some(id)));
-        let refused = |body: String, field: &str, needle: &str| {
-            let e = parse_envelope(body.as_bytes()).unwrap_err();
-            assert_eq!(e.field, field, "{body}: {e}");
-            assert!(e.message.contains(needle), "{body}: {e}");
-        };
-        refused(format!(r#"{{"retry_of":"{id}","params":{{}}}}"#), "params", "cannot be given with `retry_of`");
-        refused(r#"{"retry_of":"../x"}"#.into(), "retry_of", "id of one of your jobs");
-        refused(r#"{"retry_of":7}"#.into(), "retry_of", "id of one of your jobs");
-        refused(r#"{"kind":"Batch!","params":{}}"#.into(), "kind", "unknown job kind");
-        refused(r#"{"kind":"batch"}"#.into(), "params", "is missing");
-        refused(r#"{}"#.into(), "kind", "is missing");
+    fn kind_names_and_canonical_json() {
         assert!(
             is_kind_name("batch") && is_kind_name("my_kind2") && !is_kind_name("2x") && !is_kind_name("") && !is_kind_name(&"a".repeat(33))
         );
@@ -442,19 +341,5 @@ pub(super) mod tests {
         let a = serde_json::json!({"b": 1, "a": {"d": [1, {"z": 0, "y": 1}], "c": null}});
         assert_eq!(canonical_json(&a), r#"{"a":{"c":null,"d":[1,{"y":1,"z":0}]},"b":1}"#);
         assert_eq!(params_hash(&canonical_json(&a)).len(), 64);
-    }
-
-    #[test]
-    fn equal_requests_hash_equal() {
-        let a = parse_submit(
-            br#"{"kind":"export","params":{"format":"csv","columns":["a"],"source":{"table":"orders","type":"dynamodb_scan"}}}"#,
-        )
-        .unwrap();
-        let b = parse_submit(br#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":1},"columns":["a"],"format":"csv"}}"#).unwrap();
-        let c = parse_submit(br#"{"kind":"export","params":{"source":{"type":"dynamodb_scan","table":"orders","segments":2},"columns":["a"],"format":"csv"}}"#).unwrap();
-        assert_eq!(a.params.hash(), b.params.hash());
-        assert_ne!(a.params.hash(), c.params.hash());
-        assert_eq!(a.params.hash().len(), 64);
-        assert_eq!(ExportParams::from_canonical(&a.params.canonical()).unwrap(), a.params);
     }
 }

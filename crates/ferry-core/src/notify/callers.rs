@@ -1,14 +1,11 @@
 //! Who is calling: the [`Sender`] of a notification (from the JWT `sub` or `client_id`), whether an
 //! OAuth scope is granted ([`has_scope`]), the [`AdminRule`] that makes a caller an admin who may
-//! redrive ([`claim_items`]: a claim as API Gateway hands it over), and the [`FixedWindow`] of the
-//! per-caller submit throttle.
+//! redrive (over a claim's items; reading them from the forms a gateway hands over is
+//! `ferry_api::claims`'s), and the [`FixedWindow`] of the per-caller submit throttle.
 
 use std::fmt;
 
-use serde_json::Value;
-
-/// Who may redrive: a JWT claim that must hold a value. API Gateway (HTTP API, JWT authorizer)
-/// hands claims over as strings; [`claim_items`] reads the list forms it produces.
+/// Who may redrive: a JWT claim that must hold a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminRule {
     pub claim: String,
@@ -23,33 +20,12 @@ impl Default for AdminRule {
 }
 
 impl AdminRule {
-    /// Whether the caller with these JWT claims is an admin: one item of the claim equals the
-    /// value exactly. A scalar claim is one item, so `"user ferry-admin"` or a group named
-    /// `x,ferry-admin` is not membership.
-    pub fn allows<'a>(&self, mut claim: impl FnMut(&str) -> Option<&'a str>) -> bool {
-        let Some(raw) = claim(&self.claim) else { return false };
-        !self.value.is_empty() && claim_items(raw).contains(&self.value)
+    /// Whether a caller whose [`AdminRule::claim`] holds `items` is an admin: one item equals the
+    /// value exactly (never a part of an item, so `"user ferry-admin"` or a group named
+    /// `x,ferry-admin` is not membership), and an empty value matches nothing.
+    pub fn allows<S: AsRef<str>>(&self, items: &[S]) -> bool {
+        !self.value.is_empty() && items.iter().any(|item| item.as_ref() == self.value)
     }
-}
-
-/// A claim's items, in the forms API Gateway's JWT authorizer produces: a JSON array string
-/// (`["a","b"]`), an array it flattened (`[a b]`), or a single value (one item, never split).
-/// A JSON array holding anything but strings yields no items.
-pub fn claim_items(raw: &str) -> Vec<String> {
-    let trimmed = raw.trim();
-    let Some(inner) = trimmed.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
-        return if raw.is_empty() { Vec::new() } else { vec![raw.to_owned()] };
-    };
-    if inner.trim_start().starts_with('"') {
-        return match serde_json::from_str::<Vec<Value>>(trimmed) {
-            Ok(values) if values.iter().all(Value::is_string) => {
-                values.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).filter(|v| !v.is_empty()).collect()
-            }
-            _ => Vec::new(),
-        };
-    }
-    // Flattened by API Gateway: items separated by single spaces. Group names cannot hold spaces.
-    inner.split(' ').filter(|v| !v.is_empty()).map(str::to_owned).collect()
 }
 
 /// Whether an OAuth `scope` claim (space-separated) holds `required` as a whole item.
@@ -121,54 +97,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_claims_match_whole_items() {
+    fn admins_hold_the_value_as_a_whole_item() {
         let rule = AdminRule::default();
-        let check = |claims: &[(&str, &str)], expect: bool| {
-            let map: BTreeMap<String, String> = claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            assert_eq!(rule.allows(|k| map.get(k).map(String::as_str)), expect, "{claims:?}");
-        };
-        // The forms API Gateway produces, holding the group.
-        check(&[("cognito:groups", "ferry-admin")], true);
-        check(&[("cognito:groups", "[support ferry-admin]")], true);
-        check(&[("cognito:groups", "[ferry-admin]")], true);
-        check(&[("cognito:groups", "[\"support\",\"ferry-admin\"]")], true);
-        check(&[("cognito:groups", "[\"ferry-admin\"]")], true);
-        // A scalar is one item: never split on spaces or commas.
-        check(&[("cognito:groups", "x ferry-admin")], false);
-        check(&[("cognito:groups", "user ferry-admin")], false);
-        check(&[("cognito:groups", "x,ferry-admin")], false);
-        check(&[("cognito:groups", "[x,ferry-admin]")], false);
-        check(&[("cognito:groups", "[\"x,ferry-admin\"]")], false);
-        check(&[("cognito:groups", "[\"x ferry-admin\"]")], false);
-        check(&[("cognito:groups", " ferry-admin")], false);
-        check(&[("cognito:groups", "ferry-admins")], false);
-        check(&[("cognito:groups", "[ferry-admins]")], false);
-        check(&[("cognito:groups", "[\"ferry-admin\", 1]")], false);
-        check(&[("cognito:groups", "[support]")], false);
-        check(&[("cognito:groups", "")], false);
-        check(&[("cognito:groups", "[]")], false);
-        // Another claim holding the value, or no claims at all (a missing authorizer).
-        check(&[("scope", "ferry-admin")], false);
-        check(&[], false);
-        // An empty required value never matches.
-        let empty = AdminRule { claim: "cognito:groups".into(), value: String::new() };
-        assert!(!empty.allows(|_| Some("")));
-    }
-
-    #[test]
-    fn claim_lists() {
-        let cases: [(&str, &[&str]); 7] = [
-            ("a", &["a"]),
-            ("a b", &["a b"]),
-            ("[a b]", &["a", "b"]),
-            ("[\"a\",\"b c\"]", &["a", "b c"]),
-            ("[\"a\",2]", &[]),
-            ("[\"a\"", &["[\"a\""]),
-            ("", &[]),
+        let cases: [(&[&str], bool); 7] = [
+            (&["ferry-admin"], true),
+            (&["support", "ferry-admin"], true),
+            (&["user ferry-admin"], false),
+            (&["x,ferry-admin"], false),
+            (&["ferry-admins"], false),
+            (&[" ferry-admin"], false),
+            (&[], false),
         ];
-        for (raw, expect) in cases {
-            assert_eq!(claim_items(raw), expect, "{raw:?}");
+        for (items, expect) in cases {
+            assert_eq!(rule.allows(items), expect, "{items:?}");
         }
+        let empty = AdminRule { claim: "cognito:groups".into(), value: String::new() };
+        assert!(!empty.allows(&[""]));
     }
 
     #[test]

@@ -1,14 +1,12 @@
 //! Dead letters: why a message is in the dead-letter queue ([`ErrorKind`]), what a dead letter says
-//! about itself ([`DeadLetter::describe`], from its [`super::attr`] attributes or its body), and
+//! about itself ([`DeadLetter::describe`], from the [`Marks`] the consumer left on it or its body), and
 //! which ones a selective redrive moves ([`RedriveFilter`], its ages read by [`parse_age`]).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde_json::Value;
 
-use super::attr;
 use super::message::Channel;
 
 /// Why a message is in the dead-letter queue.
@@ -60,24 +58,36 @@ pub struct DeadLetter {
     pub kind: ErrorKind,
     pub channel: Option<Channel>,
     pub notification_id: Option<String>,
-    /// Who submitted it ([`attr::SENDER`]).
+    /// Who submitted it.
     pub sender: Option<String>,
     /// When the message first entered the source queue, in Unix milliseconds.
     pub first_sent_at: i64,
 }
 
+/// The marks the consumer leaves on a message it dead-letters, each as the text it carries. All
+/// are optional: SQS's own redrive policy moves a message with none of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks<'a> {
+    pub error_kind: Option<&'a str>,
+    pub channel: Option<&'a str>,
+    pub notification_id: Option<&'a str>,
+    /// When the message first entered the source queue, in Unix milliseconds.
+    pub first_sent_at: Option<&'a str>,
+    pub sender: Option<&'a str>,
+}
+
 impl DeadLetter {
-    /// `attrs` are the message's string attributes; `sent_timestamp` is its SQS `SentTimestamp`
-    /// (which SQS keeps when its redrive policy moves a message). A message without
-    /// [`attr::ERROR_KIND`] was moved by SQS after too many receives.
-    pub fn describe(attrs: &BTreeMap<String, String>, body: &str, sent_timestamp: i64) -> DeadLetter {
-        let kind = attrs.get(attr::ERROR_KIND).and_then(|k| k.parse().ok()).unwrap_or(ErrorKind::RetriesExhausted);
+    /// `sent_timestamp` is the message's SQS `SentTimestamp` (which SQS keeps when its redrive
+    /// policy moves a message). A message without an error kind was moved by SQS after too many
+    /// receives; the body fills in what the marks lack.
+    pub fn describe(marks: Marks<'_>, body: &str, sent_timestamp: i64) -> DeadLetter {
+        let kind = marks.error_kind.and_then(|k| k.parse().ok()).unwrap_or(ErrorKind::RetriesExhausted);
         let peeked = serde_json::from_str::<Value>(body).ok();
         let peek = |field: &str| peeked.as_ref().and_then(|v| v.get(field)).and_then(Value::as_str).map(str::to_owned);
-        let channel = attrs.get(attr::CHANNEL).cloned().or_else(|| peek("channel")).and_then(|c| c.parse().ok());
-        let notification_id = attrs.get(attr::NOTIFICATION_ID).cloned().or_else(|| peek("notification_id"));
-        let first_sent_at = attrs.get(attr::FIRST_SENT_AT).and_then(|t| t.parse().ok()).unwrap_or(sent_timestamp);
-        let sender = attrs.get(attr::SENDER).cloned();
+        let channel = marks.channel.map(str::to_owned).or_else(|| peek("channel")).and_then(|c| c.parse().ok());
+        let notification_id = marks.notification_id.map(str::to_owned).or_else(|| peek("notification_id"));
+        let first_sent_at = marks.first_sent_at.and_then(|t| t.parse().ok()).unwrap_or(sent_timestamp);
+        let sender = marks.sender.map(str::to_owned);
         DeadLetter { kind, channel, notification_id, sender, first_sent_at }
     }
 }
@@ -130,18 +140,15 @@ mod tests {
 
     #[test]
     fn dead_letters_describe_themselves() {
-        let attrs = BTreeMap::from([
-            (attr::ERROR_KIND.to_owned(), "provider_rejected".to_owned()),
-            (attr::CHANNEL.to_owned(), "email".to_owned()),
-            (attr::FIRST_SENT_AT.to_owned(), "1000".to_owned()),
-        ]);
-        let d = DeadLetter::describe(&attrs, "{}", 5000);
+        let marks =
+            Marks { error_kind: Some("provider_rejected"), channel: Some("email"), first_sent_at: Some("1000"), ..Marks::default() };
+        let d = DeadLetter::describe(marks, "{}", 5000);
         assert_eq!((d.kind, d.channel, d.first_sent_at), (ErrorKind::ProviderRejected, Some(Channel::Email), 1000));
         // Moved by SQS's redrive policy: no attributes; the body still tells the channel.
-        let d = DeadLetter::describe(&BTreeMap::new(), VALID, 5000);
+        let d = DeadLetter::describe(Marks::default(), VALID, 5000);
         assert_eq!((d.kind, d.channel, d.first_sent_at), (ErrorKind::RetriesExhausted, Some(Channel::Alimtalk), 5000));
         assert_eq!(d.notification_id.as_deref(), Some("n-1"));
-        let d = DeadLetter::describe(&BTreeMap::new(), "{oops", 5000);
+        let d = DeadLetter::describe(Marks::default(), "{oops", 5000);
         assert_eq!((d.channel, d.notification_id), (None, None));
     }
 

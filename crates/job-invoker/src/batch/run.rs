@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_aws::exports::{Multipart, MultipartState};
 use ferry_aws::s3::{Fetched, NewObject};
 use ferry_core::batch::{BatchParams, Item, ItemResult, ItemStatus, Items, OutputFormat, ReadCursor, Reorder, Target, Verdict};
-use ferry_core::jobs::{JobResult, OutputFile, Progress};
+use ferry_core::jobs::{JobResult, OutputFile, Phase, Progress};
 use ferry_core::public::{ErrorCode, PublicError};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -323,7 +323,7 @@ pub(super) async fn run(step: Step<'_>, params: &BatchParams, target: &Target) -
         if last_report.elapsed() >= REPORT_EVERY {
             last_report = tokio::time::Instant::now();
             let progress = Progress {
-                phase: "calling".into(),
+                phase: Phase::Calling,
                 done: cp.succeeded + cp.failed,
                 total: Some(total),
                 counts: counts(total, &cp, running, retrying),
@@ -357,7 +357,7 @@ pub(super) async fn run(step: Step<'_>, params: &BatchParams, target: &Target) -
         cp.failed_upload = out.failed.settle().await?.state().clone();
         let retrying = carried.unfinished.iter().map(|p| p.items.len() as u64).sum();
         let progress = Progress {
-            phase: "continuing".into(),
+            phase: Phase::Continuing,
             done: cp.succeeded + cp.failed,
             total: Some(total),
             counts: counts(total, &cp, 0, retrying),
@@ -429,7 +429,7 @@ pub(super) async fn run(step: Step<'_>, params: &BatchParams, target: &Target) -
         files,
         counts: final_counts.clone(),
     };
-    let progress = Progress { phase: "done".into(), done: cp.succeeded + cp.failed, total: Some(total), counts: final_counts };
+    let progress = Progress { phase: Phase::Done, done: cp.succeeded + cp.failed, total: Some(total), counts: final_counts };
     tracing::info!(job_id = job.id, succeeded = cp.succeeded, failed = cp.failed, skipped, "batch finished");
     if outcome == Stop::TooManyFailures {
         let allowed = match (tolerance.count, tolerance.percent) {

@@ -68,7 +68,7 @@ impl ExportError {
     pub fn public(&self, params: &ExportParams) -> PublicError {
         match self {
             ExportError::Refused(_) | ExportError::DatasetUnavailable { .. } => PublicError::code(ErrorCode::SourceUnavailable),
-            ExportError::Source(e) => match e.kind {
+            ExportError::Source(e) => match e.kind() {
                 SourceErrorKind::Unavailable => PublicError::code(ErrorCode::SourceUnavailable),
                 SourceErrorKind::Invalid => PublicError::new(
                     ErrorCode::BadSourceData,
@@ -179,13 +179,8 @@ mod tests {
             ErrorCode::BadSourceData,
             &format!("object \"c.csv\" under the prefix changed {again}"),
         );
-        let s3 = |code: &str, message: &str| S3Error {
-            bucket: "lake".into(),
-            key: "datasets/shop/".into(),
-            op: "ListObjectsV2",
-            code: Some(code.into()),
-            message: format!("{code}: {message}"),
-        };
+        let s3 =
+            |code: &str, message: &str| S3Error::new("lake", "datasets/shop/", "ListObjectsV2", Some(code), format!("{code}: {message}"));
         let unavailable = ErrorCode::SourceUnavailable.default_message();
         for (code, m) in
             [("AccessDenied", "User: arn:aws:sts::123456789012:assumed-role/w"), ("NoSuchBucket", "The specified bucket does not exist")]
@@ -193,7 +188,7 @@ mod tests {
             check(dataset_error("lake", "datasets/shop/", s3(code, m)), ErrorCode::SourceUnavailable, unavailable);
         }
         // The code decides, not the text: a message that merely starts like a code is a service failure.
-        let lookalike = S3Error { code: None, ..s3("NoSuchBucket", "but S3 sent no code") };
+        let lookalike = S3Error::new("lake", "datasets/shop/", "ListObjectsV2", None, "NoSuchBucket: but S3 sent no code");
         check(dataset_error("lake", "datasets/shop/", lookalike), ErrorCode::Internal, ErrorCode::Internal.default_message());
         check(
             dataset_error("lake", "datasets/shop/", s3("SlowDown", "reduce your rate")),

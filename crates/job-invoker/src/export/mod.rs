@@ -36,7 +36,7 @@ use ferry_aws::exports::{Multipart, MultipartState};
 use ferry_aws::jobs::Beat;
 use ferry_aws::s3::{DownloadError, Fetched, Store};
 use ferry_core::cells::XLSX_MAX_COLUMNS;
-use ferry_core::jobs::{ExportParams, Format, JobRecord, JobResult, Progress, Snapshot, SubmitError};
+use ferry_core::jobs::{ExportParams, Format, JobRecord, JobResult, Phase, Progress, Snapshot, SubmitError};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -188,7 +188,7 @@ pub async fn run(
     };
     let carry_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "carry");
     let snapshot_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "snapshot");
-    let beat = |cp: &Checkpoint, phase: &str| Progress { phase: phase.into(), done: cp.rows, total: cp.total, ..Progress::default() };
+    let beat = |cp: &Checkpoint, phase: Phase| Progress { phase, done: cp.rows, total: cp.total, ..Progress::default() };
 
     // Readers for the current partition and the next few, in order.
     let mut readers: VecDeque<mpsc::Receiver<Result<Batch, ExportError>>> = VecDeque::new();
@@ -239,7 +239,7 @@ pub async fn run(
             }
         }
         let now = now_ms();
-        let progress = beat(&cp, "reading");
+        let progress = beat(&cp, Phase::Reading);
         let b = Beat { id: &job.id, attempt: job.attempt, progress: &progress, now, lease_ms: ms(env.settings.lease) };
         let remaining = deadline - now;
         if cp.partition < parts.len() && remaining < ms(env.settings.continue_margin) {
@@ -267,7 +267,7 @@ pub async fn run(
                 cp.snapshot = Some(placed);
             }
             let text = serde_json::to_string(&cp).map_err(|e| ExportError::Checkpoint(e.to_string()))?;
-            let progress = beat(&cp, "continuing");
+            let progress = beat(&cp, Phase::Continuing);
             return match env.table.checkpoint(Beat { progress: &progress, ..b }, &text).await? {
                 Ok(_) => Ok(Outcome::Continued { done: cp.rows }),
                 Err(refused) => {
@@ -287,7 +287,7 @@ pub async fn run(
     let written = writer.finish().await?;
     let (size, sheets, truncated_cells) = match params.format {
         Format::Xlsx => {
-            let progress = beat(&cp, "building xlsx");
+            let progress = beat(&cp, Phase::BuildingXlsx);
             let b = Beat { id: &job.id, attempt: job.attempt, progress: &progress, now: now_ms(), lease_ms: ms(env.settings.lease) };
             if let Err(refused) = env.table.heartbeat(b).await? {
                 delete_quietly(&env.store, &data_key(job, params)).await;
@@ -312,7 +312,7 @@ pub async fn run(
         files: BTreeMap::new(),
         counts: BTreeMap::new(),
     };
-    let progress = Progress { phase: "done".into(), done: cp.rows, total: Some(cp.rows), ..Progress::default() };
+    let progress = Progress { phase: Phase::Done, done: cp.rows, total: Some(cp.rows), ..Progress::default() };
     Ok(Outcome::Finished { result, progress })
 }
 

@@ -1,3 +1,4 @@
+use ferry_lambda::settings::Vars;
 use lambda_http::{Error, run, service_fn};
 use notify::Redriver;
 
@@ -5,6 +6,6 @@ use notify::Redriver;
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let conf = ferry_aws::load_config().await;
-    let redriver = Redriver::from_env(ferry_aws::clients::sqs(&conf))?;
+    let redriver = Redriver::from_vars(ferry_aws::clients::sqs(&conf), &Vars::env())?;
     run(service_fn(|req| notify::redrive::handle(&redriver, req))).await
 }

@@ -1,4 +1,5 @@
 use ferry_aws::notify::DeliveryTable;
+use ferry_lambda::settings::Vars;
 use lambda_runtime::{Error, run, service_fn};
 use notify::{Consumer, ConsumerSettings, Provider, ProviderAuth, ProviderSettings};
 
@@ -7,10 +8,12 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     // Settings are checked before anything else, so a bad one (a plain-http provider) stops the
     // function at start with a message naming it.
-    let settings = ConsumerSettings::from_env()?;
-    let provider_settings = ProviderSettings::from_env()?;
-    let auth_source = ProviderSettings::auth_from_env()?;
-    let table = std::env::var("FERRY_NOTIFY_TABLE").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| "notifications".to_owned());
+    let vars = Vars::env();
+    let settings = ConsumerSettings::from_vars(&vars)?;
+    let provider_settings = ProviderSettings::from_vars(&vars)?;
+    let auth_source = ProviderSettings::auth_from_vars(&vars)?;
+    // The deliveries table holds the claims: without it nothing can be sent exactly once.
+    let table = vars.required("FERRY_NOTIFY_TABLE")?;
     let conf = ferry_aws::load_config().await;
     // The provider's credential is read once per execution environment.
     let auth = match auth_source {

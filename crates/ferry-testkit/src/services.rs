@@ -1,10 +1,5 @@
-//! Test harness: local services on loopback, started once per test process and stopped with it.
-//!
-//! - [`moto`]: moto in server mode (from the project's `.venv`), the local AWS.
-//! - [`sdk_config`]: an SDK configuration pointing at it.
-//! - [`unique`]: names that do not collide between tests sharing one server.
-//! - [`redis`]: a real redis-server, started like moto.
-//! - [`binary`]: a workspace binary (the Lambdas, `ferry`), to run as a process.
+//! Local services on loopback, started once per process and stopped with it: moto, and the
+//! workspace's binaries.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -15,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
-pub mod redis;
-
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("crates/ferry-testkit is two levels down").to_path_buf()
 }
 
 /// The path of a workspace binary. `make test` builds them first (`cargo build --workspace --bins`) and
@@ -97,37 +90,20 @@ pub fn moto() -> &'static Service {
     })
 }
 
+/// `http://127.0.0.1:{port}` of [`moto`].
 pub fn moto_endpoint() -> String {
     format!("http://127.0.0.1:{}", moto().port)
 }
 
 /// SDK configuration for the local moto server, with fixed test credentials.
 pub fn sdk_config() -> SdkConfig {
-    let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "ferry-tests");
+    let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "ferry-testkit");
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(moto_endpoint())
         .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(creds))
         .build()
-}
-
-/// A client of the SDK crate `$sdk` that never reaches the network: every call is answered by the
-/// `aws_smithy_mocks` rules of `$interceptor` (a `MockResponseInterceptor`). For errors moto cannot
-/// produce, such as an access denial.
-#[macro_export]
-macro_rules! mocked_client {
-    ($sdk:ident, $interceptor:expr) => {
-        $sdk::Client::from_conf(
-            $sdk::Config::builder()
-                .behavior_version($sdk::config::BehaviorVersion::latest())
-                .region($sdk::config::Region::new("us-east-1"))
-                .credentials_provider($sdk::config::Credentials::new("testing", "testing", None, None, "mock"))
-                .http_client(aws_smithy_mocks::create_mock_http_client())
-                .interceptor($interceptor)
-                .build(),
-        )
-    };
 }
 
 /// A name unique within this test process and across runs against one server, lowercase and
@@ -138,32 +114,3 @@ pub fn unique(prefix: &str) -> String {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() % 1_000_000_000);
     format!("{prefix}-{}-{t}-{n}", std::process::id())
 }
-
-/// A fresh bucket on moto, and an S3 client for it.
-pub async fn bucket(prefix: &str) -> (aws_sdk_s3::Client, String) {
-    let client = ferry_aws::clients::s3(&sdk_config());
-    let name = unique(prefix);
-    client.create_bucket().bucket(&name).send().await.expect("creating a bucket on moto");
-    (client, name)
-}
-
-/// Puts `body` at `key`, as an upload arrives.
-pub async fn put_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
-    let body: Vec<u8> = body.into();
-    s3.put_object().bucket(bucket).key(key).body(body.into()).send().await.expect("put");
-}
-
-/// The keys under `prefix`, through the same paginated listing the functions use.
-pub async fn list_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
-    let store = ferry_aws::s3::Store::new(s3.clone(), bucket.to_owned());
-    store.list(prefix).await.expect("list").into_iter().map(|h| h.key).collect()
-}
-
-/// Reads a fixture under `events/`.
-pub fn event_fixture(name: &str) -> serde_json::Value {
-    let path = workspace().join("events").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
-}
-
-pub use ferry_demo::events::{form_encode, s3_put_event};

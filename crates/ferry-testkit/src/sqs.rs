@@ -1,16 +1,20 @@
-//! What Lambda's SQS event source mapping does, for the demo and the tests, and reading a queue
-//! without consuming it.
+//! What Lambda's SQS event source mapping does ([`pump_with`] any handler; [`pump`] the
+//! notification consumer, feature `notify`), and reading a queue without consuming it
+//! ([`peek_all`], [`peek_and_release`]).
 
 use std::collections::HashSet;
+use std::fmt::Display;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use ferry_aws::notify::{self as aws, Received, SqsClient};
 use lambda_runtime::{Context, LambdaEvent};
-use notify::consumer::Consumer;
 
-use super::sqs_event;
-/// How [`pump`] polls.
+use crate::events::sqs_event;
+
+/// How [`pump_with`] polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PumpSettings {
     /// Concurrent pollers (Lambda runs several batches at once).
@@ -26,7 +30,7 @@ impl Default for PumpSettings {
     }
 }
 
-/// What [`pump`] saw.
+/// What [`pump_with`] saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PumpStats {
     pub invocations: usize,
@@ -52,9 +56,26 @@ async fn receive_retrying(sqs: &SqsClient, queue_url: &str, settings: PumpSettin
     }
 }
 
+/// [`pump_with`] the notification consumer's handler (feature `notify`).
+#[cfg(feature = "notify")]
+pub async fn pump(
+    consumer: &notify::consumer::Consumer,
+    sqs: &SqsClient,
+    queue_url: &str,
+    settings: PumpSettings,
+) -> anyhow::Result<PumpStats> {
+    pump_with(|event| notify::consumer::handle(consumer, event), sqs, queue_url, settings).await
+}
+
 /// Does what Lambda's SQS event source mapping does, until `queue_url` is empty: receive a batch,
-/// invoke the consumer's handler with it, delete every record not named in `batchItemFailures`.
-pub async fn pump(consumer: &Consumer, sqs: &SqsClient, queue_url: &str, settings: PumpSettings) -> anyhow::Result<PumpStats> {
+/// invoke `handler` with it, delete every record not named in `batchItemFailures`.
+pub async fn pump_with<H, F, E>(handler: H, sqs: &SqsClient, queue_url: &str, settings: PumpSettings) -> anyhow::Result<PumpStats>
+where
+    H: Fn(LambdaEvent<SqsEvent>) -> F,
+    F: Future<Output = Result<SqsBatchResponse, E>>,
+    E: Display,
+{
+    let handler = &handler;
     let arn = aws::queue_arn(sqs, queue_url).await?;
     let pollers = (0..settings.pollers.max(1)).map(|_| async {
         let mut stats = PumpStats::default();
@@ -67,8 +88,8 @@ pub async fn pump(consumer: &Consumer, sqs: &SqsClient, queue_url: &str, setting
                 }
                 continue;
             }
-            let event = serde_json::from_value(sqs_event(&arn, &batch)).context("building the SQS event")?;
-            let response = notify::consumer::handle(consumer, LambdaEvent::new(event, Context::default()))
+            let event: SqsEvent = serde_json::from_value(sqs_event(&arn, &batch)).context("building the SQS event")?;
+            let response = handler(LambdaEvent::new(event, Context::default()))
                 .await
                 .map_err(|e| anyhow::anyhow!("consumer failed the whole batch: {e}"))?;
             let failed: HashSet<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();

@@ -1,8 +1,10 @@
 //! The read side of the CSV contract: a regional upload ([`read_tally`], duplicate keys summed; within
-//! a memory budget, [`read_tally_within`]) and a locale result ([`read_locale_result`], keys unique),
-//! every fault a [`TallyError`] naming the file and line; [`check_size`] before a body is read.
+//! a memory budget, [`read_tally_within`]), a locale result ([`read_locale_result`], keys unique) and
+//! the global result's scores ([`read_global_scores`]), every fault a [`TallyError`] naming the file
+//! and line; [`check_size`] before a body is read.
 
-use super::{Builder, Tally, TallyError, TallyErrorKind};
+use super::{KSEQ, RAW, SCORE, TallyError, TallyErrorKind};
+use crate::tally::{Builder, Tally};
 
 /// Fails with [`TallyErrorKind::TooLarge`] when `size` is over `limit`. Call it before reading a body.
 pub fn check_size(source_name: &str, size: u64, limit: u64) -> Result<(), TallyError> {
@@ -23,23 +25,23 @@ pub fn read_tally(source_name: &str, bytes: &[u8]) -> Result<Tally, TallyError> 
 pub fn read_tally_within(source_name: &str, bytes: &[u8], memory: u64) -> Result<Tally, TallyError> {
     let mut b = Builder::for_input(bytes);
     let input = bytes.len() as u64;
-    read_records(source_name, bytes, &["kseq", "score"], |_, kseq, values| {
+    read_records(source_name, bytes, &[KSEQ, SCORE], |_, kseq, values| {
         let score = values[0];
         if score < 0.0 {
-            return Err(TallyErrorKind::Negative { column: "score", value: score.to_string() });
+            return Err(TallyErrorKind::Negative { column: SCORE, value: score.to_string() });
         }
         // -0.0 is a valid zero; store it as +0.0 so it never prints as "-0".
         match b.insert(kseq, score + 0.0) {
             Some(i) => {
-                let sum = b.tally.values[i] + score;
+                let sum = b.value(i) + score;
                 if !sum.is_finite() {
                     return Err(TallyErrorKind::SumOverflow { kseq: kseq.to_owned() });
                 }
-                b.tally.values[i] = sum;
+                b.set_value(i, sum);
             }
             None => {
-                let keys = b.tally.len();
-                if crate::budget::normalize_peak(input, b.tally.text.len() as u64, keys as u64) > memory {
+                let keys = b.len();
+                if crate::budget::normalize_peak(input, b.key_bytes() as u64, keys as u64) > memory {
                     return Err(TallyErrorKind::OverMemory { keys, memory });
                 }
             }
@@ -52,16 +54,31 @@ pub fn read_tally_within(source_name: &str, bytes: &[u8], memory: u64) -> Result
 /// Reads a locale result (`kseq,score,raw`) as its keys and scores. Keys must be unique.
 pub fn read_locale_result(source_name: &str, bytes: &[u8]) -> Result<Tally, TallyError> {
     let mut b = Builder::for_input(bytes);
-    read_records(source_name, bytes, &["kseq", "score", "raw"], |_, kseq, values| match b.insert(kseq, values[0]) {
+    read_records(source_name, bytes, &[KSEQ, SCORE, RAW], |_, kseq, values| match b.insert(kseq, values[0]) {
         Some(_) => Err(TallyErrorKind::DuplicateKey { kseq: kseq.to_owned() }),
         None => Ok(()),
     })?;
     Ok(b.finish())
 }
 
+/// Reads the global result (`kseq,score,{locale}...`) as `(kseq, score)` pairs in file order. Keys
+/// must be unique and scores finite (they may be negative: z-scores are).
+pub fn read_global_scores(source_name: &str, bytes: &[u8]) -> Result<Vec<(String, f64)>, TallyError> {
+    let mut seen: hashbrown::HashSet<String> = hashbrown::HashSet::new();
+    let mut rows = Vec::new();
+    read_records(source_name, bytes, &[KSEQ, SCORE], |_, kseq, values| {
+        if !seen.insert(kseq.to_owned()) {
+            return Err(TallyErrorKind::DuplicateKey { kseq: kseq.to_owned() });
+        }
+        rows.push((kseq.to_owned(), values[0]));
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
 /// Reads every record, resolving `columns[0]` as the key and the rest as finite numbers, and hands
 /// each to `row(line, key, numbers)`.
-pub(crate) fn read_records(
+fn read_records(
     source_name: &str,
     bytes: &[u8],
     columns: &[&'static str],
@@ -69,15 +86,15 @@ pub(crate) fn read_records(
 ) -> Result<(), TallyError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let err = |line, kind| TallyError::new(source_name, line, kind);
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(bytes);
-    let mut record = csv::ByteRecord::new();
-    let csv_err = |e: csv::Error| {
+    let mut reader = ::csv::ReaderBuilder::new().has_headers(false).from_reader(bytes);
+    let mut record = ::csv::ByteRecord::new();
+    let csv_err = |e: ::csv::Error| {
         let line = e.position().map(|p| p.line());
         err(line, TallyErrorKind::Csv { message: csv_message(&e) })
     };
 
     // csv skips blank lines; each place it starts looking for a record is checked for one.
-    let blank = |record: &csv::ByteRecord| {
+    let blank = |record: &::csv::ByteRecord| {
         let start = record.position().map_or(0, |p| p.byte() as usize);
         blank_line_at(bytes, start).map_or(Ok(()), |line| Err(err(Some(line), TallyErrorKind::BlankLine)))
     };
@@ -144,9 +161,9 @@ fn parse_number(column: &'static str, raw: &[u8]) -> Result<f64, TallyErrorKind>
     Ok(value)
 }
 
-fn csv_message(e: &csv::Error) -> String {
+fn csv_message(e: &::csv::Error) -> String {
     match e.kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+        ::csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
             format!("the record has {len} fields but the header has {expected_len}")
         }
         _ => e.to_string(),
@@ -156,7 +173,10 @@ fn csv_message(e: &csv::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tally::tests::rows;
+
+    fn rows(t: &Tally) -> Vec<(&str, f64)> {
+        t.iter().collect()
+    }
 
     #[track_caller]
     fn check_err(input: &[u8], line: Option<u64>, expect: &str) {

@@ -1,4 +1,5 @@
-//! The local delivery provider: axum on loopback, told per test how to fail.
+//! The local notification provider: axum on loopback, told per test how to fail, counting every
+//! message it accepted per notification id.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
