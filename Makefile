@@ -45,8 +45,8 @@ deps-system:
 deps: deps-python deps-system
 
 demo: deps
-	$(CARGO) build --quiet -p ferry-demo
-	scripts/with-moto.sh target/debug/ferry-demo all
+	$(CARGO) build --quiet --workspace --bins
+	scripts/with-moto.sh "$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/ferry-demo" all
 
 test: deps
 	$(CARGO) build --workspace --bins

@@ -18,6 +18,8 @@ pub struct WorkerPayload {
 pub struct InvokeError(#[from] pub crate::Error);
 
 /// Invokes the worker with `InvocationType=Event`: Lambda queues the event and answers 202 at once.
+/// Any other success status counts as delivered too: a local runtime (`cargo lambda watch`) runs the
+/// function before it answers, with 200.
 pub async fn invoke_worker(client: &aws_sdk_lambda::Client, function: &str, payload: &WorkerPayload) -> Result<(), InvokeError> {
     let err = |message: String| InvokeError(crate::Error::other("Lambda", "Invoke (Event)", function, message));
     let body = serde_json::to_vec(payload).map_err(|e| err(e.to_string()))?;
@@ -30,7 +32,7 @@ pub async fn invoke_worker(client: &aws_sdk_lambda::Client, function: &str, payl
         .await
         .map_err(|e| InvokeError(crate::Error::sdk("Lambda", "Invoke (Event)", function, e)))?;
     match out.status_code() {
-        202 => Ok(()),
+        200..=299 => Ok(()),
         code => Err(err(format!("Lambda answered {code}, not 202"))),
     }
 }

@@ -150,7 +150,8 @@ impl VoteError {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum NormalizeOutcome {
     /// The locale result was (re)written from `source`.
-    Written { result: String, source: String, rows: usize },
+    /// `input_bytes`: the size of the upload it was built from.
+    Written { result: String, source: String, rows: usize, input_bytes: u64 },
     /// The locale result already reflects `source`, the current upload.
     UpToDate { result: String, source: String },
     /// No upload of the series exists any more (deleted after the event was sent).
@@ -163,20 +164,12 @@ pub enum NormalizeOutcome {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum MergeOutcome {
-    Written {
-        global: String,
-        inputs: String,
-        rows: usize,
-    },
+    /// `input_bytes`: the bytes of the locale results it was built from.
+    Written { global: String, inputs: String, rows: usize, input_bytes: u64 },
     /// The global result was already built from exactly these inputs.
-    UpToDate {
-        global: String,
-        inputs: String,
-    },
+    UpToDate { global: String, inputs: String },
     /// No locale result exists for this stage.
-    NoInputs {
-        global: String,
-    },
+    NoInputs { global: String },
 }
 
 /// Loads `config/{evno}.json`, or the defaults when there is none.
@@ -213,7 +206,7 @@ pub async fn normalize_upload(store: &Store, settings: &VoteSettings, object_key
     let outcome =
         retry::until_written(store, &result_key, "normalizer", || normalize_attempt(store, settings, &upload, object_key, &result_key))
             .await?;
-    if let NormalizeOutcome::Written { result, source, rows } = &outcome {
+    if let NormalizeOutcome::Written { result, source, rows, .. } = &outcome {
         tracing::info!(result, source, rows, "locale result written");
     }
     Ok(outcome)
@@ -271,6 +264,7 @@ async fn normalize_attempt(
             return Err(TallyError::new(&source.object_key, None, kind).into());
         }
     };
+    let input_bytes = body.len() as u64;
     let tally = csv::read_tally_within(&source.object_key, &body, budget::usable_bytes(settings.memory_mb))?;
     // Each input is let go once what follows is built from it: the peak is what is budgeted.
     drop(body);
@@ -279,7 +273,7 @@ async fn normalize_attempt(
     drop(tally);
     let metadata = pipeline::locale_result_metadata(source, &head.etag, config.method, rows);
     let object = NewObject { body, content_type: "text/csv", metadata, precondition: Some(Precondition::replacing(current)) };
-    let written = NormalizeOutcome::Written { result: result_key.to_owned(), source: source.object_key.clone(), rows };
+    let written = NormalizeOutcome::Written { result: result_key.to_owned(), source: source.object_key.clone(), rows, input_bytes };
     Ok(Step::Write { object, written })
 }
 
@@ -287,7 +281,7 @@ async fn normalize_attempt(
 pub async fn merge_stage(store: &Store, settings: &VoteSettings, evno: u64, stage: &str) -> Result<MergeOutcome, VoteError> {
     let global_key = ferry_core::GlobalKey { evno, stage: stage.to_owned() }.to_string();
     let outcome = retry::until_written(store, &global_key, "merge", || merge_attempt(store, settings, evno, stage, &global_key)).await?;
-    if let MergeOutcome::Written { global, inputs, rows } = &outcome {
+    if let MergeOutcome::Written { global, inputs, rows, .. } = &outcome {
         tracing::info!(global, inputs, rows, "global result written");
     }
     Ok(outcome)
@@ -348,6 +342,6 @@ async fn merge_attempt(
         metadata: manifest.metadata(config.method, global.len()),
         precondition: Some(Precondition::replacing(current)),
     };
-    let written = MergeOutcome::Written { global: global_key.to_owned(), inputs: manifest.inputs, rows: global.len() };
+    let written = MergeOutcome::Written { global: global_key.to_owned(), inputs: manifest.inputs, rows: global.len(), input_bytes: read };
     Ok(Step::Write { object, written })
 }

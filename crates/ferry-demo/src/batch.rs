@@ -7,17 +7,21 @@
 //! its failed items are read back, the partner is made healthy, and `{"retry_of": id}` sends exactly
 //! the failed orders again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aws_config::SdkConfig;
+use ferry_api::jobs::{Envelope, JobView};
+use ferry_core::jobs::Status;
 use job_invoker::{Api, JobSettings};
 use serde_json::{Value, json};
 
-use ferry_testkit::jobs::{api_and_worker, call, start_worker};
+use ferry_testkit::jobs::{api_and_worker, start_worker};
 use ferry_testkit::target::{Answer, Behaviour, Call, LocalTarget, outside_api};
+
+use crate::jobs::{get_job, is_pending, submit, why};
 
 const OWNER: Option<&str> = Some("seller-0001");
 /// The partner's limiter trips once every this many items, answering the first call of the next
@@ -58,10 +62,10 @@ fn partner(throttle: bool, reject: HashSet<String>) -> Behaviour {
 }
 
 /// Counts by state in a fixed order, `running 10 · succeeded 1,234 · ...`.
-fn counts_text(counts: &Value) -> String {
+fn counts_text(counts: &BTreeMap<String, u64>) -> String {
     ["running", "succeeded", "failed", "retrying", "pending", "skipped"]
         .iter()
-        .filter_map(|state| counts[*state].as_u64().map(|n| format!("{state} {}", thousands(n))))
+        .filter_map(|state| counts.get(*state).map(|n| format!("{state} {}", thousands(*n))))
         .collect::<Vec<_>>()
         .join(" · ")
 }
@@ -87,30 +91,30 @@ async fn get_lines(url: &str) -> anyhow::Result<Vec<Value>> {
     lines(&bytes)
 }
 
-/// Submits `body` and polls the job until it ends, logging its counts every `every`.
-async fn submit_and_watch(api: &Api, body: &str, every: Duration, log: &mut String) -> anyhow::Result<Value> {
-    let (status, submitted) = call(api, "POST", "/jobs", Some(body), OWNER).await?;
-    anyhow::ensure!(status == 202, "POST /jobs answered {status}: {submitted}");
-    let id = submitted["job"]["id"].as_str().context("no job id")?.to_owned();
-    log.push_str(&format!("POST /jobs -> {status}, job {id}, status {}\n", submitted["job"]["status"]));
+/// Submits `envelope` and polls the job until it ends, logging its counts every `every`.
+async fn submit_and_watch(api: &Api, envelope: &Envelope, every: Duration, log: &mut String) -> anyhow::Result<JobView> {
+    let (status, submitted) = submit(api, envelope, OWNER).await?;
+    anyhow::ensure!(status == 202, "POST /jobs answered {status}: job {} already running", submitted.job.id);
+    let id = submitted.job.id;
+    log.push_str(&format!("POST /jobs -> {status}, job {id}, status {}\n", submitted.job.status));
     let started = Instant::now();
     loop {
-        let (_, view) = call(api, "GET", &format!("/jobs/{id}"), None, OWNER).await?;
-        let p = &view["progress"];
+        let view = get_job(api, &id, OWNER).await?;
+        let p = &view.progress;
         log.push_str(&format!(
             "  {:>5.1} s  {:<9} {:<10} {:>5} / {:<5}  {}\n",
             started.elapsed().as_secs_f64(),
-            view["status"].as_str().unwrap_or("?"),
-            p["phase"].as_str().unwrap_or(""),
-            p["done"].as_u64().map_or_else(|| "?".to_owned(), thousands),
+            view.status.as_str(),
+            p.phase.as_str(),
+            thousands(p.done),
             // A job that ends before its first progress report records no total.
-            p["total"].as_u64().map_or_else(|| "?".to_owned(), thousands),
-            counts_text(&p["counts"])
+            p.total.map_or_else(|| "?".to_owned(), thousands),
+            counts_text(&p.counts)
         ));
-        match view["status"].as_str() {
-            Some("queued" | "running") => tokio::time::sleep(every).await,
-            _ => return Ok(view),
+        if !is_pending(&view) {
+            return Ok(view);
         }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -166,35 +170,30 @@ pub async fn run(conf: &SdkConfig, items: u64) -> anyhow::Result<String> {
     let lambda = start_worker(conf, Duration::from_secs(900), make).await?;
     let (api, _) = api_and_worker(conf, settings.clone(), lambda.client(conf));
 
-    let body = json!({
-        "kind": "batch",
-        "params": {
+    let envelope = Envelope::new(
+        "batch",
+        json!({
             "target": "partner-api",
             "items": {"bucket": settings.bucket, "key": key, "format": "jsonl"},
             "max_concurrency": MAX_CONCURRENCY,
             "rate_per_second": RATE_PER_SECOND,
             "timeout_ms": 5_000,
             "tolerated_failure_percent": 5,
-        }
-    })
-    .to_string();
+        }),
+    );
     log.push_str(&format!(
         "batch to partner-api: max_concurrency {MAX_CONCURRENCY}, rate_per_second {RATE_PER_SECOND}, tolerated_failure_percent 5\n"
     ));
     let started = Instant::now();
-    let view = submit_and_watch(&api, &body, Duration::from_secs(2), &mut log).await?;
+    let view = submit_and_watch(&api, &envelope, Duration::from_secs(2), &mut log).await?;
     let took = started.elapsed();
-    anyhow::ensure!(view["status"] == "succeeded", "the batch ended {}: {}", view["status"], view["error"]);
-    let id = view["id"].as_str().context("no job id")?.to_owned();
-    log.push_str(&format!(
-        "ended {} in {:.1} s: {}\n",
-        view["status"].as_str().unwrap_or("?"),
-        took.as_secs_f64(),
-        counts_text(&view["counts"])
-    ));
+    anyhow::ensure!(view.status == Status::Succeeded, "the batch ended {}: {}", view.status, why(&view));
+    let id = &view.id;
+    log.push_str(&format!("ended {} in {:.1} s: {}\n", view.status, took.as_secs_f64(), counts_text(&view.counts)));
 
     // The results, one line per order in input order, whatever order the calls finished in.
-    let results = get_lines(view["download"]["url"].as_str().context("no download link")?).await?;
+    let download = view.download.as_ref().context("the succeeded batch has no download link")?;
+    let results = get_lines(&download.url).await?;
     log.push_str(&format!("results file: {} lines, first and last:\n", thousands(results.len() as u64)));
     let shown = results.iter().take(2).chain(results.iter().skip(results.len().saturating_sub(2).max(2)));
     for line in shown {
@@ -224,9 +223,9 @@ pub async fn run(conf: &SdkConfig, items: u64) -> anyhow::Result<String> {
     anyhow::ensure!(max_in_flight as u64 <= MAX_CONCURRENCY, "{max_in_flight} calls in flight, more than {MAX_CONCURRENCY}");
     anyhow::ensure!(target.succeeded_keys().values().all(|n| *n == 1), "an order was accepted twice");
 
-    let failed_count = view["counts"]["failed"].as_u64().context("no failed count")?;
-    let failed_url = view["files"]["failed"]["url"].as_str().context("no link to the failed items")?;
-    let failed = get_lines(failed_url).await?;
+    let failed_count = *view.counts.get("failed").context("the batch has no failed count")?;
+    let failed_file = view.files.get("failed").context("the batch has no link to the failed items")?;
+    let failed = get_lines(&failed_file.url).await?;
     log.push_str(&format!("failed: {failed_count}; the failed items file ({} lines) starts:\n", failed.len()));
     for line in failed.iter().take(3) {
         log.push_str(&format!("  {line}\n"));
@@ -241,9 +240,10 @@ pub async fn run(conf: &SdkConfig, items: u64) -> anyhow::Result<String> {
     target.set_behaviour(partner(false, HashSet::new()));
     let before = calls.len();
     log.push_str(&format!("partner-api healthy again; retrying job {id}\n"));
-    let retried = submit_and_watch(&api, &json!({ "retry_of": id }).to_string(), Duration::from_millis(500), &mut log).await?;
-    anyhow::ensure!(retried["status"] == "succeeded", "the retry ended {}: {}", retried["status"], retried["error"]);
-    let again = get_lines(retried["download"]["url"].as_str().context("no download link for the retry")?).await?;
+    let retried = submit_and_watch(&api, &Envelope::retry(id), Duration::from_millis(500), &mut log).await?;
+    anyhow::ensure!(retried.status == Status::Succeeded, "the retry ended {}: {}", retried.status, why(&retried));
+    let retry_download = retried.download.as_ref().context("the succeeded retry has no download link")?;
+    let again = get_lines(&retry_download.url).await?;
     let sent: Vec<Value> = target.calls()[before..].iter().map(|(c, _)| c.body.clone()).collect();
     let mut sent_text: Vec<String> = sent.iter().map(Value::to_string).collect();
     let mut failed_text: Vec<String> = failed.iter().map(Value::to_string).collect();
@@ -256,8 +256,8 @@ pub async fn run(conf: &SdkConfig, items: u64) -> anyhow::Result<String> {
     anyhow::ensure!(again.iter().all(|r| r["status"] == "succeeded"), "a retried order failed again");
     log.push_str(&format!(
         "retry {}: {} ({} calls, one per failed order); first result: {}\n",
-        retried["id"].as_str().unwrap_or("?"),
-        counts_text(&retried["counts"]),
+        retried.id,
+        counts_text(&retried.counts),
         sent.len(),
         again.first().map_or_else(String::new, Value::to_string)
     ));

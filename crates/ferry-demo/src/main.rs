@@ -7,10 +7,12 @@
 //!   background worker, its failed items retried once the partner is healthy.
 //! - [`notify`]: notifications through SQS with a failing provider, a DLQ and a redrive.
 //! - [`edge`]: regional Redis sorted sets pushed to S3 and the global ranking pulled back.
+//! - [`local`]: `setup`, the resources and environment the functions need under `cargo lambda watch`.
 
 mod batch;
 mod edge;
 mod jobs;
+mod local;
 mod notify;
 mod votes;
 
@@ -46,6 +48,18 @@ enum Scenario {
     },
     /// Two senders sharing a notification id through the intake; 1,000 notifications through SQS, some malformed, some hitting a failing provider; fix it, redrive, check each was delivered once and dead-lettered at most once.
     Notify,
+    /// Start moto and the notification provider on loopback, create every resource the functions need, print their environment for `cargo lambda watch`, and keep running until Ctrl-C.
+    Setup {
+        /// The port `cargo lambda watch` serves invokes on (`-P`): where the job functions invoke job-worker.
+        #[arg(long, default_value_t = 9000)]
+        lambda_port: u16,
+        /// Rows seeded into the `orders` table the job fixture exports.
+        #[arg(long, default_value_t = 1000)]
+        orders: u64,
+        /// Also write the environment as KEY=VALUE lines here, for `cargo lambda watch --env-file`.
+        #[arg(long)]
+        env_file: Option<std::path::PathBuf>,
+    },
     /// Regional Redis sorted sets -> push -> normalize/merge -> pull into each region's Redis; print the ranking from Redis.
     Edge {
         #[arg(long, default_value = "ferry-demo")]
@@ -58,6 +72,10 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Scenario::Setup { lambda_port, orders, env_file } = &cli.scenario {
+        // It starts its own moto: no endpoint is needed.
+        return local::setup(*lambda_port, *orders, env_file.as_deref()).await;
+    }
     anyhow::ensure!(
         std::env::var_os("AWS_ENDPOINT_URL").is_some(),
         "AWS_ENDPOINT_URL is not set: the demo only runs against a local endpoint (use `make demo`)"
@@ -91,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Edge { bucket, evno } => {
             print!("{}", edge::run(ferry_aws::clients::s3(&conf), &bucket, evno).await?);
         }
+        Scenario::Setup { .. } => unreachable!("handled before the endpoint check"),
     }
     Ok(())
 }

@@ -10,6 +10,8 @@
 //!   ([`s3::Failures`], [`s3::EventError`]).
 //! - [`diagnostic`]: an error as a `lambda_runtime::Diagnostic` named by its kind.
 //! - [`error_chain`]: an error and its sources on one line, for logs.
+//! - [`metrics`]: CloudWatch embedded metric format lines on stdout: every metric name, unit and
+//!   dimension of ferry in one place, the emitter, and the check a line must pass.
 //!
 //! **Invariant:** the edge only, no decisions. Which keys a function takes, who may call a route
 //! and what a failure means are the calling crate's (and `ferry_core`'s); this crate only turns
@@ -17,6 +19,7 @@
 
 pub mod diagnostic;
 pub mod http;
+pub mod metrics;
 pub mod s3;
 pub mod settings;
 

@@ -196,3 +196,59 @@ pub async fn queue_pair(sqs: &SqsClient, name: &str, settings: QueueSettings) ->
         .to_owned();
     Ok(QueuePair { source_url, dlq_url })
 }
+
+/// The names of what [`local_stack`] creates, as the functions' settings name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalStack {
+    /// The bucket the vote fixtures under `events/` name (`ferry-demo`), holding their uploads.
+    pub votes_bucket: String,
+    /// `FERRY_EXPORT_BUCKET`.
+    pub export_bucket: String,
+    /// `FERRY_JOBS_TABLE`.
+    pub jobs_table: String,
+    /// `FERRY_NOTIFY_TABLE`.
+    pub deliveries_table: String,
+    /// `FERRY_NOTIFY_QUEUE_URL` and `FERRY_NOTIFY_DLQ_URL`.
+    pub queues: QueuePair,
+    /// The table the job fixture exports (`orders`), seeded.
+    pub orders_table: String,
+}
+
+/// Creates, on the endpoint `conf` names, every resource the functions read and write, under the
+/// names the fixtures in `events/` use: both buckets (with the regional uploads `events/s3-put.json`
+/// and `events/s3-put-leading-slash.json` announce), the jobs and deliveries tables, the notify queue
+/// and its DLQ, and an `orders` table of `orders` rows. Safe to run again on the same endpoint.
+pub async fn local_stack(conf: &aws_config::SdkConfig, orders: u64) -> Result<LocalStack, SetupError> {
+    let s3 = ferry_aws::clients::s3(conf);
+    let dynamo = ferry_aws::clients::dynamodb(conf);
+    let sqs = ferry_aws::clients::sqs(conf);
+    let stack = LocalStack {
+        votes_bucket: "ferry-demo".into(),
+        export_bucket: "ferry-exports".into(),
+        jobs_table: "ferry-jobs".into(),
+        deliveries_table: "ferry-notify-deliveries".into(),
+        queues: queue_pair(&sqs, "ferry-notify", QueueSettings::default()).await?,
+        orders_table: "orders".into(),
+    };
+    for bucket in [&stack.votes_bucket, &stack.export_bucket] {
+        match create_bucket(&s3, bucket).await {
+            // moto answers a second create of a bucket it holds with this.
+            Err(e) if e.message.contains("BucketAlreadyOwnedByYou") => {}
+            other => other?,
+        }
+    }
+    let tally = "kseq,score\nk-001,120\nk-002,80\nk-003,40\nk-004,5\n";
+    for key in ["data/1/jp-prod-202611221530.csv", "/data/1/kr-prod-202611221530.csv"] {
+        s3.put_object()
+            .bucket(&stack.votes_bucket)
+            .key(key)
+            .body(tally.as_bytes().to_vec().into())
+            .send()
+            .await
+            .map_err(|e| SetupError::new(key, "PutObject", sdk_message(&e)))?;
+    }
+    jobs_table(&dynamo, &stack.jobs_table).await?;
+    deliveries_table(&dynamo, &stack.deliveries_table).await?;
+    crate::seed::seed_orders(&dynamo, &stack.orders_table, orders).await?;
+    Ok(stack)
+}

@@ -3,7 +3,7 @@ use std::collections::BTreeSet;
 use ferry_aws::s3::{S3Client, Store};
 use ferry_aws::votes::{self, MergeOutcome, VoteError, VoteSettings};
 use ferry_core::key::ResultKey;
-use ferry_lambda::s3;
+use ferry_lambda::{metrics, s3};
 use lambda_runtime::LambdaEvent;
 use serde::Serialize;
 
@@ -54,6 +54,12 @@ pub async fn handle(state: &Merger, event: LambdaEvent<serde_json::Value>) -> Re
         match votes::merge_stage(&store, &state.settings, evno, &stage).await {
             Ok(outcome) => {
                 tracing::info!(evno, stage, ?outcome, "merge done");
+                if let MergeOutcome::Written { rows, input_bytes, .. } = &outcome {
+                    metrics::Line::new(metrics::Function::GlobalMerger)
+                        .count(metrics::Metric::RowsMerged, *rows as u64)
+                        .count(metrics::Metric::InputBytesMerged, *input_bytes)
+                        .emit();
+                }
                 report.merges.push(outcome);
             }
             Err(e) => {

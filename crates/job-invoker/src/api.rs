@@ -29,6 +29,7 @@ use ferry_aws::s3::S3Error;
 use ferry_core::jobs::{self, JobRecord, ListCursor, Status, SubmitError, rfc3339};
 use ferry_core::public::{ErrorCode, PublicError};
 use ferry_lambda::http::{self, json};
+use ferry_lambda::metrics::Function;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -354,7 +355,7 @@ async fn fail_unstarted(api: &Api, job: &JobRecord, e: &InvokeError, error: &Pub
     tracing::error!(job_id = job.id, request_id = error.request_id, error = %e, "starting the worker failed; failing the job");
     Ok(match api.env.table.fail(&job.id, None, error, now_ms()).await? {
         Ok(j) => {
-            lifecycle::announce(&api.env, Lifecycle::Failed, &j).await;
+            lifecycle::announce_by(&api.env, Function::JobApi, Lifecycle::Failed, &j).await;
             j
         }
         Err(Refused::NotOurs(j)) => *j,

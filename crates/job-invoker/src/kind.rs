@@ -11,12 +11,17 @@
 //!   over through [`Step`], and returns an [`Outcome`]: finished with a result, continued (the
 //!   checkpoint is stored), or stopped because the job was cancelled or is no longer this attempt's.
 //!
+//! What an attempt begins that only a finished job keeps (open multipart uploads, staging objects)
+//! it names in [`Step::leftovers`]; when the job ends failed or cancelled the worker aborts and
+//! deletes them, whichever kind it is and wherever the attempt stopped.
+//!
 //! Adding a kind is one file implementing [`Kind`] and one line in [`Registry::standard`].
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_aws::exports::{Multipart, MultipartState};
 use ferry_aws::jobs::{Beat, DynamoClient, JobStoreError, JobTable, Refused};
 use ferry_aws::s3::{S3Client, Store};
 use ferry_core::jobs::{JobRecord, JobResult, Progress, SubmitError};
@@ -95,6 +100,9 @@ pub struct Step<'a> {
     pub checkpoint: Option<&'a str>,
     /// When the invocation ends, in ms since the epoch.
     pub deadline: i64,
+    /// What this job has open or staged so far; the worker cleans it up if the job ends failed or
+    /// cancelled.
+    pub leftovers: &'a Leftovers,
 }
 
 impl Step<'_> {
@@ -122,6 +130,56 @@ impl Step<'_> {
     /// Return [`Outcome::Continued`] after it.
     pub async fn hand_over(&self, progress: &Progress, checkpoint: &str) -> Result<Result<(), Refused>, JobStoreError> {
         Ok(self.env.table.checkpoint(self.beat(progress), checkpoint).await?.map(|_| ()))
+    }
+}
+
+/// The multipart uploads and staging objects of one job that only its success uses: a kind names
+/// each when it begins or resumes it ([`Leftovers::upload`], [`Leftovers::object`]). An upload
+/// completed since reads as already gone when cleaned. Shared, so what a run named survives the run
+/// being dropped (a cancel noticed by the heartbeat).
+#[derive(Debug, Clone, Default)]
+pub struct Leftovers(Arc<Mutex<Named>>);
+
+#[derive(Debug, Default)]
+struct Named {
+    /// Open uploads: key -> upload id.
+    uploads: BTreeMap<String, String>,
+    objects: BTreeSet<String>,
+}
+
+impl Leftovers {
+    fn with<T>(&self, f: impl FnOnce(&mut Named) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// An upload begun or resumed: aborted unless it is settled.
+    pub fn upload(&self, state: &MultipartState) {
+        self.with(|n| n.uploads.insert(state.key.clone(), state.upload_id.clone()));
+    }
+
+    /// A staging object written (or that may have been, by an earlier attempt): deleted unless settled.
+    pub fn object(&self, key: &str) {
+        self.with(|n| n.objects.insert(key.to_owned()));
+    }
+
+    /// Aborts every upload and deletes every object still named, in `store`. Best effort: what
+    /// fails is logged, and the bucket's lifecycle rule removes it later.
+    pub async fn clean(&self, store: &Store) {
+        let (uploads, objects) = self.with(|n| (std::mem::take(&mut n.uploads), std::mem::take(&mut n.objects)));
+        for (key, upload_id) in uploads {
+            let state = MultipartState { key: key.clone(), upload_id, parts: Vec::new(), bytes: 0 };
+            match Multipart::resume(store, state).abort().await {
+                Ok(()) => tracing::info!(key, "multipart upload of an ended job aborted"),
+                // Completed or aborted already, by a run that did not get to say so.
+                Err(e) if e.code() == Some("NoSuchUpload") => {}
+                Err(e) => tracing::warn!(key, error = %e, "aborting the upload failed; the bucket's lifecycle rule cleans it up"),
+            }
+        }
+        for key in objects {
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!(key, error = %e, "deleting a staging object failed");
+            }
+        }
     }
 }
 

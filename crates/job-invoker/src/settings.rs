@@ -41,6 +41,9 @@ pub struct JobSettings {
     pub page_size: u32,
     /// When less than this is left of the invocation, the worker checkpoints and continues in a new one.
     pub continue_margin: Duration,
+    /// How long a worker run may take when the invocation's deadline cannot be believed (none, past,
+    /// or not a time in the next 15 minutes: a local runtime) (`FERRY_JOB_RUN_BUDGET_MS`).
+    pub run_budget: Duration,
     /// Most continuations of one job (each up to the Lambda timeout).
     pub max_continuations: u32,
     /// Rows per xlsx worksheet, header included; a new sheet starts when one is full.
@@ -93,6 +96,7 @@ impl Default for JobSettings {
             link_lifetime: Duration::from_secs(15 * 60),
             page_size: 1000,
             continue_margin: Duration::from_secs(60),
+            run_budget: Duration::from_secs(15 * 60),
             max_continuations: 16,
             sheet_rows: XLSX_MAX_ROWS,
             part_bytes: ferry_aws::exports::MIN_PART_BYTES,
@@ -120,7 +124,7 @@ impl JobSettings {
 
     /// Reads `FERRY_JOBS_TABLE`, `FERRY_EXPORT_BUCKET`, `FERRY_JOB_WORKER_FUNCTION`, `FERRY_JOB_INVOKE`
     /// (`await` or `detached`), `FERRY_JOB_RETENTION_HOURS`, `FERRY_JOB_PAGE_SIZE`,
-    /// `FERRY_JOB_CONTINUE_MARGIN_SECS`, `FERRY_JOB_LEASE_SECS`, `FERRY_JOB_START_LEASE_SECS`,
+    /// `FERRY_JOB_CONTINUE_MARGIN_SECS`, `FERRY_JOB_RUN_BUDGET_MS`, `FERRY_JOB_LEASE_SECS`, `FERRY_JOB_START_LEASE_SECS`,
     /// `FERRY_JOB_MAX_RUNNING_PER_OWNER`, `FERRY_JOB_READ_AHEAD`, `FERRY_JOB_MAX_OBJECT_BYTES`,
     /// Lambda's `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, `FERRY_EXPORT_DATASETS` (comma-separated `bucket/prefix`),
     /// `FERRY_EXPORT_SOURCE_TABLES` (comma-separated names or patterns), `FERRY_NOTIFY_TABLE`,
@@ -170,6 +174,10 @@ impl JobSettings {
         s.memory_mb = vars.whole_in("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "MB")?;
         if let Some(n) = vars.whole::<u64>("FERRY_JOB_CONTINUE_MARGIN_SECS")? {
             s.continue_margin = Duration::from_secs(n);
+        }
+        let why = " (ms; Lambda's longest timeout is 15 minutes)";
+        if let Some(n) = vars.within("FERRY_JOB_RUN_BUDGET_MS", 1000..=900_000, why)? {
+            s.run_budget = Duration::from_millis(n);
         }
         s.dataset_locations = vars.parsed("FERRY_EXPORT_DATASETS", |v| sources::parse_list(v, DatasetLocation::parse))?;
         if let Some(list) = vars.parsed("FERRY_EXPORT_SOURCE_TABLES", |v| sources::parse_list(v, TablePattern::parse))? {
@@ -323,6 +331,16 @@ mod tests {
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE: \"lots\" is not a whole number of MB"),
         ] {
             assert_eq!(from(&[(name, bad)]).unwrap_err(), message);
+        }
+    }
+
+    #[test]
+    fn the_run_budget_is_a_setting_within_lambdas_timeout() {
+        assert_eq!(from(&[]).unwrap().run_budget, Duration::from_secs(900));
+        assert_eq!(from(&[("FERRY_JOB_RUN_BUDGET_MS", "30000")]).unwrap().run_budget, Duration::from_secs(30));
+        for bad in ["999", "900001", "30s"] {
+            let e = from(&[("FERRY_JOB_RUN_BUDGET_MS", bad)]).unwrap_err();
+            assert!(e.starts_with("FERRY_JOB_RUN_BUDGET_MS: "), "{bad}: {e}");
         }
     }
 

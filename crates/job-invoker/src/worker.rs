@@ -15,7 +15,7 @@ use ferry_core::public::{ErrorCode, PublicError};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Serialize;
 
-use crate::kind::{JobEnv, Outcome, RunError, Step};
+use crate::kind::{JobEnv, Leftovers, Outcome, RunError, Step};
 use crate::lifecycle::{self, Lifecycle};
 use crate::settings::{ms, now_ms};
 
@@ -85,16 +85,23 @@ impl From<WorkerError> for Diagnostic {
     }
 }
 
-/// The deadline of the invocation in ms since the epoch; without one (a local run), the Lambda
-/// maximum of 15 minutes from now.
-fn deadline_of(ctx: &lambda_runtime::Context) -> i64 {
-    if ctx.deadline > 0 { ctx.deadline as i64 } else { now_ms() + 15 * 60 * 1000 }
+/// Lambda's longest timeout, plus a minute for clocks that disagree.
+const LONGEST_RUN_MS: i64 = 16 * 60 * 1000;
+
+/// When this run must hand over, in ms since the epoch: the invocation's deadline when it is one
+/// (ahead of `now`, and within Lambda's longest timeout), else `Err` with `budget` from `now`. A run
+/// that believed a deadline of 0, of the past or in another unit would hand over at once, and every
+/// continuation the same: a job that never gets done.
+fn believable_deadline(deadline: u64, now: i64, budget: std::time::Duration) -> Result<i64, i64> {
+    match i64::try_from(deadline) {
+        Ok(d) if d > now && d - now <= LONGEST_RUN_MS => Ok(d),
+        _ => Err(now.saturating_add(ms(budget))),
+    }
 }
 
 /// Handles one delivery.
 pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Result<WorkerReport, WorkerError> {
     let payload: WorkerPayload = serde_json::from_value(event.payload).map_err(|e| WorkerError::BadEvent(e.to_string()))?;
-    let deadline = deadline_of(&event.context);
     let request_id = event.context.request_id.clone();
     let stamp = |e: PublicError| if request_id.is_empty() { e } else { e.with_request_id(request_id.clone()) };
     let (job_id, attempt) = (payload.job_id.clone(), payload.attempt);
@@ -113,6 +120,22 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
     };
     let job = claimed.record;
     tracing::info!(job_id, attempt, kind = job.kind, resumed = claimed.checkpoint.is_some(), "job claimed");
+    // Judged once claimed: a budget counts from when this run starts its work.
+    let deadline = match believable_deadline(event.context.deadline, now_ms(), settings.run_budget) {
+        Ok(d) => d,
+        Err(d) => {
+            let given = event.context.deadline;
+            tracing::warn!(
+                job_id,
+                attempt,
+                given,
+                budget_ms = ms(settings.run_budget),
+                "the invocation's deadline is not believable; running for FERRY_JOB_RUN_BUDGET_MS"
+            );
+            d
+        }
+    };
+    let leftovers = Leftovers::default();
     if claimed.checkpoint.is_none() {
         lifecycle::announce(&state.env, Lifecycle::Started, &job).await;
     }
@@ -125,12 +148,12 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
     };
     // Held until the outcome is recorded: the lease stays alive through steps that report nothing.
     let mut keepalive = Keepalive::start(table.clone(), job_id.clone(), attempt, settings.lease);
-    let step = Step { env: &state.env, job: &job, checkpoint: claimed.checkpoint.as_deref(), deadline };
+    let step = Step { env: &state.env, job: &job, checkpoint: claimed.checkpoint.as_deref(), deadline, leftovers: &leftovers };
     let outcome = tokio::select! {
         biased;
         out = kind.run(step) => out,
-        // Cancelled or no longer ours: stop now rather than at the next page (the multipart upload
-        // left behind is aborted by the bucket's lifecycle rule).
+        // Cancelled or no longer ours: stop now rather than at the next page (what the run left
+        // open is in `leftovers`).
         refused = keepalive.stopped() => Ok(Outcome::Stopped(refused)),
     };
     match outcome {
@@ -154,28 +177,36 @@ pub async fn handle(state: &Worker, event: LambdaEvent<serde_json::Value>) -> Re
                 // The checkpoint already handed the job to `next`, which will never run: fail it there.
                 let _ = table.claim(&job_id, next, now_ms(), ms(settings.lease)).await;
                 finish_failed(state, &job, next, &error, None).await;
+                leftovers.clean(&state.env.store).await;
                 return Ok(WorkerReport::Failed { job_id, attempt, error });
             }
-            let function = if event.context.invoked_function_arn.is_empty() {
-                settings.worker_function.clone()
-            } else {
-                event.context.invoked_function_arn.clone()
-            };
+            // The configured name, never the context's ARN: a local runtime hands over a placeholder.
+            let function = &settings.worker_function;
             let payload = WorkerPayload { job_id: job_id.clone(), attempt: next };
-            if let Err(e) = state.lambda.invoke_event(&function, &payload).await {
+            if let Err(e) = state.lambda.invoke_event(function, &payload).await {
                 tracing::error!(job_id, attempt, request_id, error = %e, "invoking the continuation failed; failing the job");
                 let _ = table.claim(&job_id, next, now_ms(), ms(settings.lease)).await;
                 finish_failed(state, &job, next, &stamp(PublicError::code(ErrorCode::WorkerUnavailable)), None).await;
+                leftovers.clean(&state.env.store).await;
                 return Err(WorkerError::Continue { job_id, source: e });
             }
+            lifecycle::continued(&job);
             tracing::info!(job_id, attempt, done, "continuing in a new invocation");
             Ok(WorkerReport::Continued { job_id, attempt, rows: done })
         }
-        Ok(Outcome::Stopped(refused)) => Ok(stopped(job_id, attempt, refused)),
+        Ok(Outcome::Stopped(refused)) => {
+            // Only a cancel ends the job: a delivery that is no longer the job's leaves the uploads
+            // to the attempt that is.
+            if matches!(refused, Refused::Cancelled) {
+                leftovers.clean(&state.env.store).await;
+            }
+            Ok(stopped(job_id, attempt, refused))
+        }
         Err(e) => {
             let public = stamp((*e.public).clone());
             tracing::error!(job_id, attempt, request_id, error = %e, kind = e.kind, code = %public.code, "job failed");
             finish_failed_with(state, &job, attempt, &public, e.progress.as_deref(), e.result.as_deref()).await;
+            leftovers.clean(&state.env.store).await;
             Err(WorkerError::Run { job_id, source: e })
         }
     }
@@ -358,5 +389,25 @@ fn describe(refused: &Refused) -> String {
             r.status_at(now_ms()),
             r.attempt
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn only_a_deadline_ahead_within_lambdas_timeout_is_believed() {
+        let now = 1_790_000_000_000;
+        let budget = Duration::from_secs(30);
+        let check = |deadline: u64, expect: Result<i64, i64>| assert_eq!(believable_deadline(deadline, now, budget), expect, "{deadline}");
+        check(now as u64 + 60_000, Ok(now + 60_000));
+        check(now as u64 + 15 * 60_000, Ok(now + 15 * 60_000));
+        // None, the past, a duration instead of a time, microseconds, more than Lambda allows.
+        for bad in [0, now as u64 - 1, now as u64, 900_000, now as u64 * 1000, now as u64 + 17 * 60_000, u64::MAX] {
+            check(bad, Err(now + 30_000));
+        }
     }
 }

@@ -12,6 +12,7 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use ferry_api::sqs::attr;
 use ferry_aws::notify::{Claim, DeliveryTable, LetterScope, LetterSlot, NotifyAwsError, SqsClient, now_ms, send_dead_letter};
 use ferry_core::notify::{Channel, ErrorKind, Notification, Sender, Status, mask_recipient};
+use ferry_lambda::metrics::{Function, Line, Metric};
 use ferry_lambda::settings::{SettingsError, Vars};
 use futures::StreamExt;
 use lambda_runtime::{Diagnostic, LambdaEvent};
@@ -146,6 +147,7 @@ pub async fn process(consumer: &Consumer, event: &SqsEvent) -> Vec<RecordReport>
             };
             let outcome = process_record(consumer, record).await;
             let message_id = record.message_id.clone().unwrap_or_default();
+            outcome_metrics(&outcome).emit();
             match &outcome {
                 RecordOutcome::Retry { notification_id, reason } => {
                     tracing::warn!(message_id, notification_id, reason, "transient failure; SQS will deliver it again")
@@ -162,6 +164,21 @@ pub async fn process(consumer: &Consumer, event: &SqsEvent) -> Vec<RecordReport>
         .await;
     reports.sort_by_key(|(i, _)| *i);
     reports.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The metrics line of one record's outcome; a duplicate acknowledged counts nothing.
+fn outcome_metrics(outcome: &RecordOutcome) -> Line {
+    let line = Line::new(Function::NotifyConsumer);
+    let (line, id) = match outcome {
+        RecordOutcome::Sent { notification_id, .. } => (line.count(Metric::NotificationsSent, 1), Some(notification_id)),
+        RecordOutcome::DeadLettered { notification_id, .. } => (line.count(Metric::NotificationsDeadLettered, 1), notification_id.as_ref()),
+        RecordOutcome::Retry { notification_id, .. } => (line.count(Metric::NotificationsRetried, 1), notification_id.as_ref()),
+        RecordOutcome::AlreadyDone { .. } | RecordOutcome::AlreadyDeadLettered { .. } => (line, None),
+    };
+    match id {
+        Some(id) => line.property("notification_id", id.clone()),
+        None => line,
+    }
 }
 
 /// The raw sender attribute of a record, if any.
@@ -221,6 +238,12 @@ async fn deliver(consumer: &Consumer, record: &SqsMessage, sender: &Sender, n: &
                 return match consumer.table.advance(sender, id, status, channel, provider_message_id.as_deref()).await {
                     Ok(_) => {
                         tracing::info!(%sender, notification_id = id, %channel, recipient = mask_recipient(&n.recipient), "accepted by the provider");
+                        if channel != n.channel {
+                            Line::new(Function::NotifyConsumer)
+                                .count(Metric::NotificationsFellBack, 1)
+                                .property("notification_id", id.clone())
+                                .emit();
+                        }
                         RecordOutcome::Sent { notification_id: id.clone(), channel, status }
                     }
                     // The provider has it but the record does not say so: the retry finds the claim

@@ -13,6 +13,7 @@ use ferry_aws::notify::{Admission, DeliveryTable, DynamoClient, SqsClient, send_
 use ferry_core::notify::{FixedWindow, MessageError, Notification, Sender, has_scope};
 use ferry_core::public::{ErrorCode, PublicError};
 use ferry_lambda::http;
+use ferry_lambda::metrics::{Function, Line, Metric};
 use ferry_lambda::settings::{SettingsError, Vars};
 use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -135,6 +136,10 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
             Ok(Admission::Admitted) => {}
             Ok(Admission::Limited { retry_after }) => {
                 tracing::warn!(request_id, %sender, retry_after_secs = retry_after.as_secs(), "notification refused: caller throttled");
+                Line::new(Function::NotifyIntake)
+                    .count(Metric::NotificationsThrottled, 1)
+                    .property("notification_id", notification.notification_id.clone())
+                    .emit();
                 let mut res = http::error_response(&req, PublicError::code(ErrorCode::TooManyRequests));
                 if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
                     res.headers_mut().insert("retry-after", v);
@@ -150,6 +155,10 @@ pub async fn handle(state: &Intake, req: Request) -> Result<Response<Body>, std:
     match send_notification(&state.sqs, &state.settings.queue_url, &sender, text).await {
         Ok(message_id) => {
             tracing::info!(request_id, %sender, notification_id = notification.notification_id, message_id, "queued");
+            Line::new(Function::NotifyIntake)
+                .count(Metric::NotificationsAccepted, 1)
+                .property("notification_id", notification.notification_id.clone())
+                .emit();
             Ok(http::json(StatusCode::ACCEPTED, &Queued::new(notification.notification_id)))
         }
         Err(e) => {

@@ -18,6 +18,7 @@ use ferry_aws::notify::{self, NotifyAwsError, QueuePair, RedriveOptions, SqsClie
 use ferry_core::notify::{AdminRule, RedriveFilter};
 use ferry_core::public::{ErrorCode, PublicError};
 use ferry_lambda::http::{self, json};
+use ferry_lambda::metrics::{Function, Line, Metric};
 use ferry_lambda::settings::{SettingsError, Vars};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -154,5 +155,8 @@ async fn run_selective(state: &Redriver, filter: &RedriveFilter, request: &Redri
         moved = report.moved,
         "selective redrive done"
     );
+    if !report.dry_run {
+        Line::new(Function::DlqRedrive).count(Metric::NotificationsRedriven, report.moved as u64).emit();
+    }
     Ok(json(StatusCode::OK, &SelectiveDone::new(report)))
 }

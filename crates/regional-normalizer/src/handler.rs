@@ -1,7 +1,7 @@
 use ferry_aws::s3::{S3Client, Store};
 use ferry_aws::votes::{self, NormalizeOutcome, VoteError, VoteSettings};
 use ferry_core::key::UploadKey;
-use ferry_lambda::s3;
+use ferry_lambda::{metrics, s3};
 use lambda_runtime::LambdaEvent;
 use serde::Serialize;
 
@@ -18,11 +18,28 @@ pub struct Report {
     pub records: Vec<RecordReport>,
 }
 
-#[derive(Debug, Serialize)]
+/// One record: its key, then what happened to it (`status`, and the outcome's fields).
+#[derive(Debug)]
 pub struct RecordReport {
     pub key: String,
-    #[serde(flatten)]
     pub outcome: RecordOutcome,
+}
+
+impl Serialize for RecordReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // Some outcomes (`missing`, `stamped_ahead`) name the record's key themselves: a flattened
+        // outcome would write `key` twice, which JSON readers take differently.
+        let outcome = serde_json::to_value(&self.outcome).map_err(serde::ser::Error::custom)?;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("key", &self.key)?;
+        if let serde_json::Value::Object(fields) = outcome {
+            for (name, value) in fields.iter().filter(|(name, _)| name.as_str() != "key") {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +82,12 @@ pub async fn handle(state: &Normalizer, event: LambdaEvent<serde_json::Value>) -
         match votes::normalize_upload(&store, &state.settings, &key).await {
             Ok(outcome) => {
                 tracing::info!(key, ?outcome, "record done");
+                if let NormalizeOutcome::Written { rows, input_bytes, .. } = &outcome {
+                    metrics::Line::new(metrics::Function::RegionalNormalizer)
+                        .count(metrics::Metric::RowsNormalized, *rows as u64)
+                        .count(metrics::Metric::InputBytesNormalized, *input_bytes)
+                        .emit();
+                }
                 report.records.push(RecordReport { key, outcome: RecordOutcome::Done(outcome) });
             }
             Err(e) => {
@@ -74,4 +97,27 @@ pub async fn handle(state: &Normalizer, event: LambdaEvent<serde_json::Value>) -
         }
     }
     failures.into_result(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_names_its_key_once() {
+        let key = "data/1/jp-final-202611010000.csv";
+        for outcome in [
+            NormalizeOutcome::Missing { key: key.into() },
+            NormalizeOutcome::StampedAhead { key: key.into(), skipped: vec![key.into()] },
+            NormalizeOutcome::UpToDate { result: "result/1/final/result-jp.csv".into(), source: key.into() },
+        ] {
+            let text = serde_json::to_string(&RecordReport { key: key.into(), outcome: RecordOutcome::Done(outcome) }).unwrap();
+            assert_eq!(text.matches("\"key\"").count(), 1, "{text}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!((v["key"].as_str(), v["status"].as_str()), (Some(key), Some("done")), "{text}");
+        }
+        let skipped = RecordReport { key: key.into(), outcome: RecordOutcome::Skipped { reason: "s3:TestEvent".into() } };
+        let v = serde_json::to_value(&skipped).unwrap();
+        assert_eq!(v, serde_json::json!({"key": key, "status": "skipped", "reason": "s3:TestEvent"}));
+    }
 }

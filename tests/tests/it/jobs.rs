@@ -1970,3 +1970,179 @@ async fn a_csv_object_of_narrow_cells_under_the_byte_cap_weighs_over_it() {
     let id = v["id"].as_str().expect("the job id");
     assert!(e.object(&ferry_core::jobs::export_key("seller-0001", id, ferry_core::jobs::Format::Csv)).await.is_none(), "nothing exported");
 }
+
+// ---- Metrics ------------------------------------------------------------------------------------
+
+/// Every line `capture` holds, each checked as CloudWatch reads it, that is about job `id`.
+fn job_metrics(capture: &ferry_lambda::metrics::Capture, id: &str) -> Vec<ferry_lambda::metrics::Emitted> {
+    let lines = capture.lines();
+    let all =
+        lines.iter().map(|l| ferry_lambda::metrics::verify(l).unwrap_or_else(|e| panic!("not an EMF line CloudWatch reads ({e}): {l}")));
+    all.filter(|e| e.get("job_id") == Some(id)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_worker_and_job_api_emit_emf_lines_a_team_can_alarm_on() {
+    use ferry_lambda::metrics::{Capture, Metric};
+    let capture = Capture::start();
+    let e = env().await;
+    let table = e.orders(30).await;
+    let (code, v) = e.post(&export(&table, "csv", 1), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Succeeded { rows: 30, .. })]), "{reports:?}");
+    let lines = job_metrics(&capture, &id);
+    let started = lines.iter().find(|l| l.value(Metric::JobsStarted).is_some()).unwrap_or_else(|| panic!("no start: {lines:?}"));
+    assert_eq!(
+        (started.get("function"), started.get("kind"), started.value(Metric::JobsStarted)),
+        (Some("job-worker"), Some("export"), Some(1.0))
+    );
+    let done = lines.iter().find(|l| l.value(Metric::JobsSucceeded).is_some()).unwrap_or_else(|| panic!("no end: {lines:?}"));
+    assert_eq!(
+        (done.get("function"), done.value(Metric::JobsSucceeded), done.value(Metric::JobRows)),
+        (Some("job-worker"), Some(1.0), Some(30.0))
+    );
+    assert!(done.value(Metric::JobDuration).is_some_and(|ms| ms >= 0.0), "{done:?}");
+    assert_eq!(lines.len(), 2, "one line per event: {lines:?}");
+
+    // A worker that cannot be started: the API fails the job, and says so as job-api.
+    e.lambda.invocations.refuse.store(true, Ordering::SeqCst);
+    let (code, v) = e.post(&export(&table, "jsonl", 1), OWNER).await;
+    assert_eq!(code, 503, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let lines = job_metrics(&capture, &id);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!((lines[0].get("function"), lines[0].value(Metric::JobsFailed)), (Some("job-api"), Some(1.0)), "{lines:?}");
+}
+
+/// A worker whose context carries no believable deadline: a local runtime's duration instead of a
+/// time, none at all, one already past, or a placeholder ARN.
+fn unbelievable_contexts() -> Vec<Context> {
+    let now = job_invoker::settings::now_ms() as u64;
+    [600_000, 0, now - 1000, u64::MAX]
+        .into_iter()
+        .map(|deadline| {
+            let mut ctx = Context::default();
+            ctx.deadline = deadline;
+            ctx.invoked_function_arn = "function-arn".into();
+            ctx
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_handed_an_unbelievable_deadline_finishes_within_its_budget() {
+    let budget = Duration::from_secs(30);
+    let e = env_with(Duration::from_secs(900), |s| {
+        s.run_budget = budget;
+        s.continue_margin = Duration::from_secs(5);
+        s.page_size = 50;
+    })
+    .await;
+    e.lambda.invocations.hold.store(true, Ordering::SeqCst);
+    let table = e.orders(300).await;
+    let conf = sdk_config();
+    let (_, make) = api_and_worker(&conf, e.settings.clone(), e.lambda.client(&conf));
+    let w = make(e.lambda.client(&conf));
+    for ctx in unbelievable_contexts() {
+        let deadline = ctx.deadline;
+        // The same request again once the previous one ended: a new job.
+        let (code, v) = e.post(&export(&table, "csv", 1), OWNER).await;
+        assert_eq!(code, 202, "{v}");
+        let id = v["job"]["id"].as_str().unwrap().to_owned();
+        let start = Instant::now();
+        let report = worker::handle(&w, LambdaEvent::new(json!({"job_id": id, "attempt": 0}), ctx)).await.unwrap();
+        assert!(matches!(report, WorkerReport::Succeeded { rows: 300, .. }), "deadline {deadline}: {report:?}");
+        assert!(start.elapsed() < budget, "deadline {deadline}: took {:?}", start.elapsed());
+        assert_eq!(e.status(&id).await["status"], "succeeded");
+    }
+    let continued = e.lambda.invocations.received.lock().unwrap().iter().filter(|p| p["attempt"].as_u64() != Some(0)).count();
+    assert_eq!(continued, 0, "no run handed over");
+}
+
+impl Env {
+    /// Keys under the staging prefix of the export bucket.
+    async fn staged(&self) -> Vec<String> {
+        provision::list_keys(&self.s3, &self.settings.bucket, ferry_core::jobs::STAGING_PREFIX).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_export_leaves_no_staging_object_and_no_open_upload() {
+    // Every run hands over after its first page with bytes carried; the second is out of continuations.
+    let e = env_with(Duration::from_secs(2), |s| {
+        s.continue_margin = Duration::from_millis(1990);
+        s.page_size = 100;
+        s.max_continuations = 1;
+    })
+    .await;
+    let table = e.orders(1000).await;
+    let (code, v) = e.post(&export(&table, "csv", 1), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(reports.last(), Some(Ok(WorkerReport::Failed { .. }))), "{reports:?}");
+    let v = e.status(&id).await;
+    assert_eq!((v["status"].as_str(), v["error"]["code"].as_str()), (Some("failed"), Some("too_large")), "{v}");
+    assert_eq!(e.staged().await, Vec::<String>::new(), "the carried bytes are deleted");
+    assert_eq!(e.open_uploads().await, 0, "the export's multipart upload is aborted");
+}
+
+/// A bucket, table and API whose batch target `crm` is a local API answering after `delay`.
+async fn batch_env(run_for: Duration, delay: Duration, tweak: impl FnOnce(&mut JobSettings)) -> (Env, ferry_testkit::target::LocalTarget) {
+    let target = ferry_testkit::target::LocalTarget::start(ferry_testkit::target::outside_api(delay, None, Default::default()))
+        .await
+        .expect("starting the local target");
+    let targets = json!({ "crm": { "url": target.url("items") } }).to_string();
+    let e = env_with(run_for, |s| {
+        s.batch_targets = ferry_core::batch::parse_targets(&targets).expect("targets");
+        tweak(s);
+    })
+    .await;
+    (e, target)
+}
+
+fn batch_of(n: u64) -> String {
+    let items: Vec<Value> = (0..n).map(|i| json!({"id": format!("item-{i:05}")})).collect();
+    json!({"kind": "batch", "params": {"target": "crm", "items": items, "max_concurrency": 2, "timeout_ms": 1000}}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_batch_leaves_no_staging_object_and_no_open_upload() {
+    // Every run hands over at once; the second is out of continuations.
+    let (e, _target) = batch_env(Duration::from_secs(3), Duration::from_millis(50), |s| {
+        s.continue_margin = Duration::from_millis(1990);
+        s.max_continuations = 1;
+    })
+    .await;
+    let (code, v) = e.post(&batch_of(200), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(reports.last(), Some(Ok(WorkerReport::Failed { .. }))), "{reports:?}");
+    assert_eq!(e.status(&id).await["status"], "failed");
+    assert_eq!(e.staged().await, Vec::<String>::new(), "the carried state is deleted");
+    assert_eq!(e.open_uploads().await, 0, "the results and failed-items uploads are aborted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_batch_leaves_no_staging_object_and_no_open_upload() {
+    // Slow calls and a short lease: the cancel may reach the run through its heartbeat while a call
+    // is in flight, and the run is dropped mid-call.
+    let (e, target) = batch_env(Duration::from_secs(900), Duration::from_millis(800), |s| s.lease = Duration::from_secs(3)).await;
+    let (code, v) = e.post(&batch_of(200), OWNER).await;
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"]["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    while target.calls().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the batch never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, v) = call(&e.api, "DELETE", &format!("/jobs/{id}"), None, OWNER).await.unwrap();
+    assert_eq!((code, v["job"]["status"].as_str()), (200, Some("cancelled")), "{v}");
+    let reports = e.lambda.invocations.settle().await;
+    assert!(matches!(&reports[..], [Ok(WorkerReport::Cancelled { .. })]), "{reports:?}");
+    assert_eq!(e.staged().await, Vec::<String>::new());
+    assert_eq!(e.open_uploads().await, 0, "the results and failed-items uploads are aborted");
+}

@@ -160,3 +160,43 @@ async fn a_malformed_setting_stops_the_function_at_start() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("FERRY_DEFAULT_METHOD") && text.contains("median"), "{text}");
 }
+
+/// The EMF lines of a function's stdout, each checked as CloudWatch reads it.
+fn emf_lines(log: &str) -> Vec<ferry_lambda::metrics::Emitted> {
+    log.lines()
+        .filter(|l| l.contains("\"_aws\""))
+        .map(|l| ferry_lambda::metrics::verify(l).unwrap_or_else(|e| panic!("not an EMF line CloudWatch reads ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn normalizer_and_merger_binaries_print_emf_lines_on_stdout() {
+    use ferry_lambda::metrics::Metric;
+    let (s3, b) = bucket("binaries-emf").await;
+    let put = |key: &'static str, body: &'static str| s3.put_object().bucket(&b).key(key).body(body.as_bytes().to_vec().into()).send();
+    put("data/5/jp-prod-202611221530.csv", "kseq,score\na,3\nb,1\nc,2\n").await.unwrap();
+    put("data/5/tw-prod-202611221530.csv", "kseq,score\nb,2\nd,4\n").await.unwrap();
+    let events = vec![s3_put_event(&b, &["data/5/jp-prod-202611221530.csv"]), s3_put_event(&b, &["data/5/tw-prod-202611221530.csv"])];
+    let (posted, log) = run_function("regional-normalizer", &[], events).await;
+    assert!(posted.iter().all(|p| p.kind == "response"), "{posted:?}");
+    let lines = emf_lines(&log);
+    let rows: Vec<(Option<&str>, Option<f64>)> = lines.iter().map(|l| (l.get("function"), l.value(Metric::RowsNormalized))).collect();
+    assert_eq!(rows, [(Some("regional-normalizer"), Some(3.0)), (Some("regional-normalizer"), Some(2.0))], "{log}");
+    let bytes: Vec<Option<f64>> = lines.iter().map(|l| l.value(Metric::InputBytesNormalized)).collect();
+    assert_eq!(bytes, [Some(23.0), Some(19.0)], "the uploads' sizes: {log}");
+
+    let (posted, log) =
+        run_function("global-merger", &[], vec![s3_put_event(&b, &["result/5/prod/result-jp.csv", "result/5/prod/result-tw.csv"])]).await;
+    assert_eq!(posted[0].body["merges"][0]["outcome"], "written", "{:?}", posted[0]);
+    let lines = emf_lines(&log);
+    let rows: Vec<(Option<&str>, Option<f64>)> = lines.iter().map(|l| (l.get("function"), l.value(Metric::RowsMerged))).collect();
+    assert_eq!(rows, [(Some("global-merger"), Some(4.0))], "{log}");
+    let results: u64 = futures::future::join_all(["result/5/prod/result-jp.csv", "result/5/prod/result-tw.csv"].map(|k| {
+        let (s3, b) = (&s3, &b);
+        async move { s3.head_object().bucket(b).key(k).send().await.unwrap().content_length().unwrap() as u64 }
+    }))
+    .await
+    .into_iter()
+    .sum();
+    assert_eq!(lines[0].value(Metric::InputBytesMerged), Some(results as f64), "the locale results' sizes: {log}");
+}

@@ -3,6 +3,7 @@
 //! the harness (`ferry_testkit`: moto, redis-server) starts once for the whole binary.
 
 mod batch;
+mod cargo_lambda;
 mod edge;
 mod events;
 mod jobs;

@@ -1176,3 +1176,45 @@ fn the_consumer_refuses_to_start_with_a_plain_http_provider() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("FERRY_PROVIDER_URL") && text.contains("https://"), "{text}");
 }
+
+// ---- Metrics ------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn intake_consumer_and_redrive_emit_emf_lines_a_team_can_alarm_on() {
+    use ferry_lambda::metrics::{Capture, Emitted, Metric, verify};
+    let capture = Capture::start();
+    let e = env(fast_queue()).await;
+    let intake = intake(&e, None, Some(FixedWindow { limit: 1, window_secs: 3600 }));
+    let who = unique("metrics-sender");
+    let claims: &[(&str, &str)] = &[("sub", &who)];
+    let (ok, throttled, fell_back, dead) = (unique("em-ok"), unique("em-429"), unique("em-fb"), unique("em-dl"));
+    assert_eq!(submit(&intake, Some(claims), &plain(&ok)).await.status(), 202);
+    assert_eq!(submit(&intake, Some(claims), &plain(&throttled)).await.status(), 429);
+    e.provider.reject(&fell_back, Channel::Alimtalk);
+    e.provider.reject(&dead, Channel::Sms);
+    let bodies = [
+        notification(&fell_back, Channel::Alimtalk, "01012345678", "welcome", Some(Channel::Sms)),
+        notification(&dead, Channel::Sms, "01012345678", "welcome", None),
+    ];
+    aws::send_all_as(&e.sqs, &e.queues.source_url, &sender(&who), &bodies).await.unwrap();
+    e.drain().await;
+    let res = notify::redrive::handle(&redriver(&e), request("apigw-redrive.json", "POST", Some(r#"{"mode":"selective"}"#))).await.unwrap();
+    assert_eq!(body_json(&res)["moved"], 1, "{}", body_json(&res));
+
+    // Every line of the process while captured reads as CloudWatch reads it.
+    let lines: Vec<Emitted> = capture.lines().iter().map(|l| verify(l).unwrap_or_else(|err| panic!("{err}: {l}"))).collect();
+    let of = |id: &str, function: &str| -> Vec<&Emitted> {
+        lines.iter().filter(|l| l.get("notification_id") == Some(id) && l.get("function") == Some(function)).collect()
+    };
+    let value = |ls: Vec<&Emitted>, m: Metric| -> f64 { ls.iter().filter_map(|l| l.value(m)).sum() };
+    assert_eq!(value(of(&ok, "notify-intake"), Metric::NotificationsAccepted), 1.0);
+    assert_eq!(value(of(&throttled, "notify-intake"), Metric::NotificationsThrottled), 1.0);
+    assert_eq!(value(of(&ok, "notify-consumer"), Metric::NotificationsSent), 1.0);
+    assert_eq!(value(of(&ok, "notify-consumer"), Metric::NotificationsFellBack), 0.0);
+    assert_eq!(value(of(&fell_back, "notify-consumer"), Metric::NotificationsSent), 1.0);
+    assert_eq!(value(of(&fell_back, "notify-consumer"), Metric::NotificationsFellBack), 1.0);
+    assert_eq!(value(of(&dead, "notify-consumer"), Metric::NotificationsDeadLettered), 1.0);
+    assert_eq!(value(of(&dead, "notify-consumer"), Metric::NotificationsSent), 0.0);
+    let redriven = lines.iter().filter(|l| l.get("function") == Some("dlq-redrive")).filter_map(|l| l.value(Metric::NotificationsRedriven));
+    assert!(redriven.clone().any(|n| n == 1.0), "{:?}", redriven.collect::<Vec<_>>());
+}

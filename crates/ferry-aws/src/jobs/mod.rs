@@ -128,10 +128,6 @@ impl JobTable {
         &self.table
     }
 
-    pub fn client(&self) -> &DynamoClient {
-        &self.client
-    }
-
     fn error<E, R>(&self, item: &str, op: &'static str, e: SdkError<E, R>) -> JobStoreError
     where
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

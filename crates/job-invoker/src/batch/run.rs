@@ -142,10 +142,14 @@ pub(super) async fn run(step: Step<'_>, params: &BatchParams, target: &Target) -
     };
     let results_key = ferry_core::jobs::output_key(&job.owner, &job.id, results_name);
     let carry_key = ferry_core::jobs::staging_object(&job.owner, &job.id, "batch.carry");
+    // Named before it may exist: deleting a carry never written is harmless.
+    step.leftovers.object(&carry_key);
 
     let (mut cp, carried) = match step.checkpoint {
         Some(text) => {
             let cp: Checkpoint = serde_json::from_str(text).map_err(|e| RunError::internal("BadCheckpoint", e))?;
+            step.leftovers.upload(&cp.results);
+            step.leftovers.upload(&cp.failed_upload);
             let carried = match &cp.carry {
                 Some(key) => match env.store.get_capped(key, u64::MAX).await.map_err(s3_failed)? {
                     Fetched::Object(o) => serde_json::from_slice(&o.body).map_err(|e| RunError::internal("BadCheckpoint", e))?,
@@ -161,7 +165,9 @@ pub(super) async fn run(step: Step<'_>, params: &BatchParams, target: &Target) -
                 OutputFormat::Csv => "text/csv",
             };
             let results = Multipart::begin(&env.store, &results_key, content_type).await.map_err(s3_failed)?;
+            step.leftovers.upload(results.state());
             let failed = Multipart::begin(&env.store, &failed_key(&job.owner, &job.id), "application/x-ndjson").await.map_err(s3_failed)?;
+            step.leftovers.upload(failed.state());
             let mut carried = Carried::default();
             if params.output == OutputFormat::Csv {
                 carried.results = String::from_utf8_lossy(ferry_core::batch::results_csv_header()).into_owned();

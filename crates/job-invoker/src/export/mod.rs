@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 pub use error::ExportError;
 use read::{Batch, align, dataset_snapshot, estimate, partitions, spawn_reader};
 
-use crate::kind::{Admission, AdmitError, JobEnv, Kind, Outcome, RunError, Step};
+use crate::kind::{Admission, AdmitError, JobEnv, Kind, Leftovers, Outcome, RunError, Step};
 use crate::settings::{ms, now_ms};
 use writer::{Encoding, PartWriter};
 
@@ -99,7 +99,7 @@ impl Kind for Export {
     fn run<'a>(&'a self, step: Step<'a>) -> BoxFuture<'a, Result<Outcome, RunError>> {
         Box::pin(async move {
             let params = ExportParams::from_value(&step.job.params).map_err(|e| RunError::internal("BadParams", e))?;
-            run(step.env, step.job, &params, step.checkpoint, step.deadline).await.map_err(|e| {
+            run(step.env, step.job, &params, step.checkpoint, step.deadline, step.leftovers).await.map_err(|e| {
                 let public = e.public(&params);
                 RunError::new(e.kind(), public, e)
             })
@@ -140,13 +140,15 @@ fn data_key(job: &JobRecord, params: &ExportParams) -> String {
 }
 
 /// Runs (or resumes) the export of a claimed job until it is done, out of time, or stopped.
-/// `deadline` is when the invocation ends (ms since the epoch).
+/// `deadline` is when the invocation ends (ms since the epoch); what it opens or stages it names in
+/// `leftovers`.
 pub async fn run(
     env: &JobEnv,
     job: &JobRecord,
     params: &ExportParams,
     checkpoint: Option<&str>,
     deadline: i64,
+    leftovers: &Leftovers,
 ) -> Result<Outcome, ExportError> {
     // The API stored the source normalised; anything else did not come through it.
     match env.settings.source_policy().admit(&params.source) {
@@ -156,6 +158,18 @@ pub async fn run(
     }
     let resumed: Option<Checkpoint> =
         checkpoint.map(serde_json::from_str).transpose().map_err(|e| ExportError::Checkpoint(e.to_string()))?;
+    let carry_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "carry");
+    let snapshot_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "snapshot");
+    // Whatever an earlier attempt staged, by name: deleting one that was never written is harmless.
+    for key in [&carry_key, &snapshot_key] {
+        leftovers.object(key);
+    }
+    if params.format == Format::Xlsx {
+        leftovers.object(&data_key(job, params));
+    }
+    if let Some(cp) = &resumed {
+        leftovers.upload(&cp.upload);
+    }
     let snapshot = dataset_snapshot(env, params, resumed.as_ref()).await?;
     let parts = partitions(params, snapshot.as_deref());
     let enc = encoding(params.format, params.formula_escape);
@@ -176,6 +190,7 @@ pub async fn run(
             check_width(params.format, params.columns.as_deref().unwrap_or_default())?;
             let total = estimate(env, params).await?;
             let upload = Multipart::begin(&env.store, &data_key(job, params), params.format.content_type()).await?;
+            leftovers.upload(upload.state());
             let mut writer = PartWriter::new(enc, upload, Vec::new(), env.settings.part_bytes);
             let columns = params.columns.clone().unwrap_or_default();
             if !columns.is_empty() {
@@ -186,8 +201,6 @@ pub async fn run(
             (cp, writer)
         }
     };
-    let carry_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "carry");
-    let snapshot_key = ferry_core::jobs::staging_key(&job.owner, &job.id, params.format, "snapshot");
     let beat = |cp: &Checkpoint, phase: Phase| Progress { phase, done: cp.rows, total: cp.total, ..Progress::default() };
 
     // Readers for the current partition and the next few, in order.
@@ -293,7 +306,7 @@ pub async fn run(
                 delete_quietly(&env.store, &data_key(job, params)).await;
                 return Ok(Outcome::Stopped(refused));
             }
-            let built = build_xlsx(env, job, params, &key).await?;
+            let built = build_xlsx(env, job, params, &key, leftovers).await?;
             delete_quietly(&env.store, &data_key(job, params)).await;
             built
         }
@@ -343,7 +356,13 @@ async fn delete_quietly(store: &Store, key: &str) {
 
 /// Downloads the staged rows to local disk, builds the workbook there, and uploads it in parts.
 /// Returns (size, sheets, text cells truncated).
-async fn build_xlsx(env: &JobEnv, job: &JobRecord, params: &ExportParams, key: &str) -> Result<(u64, u32, u64), ExportError> {
+async fn build_xlsx(
+    env: &JobEnv,
+    job: &JobRecord,
+    params: &ExportParams,
+    key: &str,
+    leftovers: &Leftovers,
+) -> Result<(u64, u32, u64), ExportError> {
     let dir = std::env::temp_dir().join(format!("ferry-export-{}", job.id));
     let io = |path: &std::path::Path, e: std::io::Error| ExportError::Io { path: path.display().to_string(), message: e.to_string() };
     tokio::fs::create_dir_all(&dir).await.map_err(|e| io(&dir, e))?;
@@ -361,6 +380,7 @@ async fn build_xlsx(env: &JobEnv, job: &JobRecord, params: &ExportParams, key: &
             .await
             .map_err(|e| ExportError::Io { path: out.display().to_string(), message: e.to_string() })??;
         let mut upload = Multipart::begin(&env.store, key, Format::Xlsx.content_type()).await?;
+        leftovers.upload(upload.state());
         let mut file = tokio::fs::File::open(&out).await.map_err(|e| io(&out, e))?;
         let part = env.settings.part_bytes;
         loop {
