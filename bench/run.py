@@ -755,6 +755,154 @@ def bench_batch(args, bench_bin, md):
     )
 
 
+# ---------------------------------------------------------------- polars and DuckDB (case 8)
+
+PEERS = [("polars", "Python + polars (lazy `scan_csv`)"), ("duckdb", "Python + DuckDB (SQL over `read_csv`)")]
+# The issue's goals against the faster peer.
+PEER_SPEEDUP = 1.5
+ONE_CORE_MB_S = 200
+
+
+def peer_cmd(engine, d, out, threads=None, extra=()):
+    cmd = [PY, ROOT / "bench/peers_votes.py", "--engine", engine]
+    if threads:
+        cmd += ["--threads", threads]
+    return [*cmd, "merge", *extra, *votes_args(d), "-o", out]
+
+
+def thread_env(one):
+    """Each engine's own default (every core), or one thread for all three."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAYON_NUM_THREADS", "POLARS_MAX_THREADS")}
+    if one:
+        env.update(RAYON_NUM_THREADS="1", POLARS_MAX_THREADS="1")
+    return env
+
+
+def check_peers_contract(bench_bin):
+    """polars, DuckDB and ferry must agree on the contract's corners before their times mean anything."""
+    d = DATA / "check"
+    run([bench_bin, "gen-votes", "--seed", "2", "--keys", "3000", "--variety", "--out", d])
+    weights = ["--weight", "kr=2", "--weight", "na=0.5"]
+    ferry_out = d / "ferry-share-peers.csv"
+    run([REL / "ferry", "votes", "merge", *weights, *votes_args(d), "-o", ferry_out])
+    for engine, _ in PEERS:
+        for threads in [None, 1]:
+            out = d / f"{engine}-share-{threads or 'n'}.csv"
+            run(peer_cmd(engine, d, out, threads, weights))
+            problem = same_result(ferry_out, out)
+            if problem:
+                raise SystemExit(f"bench: {engine} and ferry disagree (share, {threads or 'default'} threads): {problem}")
+
+
+def ratio_to(ferry_value, peers, key):
+    """How many times ferry's `key` (median wall, CPU or peak RSS) the least of the peers' is, and which peer that is."""
+    name, rs = min(peers, key=lambda p: key(p[1]))
+    return key(rs) / ferry_value, name
+
+
+def bench_peers_size(args, d, keys, runs, peer_runs, check_single, md):
+    files = [d / f"{loc}.csv" for loc in LOCALES]
+    mb = sum(f.stat().st_size for f in files) / 1e6
+    sides = {}
+    outs = {}
+    for one in [False, True]:
+        mode = "1 thread" if one else "all cores"
+        tag = "1" if one else "n"
+        env = thread_env(one)
+        out = d / f"ferry-peers-{tag}.csv"
+        outs[("ferry", one)] = out
+        sides[("ferry", one)] = series(
+            f"ferry votes merge ({mode})", [REL / "ferry", "votes", "merge", *votes_args(d), "-o", out], runs, env
+        )
+        for engine, _ in PEERS:
+            out = d / f"{engine}-{tag}.csv"
+            outs[(engine, one)] = out
+            sides[(engine, one)] = series(f"{engine} merge ({mode})", peer_cmd(engine, d, out, 1 if one else None), peer_runs, env)
+    reference = outs[("ferry", False)]
+    compared = [k for k in outs if k != ("ferry", False) and (check_single or not k[1])]
+    for engine, one in compared:
+        problem = same_result(reference, outs[(engine, one)])
+        if problem:
+            raise SystemExit(f"bench: {engine} ({'1 thread' if one else 'all cores'}) and ferry disagree at {keys:,} keys: {problem}")
+    rows_out = sum(1 for _ in open(reference, "rb")) - 1
+    for out in outs.values():
+        out.unlink()
+
+    names = {"ferry": "`ferry votes merge` (Rust)", **dict(PEERS)}
+    table_rows = []
+    for one in [False, True]:
+        for engine in ["ferry", *(e for e, _ in PEERS)]:
+            rs = sides[(engine, one)]
+            table_rows.append([
+                names[engine], "1" if one else "all", len(rs), secs(med(rs)), spread(rs), secs(cpu(rs)), mib(peak(rs)),
+                f"{mb / med(rs):,.1f}",
+            ])
+    md.append(
+        f"Four regional files of {keys:,} distinct keys each ({mb:,.1f} MB in all, seed 1), {rows_out:,} global rows; "
+        f"{'every side' if check_single else 'each peer on all cores'} wrote the same result as ferry on all cores "
+        "(same keys, values equal to 1e-9, same order; the output of its last run).\n"
+    )
+    md.append(
+        table(["implementation", "threads", "runs", "median wall", "range", "median CPU (user+sys)", "peak RSS", "input MB/s"], table_rows)
+    )
+    lines = []
+    for one in [False, True]:
+        ferry = sides[("ferry", one)]
+        peers = [(engine, sides[(engine, one)]) for engine, _ in PEERS]
+        wall, wall_peer = ratio_to(med(ferry), peers, med)
+        work, work_peer = ratio_to(cpu(ferry), peers, cpu)
+        memory, memory_peer = ratio_to(peak(ferry), peers, peak)
+        if not one:
+            lines.append(
+                f"- All cores: the faster peer ({wall_peer}) takes **{wall:.2f}x** ferry's wall time and the thriftier "
+                f"({work_peer}) **{work:.2f}x** its CPU (goal: at least {PEER_SPEEDUP}x each, "
+                f"{verdict(wall >= PEER_SPEEDUP and work >= PEER_SPEEDUP)}); ferry's peak RSS is **{1 / memory:.2f}x** "
+                f"the leaner peer's ({memory_peer}) (goal: at most 1x, {verdict(memory >= 1)})."
+            )
+        else:
+            lines.append(
+                f"- One thread each: the faster peer ({wall_peer}) takes **{wall:.2f}x** ferry's wall time (goal: at "
+                f"least {PEER_SPEEDUP}x, that is {PEER_SPEEDUP}x faster than both, {verdict(wall >= PEER_SPEEDUP)}); the "
+                f"thriftier ({work_peer}) {work:.2f}x its CPU; ferry's peak RSS is {1 / memory:.2f}x {memory_peer}'s."
+            )
+            speed = mb / med(ferry)
+            lines.append(
+                f"- Whole-merge throughput on one core: **{speed:,.0f} MB/s** of input (goal: {ONE_CORE_MB_S} MB/s, "
+                f"{verdict(speed >= ONE_CORE_MB_S)})."
+            )
+    md.append("\n" + "\n".join(lines) + "\n")
+
+
+def bench_peers(args, bench_bin, md):
+    d = DATA / ("votes-quick" if args.quick else "votes")
+    if "votes" in args.skip or not all((d / f"{loc}.csv").exists() for loc in LOCALES):
+        run([bench_bin, "gen-votes", "--seed", "1", "--keys", str(args.keys), "--out", d])
+    check_peers_contract(bench_bin)
+    md.append("## 8. Against polars and DuckDB\n")
+    md.append(
+        "The four regional files of case 1, merged with the default `share` method and written sorted as CSV, by "
+        "`ferry votes merge` and by the same contract written as a polars or DuckDB user would write it "
+        "(`bench/peers_votes.py`: polars lazy `scan_csv` and `group_by`, DuckDB SQL over `read_csv`; the same "
+        "header, validation, duplicate and missing-key rules, the same order, written to a temporary file and "
+        "renamed). Each side runs once on every core (its own default) and once on one thread "
+        "(`RAYON_NUM_THREADS=1`; `POLARS_MAX_THREADS=1`; DuckDB `SET threads = 1`). The peers' times include "
+        "starting Python and importing the engine. Before timing, all three merged the small input of case 1's "
+        "check (the contract's corners, with weights), the peers on every core and on one thread, and agreed.\n"
+    )
+    bench_peers_size(args, d, args.keys, args.runs, args.slow_runs, True, md)
+    md.append("### Four times larger\n")
+    if args.quick:
+        md.append("Not run with `--quick`.\n")
+        return
+    big = DATA / "votes-4x"
+    run([bench_bin, "gen-votes", "--seed", "1", "--keys", str(4 * args.keys), "--out", big])
+    try:
+        bench_peers_size(args, big, 4 * args.keys, args.slow_runs, args.slow_runs, False, md)
+    finally:
+        for loc in LOCALES:
+            (big / f"{loc}.csv").unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -770,7 +918,8 @@ def machine():
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     versions = []
-    for name, module in [("pandas", "pandas"), ("numpy", "numpy"), ("XlsxWriter", "xlsxwriter"), ("openpyxl", "openpyxl")]:
+    for name, module in [("pandas", "pandas"), ("numpy", "numpy"), ("XlsxWriter", "xlsxwriter"), ("openpyxl", "openpyxl"),
+                         ("polars", "polars"), ("DuckDB", "duckdb")]:
         # Only the Python baselines need them: a run of the Rust cases alone may go without.
         try:
             versions.append(f"{name} {__import__(module).__version__}")
@@ -789,7 +938,7 @@ def main():
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--runs", type=int, help="runs of each fast side (default 5; 3 for xlsx)")
     p.add_argument("--slow-runs", type=int, help="runs of each slow Python side (default 3; 2 for XlsxWriter)")
-    p.add_argument("--skip", action="append", default=[], choices=["votes", "xlsx", "startup", "consumer", "memory", "batch"])
+    p.add_argument("--skip", action="append", default=[], choices=["votes", "xlsx", "startup", "consumer", "memory", "batch", "peers"])
     p.add_argument("--bin-dir", default=str(REL), help="the built binaries (default: the release build)")
     args = p.parse_args()
     REL = Path(args.bin_dir).resolve()
@@ -832,6 +981,8 @@ def main():
         bench_memory(args, bench_bin, md)
     if "batch" not in args.skip:
         bench_batch(args, bench_bin, md)
+    if "peers" not in args.skip:
+        bench_peers(args, bench_bin, md)
     notes = ROOT / "bench" / "FINDINGS.md"
     if notes.exists():
         md.append(notes.read_text())
