@@ -3,14 +3,92 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import time
 import urllib.request
 
+from . import template as T
 from .systems import StepFailed, Systems
 
 
 def _stamp() -> str:
     return time.strftime("%Y%m%d%H%M", time.gmtime())
+
+
+def _redis(port: int, *args: str) -> bytes:
+    """One command in Redis's protocol; the raw reply (enough for the integers read here)."""
+    cmd = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), 5) as c:
+        c.sendall(cmd.encode())
+        return c.recv(65536)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def edge(s: Systems) -> None:
+    """`ferry votes push` and `pull`, run by a region under the role README tells it to create."""
+    s.say("edge: Redis -> ferry votes push -> data/ -> ... -> global/ -> ferry votes pull -> Redis (regional uploader's role)")
+    ferry = s.bin_dir / "ferry"
+    if not ferry.exists():
+        raise StepFailed(f"{ferry} does not exist: build the binaries first (cargo build --workspace --bins)")
+    port = _free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        end = time.time() + 10
+        while True:
+            try:
+                _redis(port, "PING")
+                break
+            except OSError:
+                if time.time() > end:
+                    raise StepFailed("redis-server did not start")
+                time.sleep(0.05)
+        _redis(port, "ZADD", "votes:jp", "40", "k1", "25", "k2", "5", "k9")
+        up = s.stack.uploader
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "AWS_ACCESS_KEY_ID": up["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": up["aws_secret_access_key"],
+            "AWS_SESSION_TOKEN": up["aws_session_token"],
+            "AWS_REGION": T.REGION,
+            "AWS_ENDPOINT_URL": s.stack.endpoint,
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "FERRY_REDIS_URL": f"redis://127.0.0.1:{port}",
+            "FERRY_BUCKET": s.bucket,
+        }
+
+        def ferry_cli(*args: str) -> str:
+            out = subprocess.run([str(ferry), "votes", *args], env=env, capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise StepFailed(f"ferry votes {args[0]} exited {out.returncode}: {out.stderr.strip()}")
+            return out.stdout
+
+        with s.step("ferry votes push, under the regional uploader's role, uploads votes:jp for event 2"):
+            said = ferry_cli("push", "--key", "votes:jp", "--evno", "2", "--locale", "jp", "--stage", "prod")
+            key = said.rsplit(f"s3://{s.bucket}/", 1)[1].strip()
+            assert key.startswith("data/2/jp-prod-"), said
+        with s.step(f"S3 notifies regional-normalizer of {key}; global-merger merges its result"):
+            assert s.deliver_s3(key) == ["regional-normalizer"], f"{key} reaches no function"
+            assert s.deliver_s3("result/2/prod/result-jp.csv") == ["global-merger"], "result/2/prod/result-jp.csv reaches no function"
+        with s.step("ferry votes pull, under the regional uploader's role, loads global/2/prod into Redis"):
+            said = ferry_cli("pull", "--key", "ranking", "--evno", "2", "--stage", "prod")
+            assert "loaded 3 members" in said, said
+            assert _redis(port, "ZCARD", "ranking") == b":3\r\n", "the live ranking does not hold the three members"
+    finally:
+        redis.terminate()
+        redis.wait(5)
 
 
 def votes(s: Systems) -> None:
@@ -168,7 +246,7 @@ def notifications(s: Systems) -> None:
     )
 
 
-ALL = {"votes": votes, "jobs": jobs, "notifications": notifications}
+ALL = {"votes": votes, "edge": edge, "jobs": jobs, "notifications": notifications}
 
 
 def run(s: Systems, names: list[str]) -> None:

@@ -270,7 +270,8 @@ class Stack:
         )
         key = iam.create_access_key(UserName="rehearsal-operator")["AccessKey"]
         operator = {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
-        # A regional uploader, outside the stack: README's "give their own roles s3:PutObject on data/*".
+        # A region, outside the stack, with what README's "Triggers and wiring" tells it to grant:
+        # uploads under data/ (`ferry votes push`) and reads of global/ (`ferry votes pull`).
         bucket_arn = f"arn:aws:s3:::{self.physical['DataBucket']}"
         trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{T.ACCOUNT}:root"}, "Action": "sts:AssumeRole"}]}
         iam.create_role(RoleName="regional-uploader", AssumeRolePolicyDocument=json.dumps(trust))
@@ -278,7 +279,13 @@ class Stack:
             RoleName="regional-uploader",
             PolicyName="upload",
             PolicyDocument=json.dumps(
-                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": [f"{bucket_arn}/{p}*" for p in uploader_prefixes]}]}
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "s3:PutObject", "Resource": [f"{bucket_arn}/{p}*" for p in uploader_prefixes]},
+                        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket_arn}/global/*"},
+                    ],
+                }
             ),
         )
         self.role_logical["regional-uploader"] = "regional-uploader (outside the stack)"

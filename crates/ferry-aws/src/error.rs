@@ -49,7 +49,12 @@ impl Error {
     /// The same error with the service's code set (a code a service gives outside its error body,
     /// such as S3's `Forbidden` for a denied HEAD).
     pub(crate) fn with_code(mut self, code: impl Into<String>) -> Error {
-        self.code = Some(code.into());
+        let code = code.into();
+        // A body-less answer left only a placeholder: say what the status meant instead.
+        if self.message.starts_with("error: no message") {
+            self.message = format!("{code}: the answer had no body to say more");
+        }
+        self.code = Some(code);
         self
     }
 
@@ -89,5 +94,20 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_given_outside_the_body_replaces_the_placeholder() {
+        let head = Error::other("S3", "HeadObject", "s3://b/k", "error: no message: service error").with_code("Forbidden");
+        assert_eq!(head.to_string(), "S3 HeadObject on s3://b/k: Forbidden: the answer had no body to say more");
+        assert_eq!(head.code(), Some("Forbidden"));
+        // A message of the service's own stays.
+        let put = Error::other("S3", "PutObject", "s3://b/k", "a concurrent conditional write won").with_code("PreconditionFailed");
+        assert_eq!(put.message(), "a concurrent conditional write won");
     }
 }

@@ -304,10 +304,22 @@ impl Line {
                 return;
             }
         }
+        // Only Lambda (or a local runtime standing in for it) collects stdout as metrics; handlers
+        // run in-process by the demo and the tests would only flood their output.
+        if !in_lambda() {
+            return;
+        }
         // One write under stdout's lock, so no other writer's output lands inside the line; a
         // failed write is dropped, never a panic (`println!` would panic).
         let _ = writeln!(std::io::stdout().lock(), "{text}");
     }
+}
+
+/// Whether this process runs as a Lambda function: Lambda, `cargo lambda` and the local runtimes of
+/// the tests all set `AWS_LAMBDA_FUNCTION_NAME`.
+fn in_lambda() -> bool {
+    static IN_LAMBDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some_and(|v| !v.is_empty()))
 }
 
 /// Whether CloudWatch accepts `v` as a dimension value: ASCII, no control character, not blank,
