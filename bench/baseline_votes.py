@@ -17,10 +17,7 @@ import sys
 
 import numpy as np
 import pandas as pd
-
-
-class BadInput(Exception):
-    pass
+from vote_header import BadInput, header_columns
 
 
 def read_tally(path: str) -> pd.Series:
@@ -29,23 +26,13 @@ def read_tally(path: str) -> pd.Series:
         body = f.read()
     if body.startswith(b"\xef\xbb\xbf"):
         body = body[3:]
-    first_line = body.split(b"\n", 1)[0].decode("utf-8", errors="replace")
-    header = [h.strip().lower() for h in next(csv.reader([first_line]), [])]
-    if not header or header == [""]:
-        raise BadInput(f"{path}: the file is empty: expected a header naming kseq, score")
-    cols = {}
-    for col in ("kseq", "score"):
-        at = [i for i, h in enumerate(header) if h == col]
-        if not at:
-            raise BadInput(f"{path}: line 1: the header has no `{col}` column")
-        if len(at) > 1:
-            raise BadInput(f"{path}: line 1: the header names `{col}` more than once")
-        cols[col] = at[0]
+    width, kseq_at, score_at = header_columns(body.split(b"\n", 1)[0], path)
+    cols = {"kseq": kseq_at, "score": score_at}
     try:
         df = pd.read_csv(
             io.BytesIO(body),
             header=0,
-            names=[f"c{i}" for i in range(len(header))],
+            names=[f"c{i}" for i in range(width)],
             usecols=[cols["kseq"], cols["score"]],
             dtype={f"c{cols['kseq']}": str, f"c{cols['score']}": "float64"},
             keep_default_na=False,

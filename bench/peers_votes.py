@@ -17,39 +17,21 @@ columns by name whatever their case. `--threads N` caps the engine's threads (po
 """
 
 import argparse
-import codecs
-import csv
 import math
 import os
 import sys
+
+from vote_header import BadInput, header_columns
 
 # Every method is scale-invariant; like ferry, inputs past this are divided by their largest value
 # first, so that their sum cannot overflow.
 SCALE_ABOVE = 1e150
 
 
-class BadInput(Exception):
-    pass
-
-
 def columns_of(path):
-    """The header's column count and the positions of `kseq` and `score` (trimmed, any case)."""
+    """The header's column count and the positions of `kseq` and `score`."""
     with open(path, "rb") as f:
-        first = f.readline()
-    if first.startswith(codecs.BOM_UTF8):
-        first = first[len(codecs.BOM_UTF8):]
-    header = [h.strip().lower() for h in next(csv.reader([first.decode("utf-8", errors="replace").rstrip("\r\n")]), [])]
-    if not header or header == [""]:
-        raise BadInput(f"{path}: the file is empty: expected a header naming kseq, score")
-    at = {}
-    for col in ("kseq", "score"):
-        found = [i for i, h in enumerate(header) if h == col]
-        if not found:
-            raise BadInput(f"{path}: line 1: the header has no `{col}` column")
-        if len(found) > 1:
-            raise BadInput(f"{path}: line 1: the header names `{col}` more than once")
-        at[col] = found[0]
-    return len(header), at["kseq"], at["score"]
+        return header_columns(f.readline(), path)
 
 
 def check_tally(path, rows, bad_keys, null_scores, lowest, finite):

@@ -216,22 +216,14 @@ impl DeliveryTable {
     pub async fn release(&self, sender: &Sender, id: &str, token: &str, primary_rejected: bool) -> Result<Written, NotifyAwsError> {
         let key = keys::delivery(sender, id);
         let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(K_ID, s(&key))
+            .held(&key, token)
             .update_expression("SET #lease = :zero, #pr = :pr, #upd = :now")
-            .condition_expression("#tok = :tok AND #st = :sending")
             .expression_attribute_names("#lease", K_LEASE)
             .expression_attribute_names("#pr", K_PRIMARY_REJECTED)
             .expression_attribute_names("#upd", K_UPDATED)
-            .expression_attribute_names("#tok", K_TOKEN)
-            .expression_attribute_names("#st", K_STATUS)
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":pr", AttributeValue::Bool(primary_rejected))
             .expression_attribute_values(":now", n(now_ms()))
-            .expression_attribute_values(":tok", s(token))
-            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
             .send()
             .await;
         Ok(Written::of(self.written(&key, "UpdateItem (release)", res)?))
@@ -241,26 +233,32 @@ impl DeliveryTable {
     pub async fn mark_failed(&self, sender: &Sender, id: &str, token: &str, error: &str) -> Result<Written, NotifyAwsError> {
         let key = keys::delivery(sender, id);
         let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(K_ID, s(&key))
+            .held(&key, token)
             .update_expression("SET #st = :failed, #err = :err, #upd = :now REMOVE #tok, #lease, #pr")
-            .condition_expression("#tok = :tok AND #st = :sending")
-            .expression_attribute_names("#st", K_STATUS)
             .expression_attribute_names("#err", K_ERROR)
             .expression_attribute_names("#upd", K_UPDATED)
-            .expression_attribute_names("#tok", K_TOKEN)
             .expression_attribute_names("#lease", K_LEASE)
             .expression_attribute_names("#pr", K_PRIMARY_REJECTED)
             .expression_attribute_values(":failed", s(Status::Failed.as_str()))
             .expression_attribute_values(":err", s(truncate(error, 1024)))
             .expression_attribute_values(":now", n(now_ms()))
-            .expression_attribute_values(":tok", s(token))
-            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
             .send()
             .await;
         Ok(Written::of(self.written(&key, "UpdateItem (failed)", res)?))
+    }
+
+    /// An update of `key` that lands only while `token`'s claim holds it (still `sending`): the
+    /// condition every write of a claim's holder carries.
+    fn held(&self, key: &str, token: &str) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(K_ID, s(key))
+            .condition_expression("#tok = :tok AND #st = :sending")
+            .expression_attribute_names("#tok", K_TOKEN)
+            .expression_attribute_names("#st", K_STATUS)
+            .expression_attribute_values(":tok", s(token))
+            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
     }
 
     /// Reads `sender`'s record of notification `id` (strongly consistent).
