@@ -223,7 +223,7 @@ def bench_votes(args, bench_bin, md):
         ["`cat > /dev/null` (bytes from the page cache)", cat],
         ["`wc -l`", wc],
         ["parse CSV + sum `score` (`ferry-bench parse-sum`, csv crate, one thread per file)", parse],
-        ["`ferry_core::tally::read_tally` (header, validation, duplicate summing)", tally],
+        ["`ferry_core::csv::read_tally` (header, validation, duplicate summing)", tally],
         ["`ferry votes merge` (read, normalise, merge, sort, write)", ferry],
     ]
     md.append(

@@ -32,7 +32,7 @@ enum Command {
     GenVotes(gen_votes::GenArgs),
     /// The floor: parses each CSV and sums its `score` column, one thread per file, nothing else.
     ParseSum { files: Vec<PathBuf> },
-    /// `ferry_core::tally::read_tally` alone on each file, one thread per file.
+    /// `ferry_core::csv::read_tally` alone on each file, one thread per file.
     ReadTally { files: Vec<PathBuf> },
     /// `ferry votes merge --method share` phase by phase, each timed (LOCALE=FILE...).
     MergePhases { inputs: Vec<String> },
