@@ -890,6 +890,7 @@ def bench_peers(args, bench_bin, md):
         "check (the contract's corners, with weights), the peers on every core and on one thread, and agreed.\n"
     )
     bench_peers_size(args, d, args.keys, args.runs, args.slow_runs, True, md)
+    bench_lambda_paths(args, bench_bin, d, md)
     md.append("### Four times larger\n")
     if args.quick:
         md.append("Not run with `--quick`.\n")
@@ -901,6 +902,65 @@ def bench_peers(args, bench_bin, md):
     finally:
         for loc in LOCALES:
             (big / f"{loc}.csv").unlink(missing_ok=True)
+
+
+LAMBDA_PHASES = {
+    "normalizer": ["read_tally_within", "locale_result"],
+    "merger": ["read_locale_result", "merge", "write_global_result"],
+}
+
+
+def bench_lambda_paths(args, bench_bin, d, md):
+    """The two vote Lambdas' work without S3 or startup: `ferry-bench lambda-paths` on case 1's files."""
+    template = (ROOT / "infra" / "template.yaml").read_text()
+    memory = {"normalizer": memory_of(template, "NormalizerFunction"), "merger": memory_of(template, "MergerFunction")}
+    results = d / "locale-results"
+    results.mkdir(exist_ok=True)
+    upload = d / f"{LOCALES[0]}.csv"
+    inputs = []
+    for loc in LOCALES:
+        out = results / f"{loc}.csv"
+        run([REL / "ferry", "votes", "normalize", d / f"{loc}.csv", "-o", out])
+        inputs.append(f"{loc}={out}")
+    cmd = [bench_bin, "lambda-paths", "--upload", upload, "--memory-mb", memory["normalizer"], "--runs", args.runs, *inputs]
+    try:
+        measured = []
+        for one in [True, False]:
+            r = run(cmd, thread_env(one))
+            print(f"  lambda-paths ({'1 thread' if one else 'all cores'}): {r.stdout.strip()}", flush=True)
+            measured.append(json.loads(r.stdout))
+    finally:
+        for loc in LOCALES:
+            (results / f"{loc}.csv").unlink(missing_ok=True)
+        results.rmdir()
+    rows = []
+    for path, phases in LAMBDA_PHASES.items():
+        for m in measured:
+            p = m[path]
+            rows.append([
+                f"{path} ({memory[path]:,} MB)", m["threads"], f"{p['input_mb']:,.1f} MB",
+                ", ".join(f"`{ph}` {secs(p['phase_ms'][ph] / 1000)}" for ph in phases),
+                secs(p["total_ms"] / 1000), secs(p["cpu_ms"] / 1000), f"{p['mb_s']:,.1f}",
+            ])
+    md.append("### The Lambda paths\n")
+    md.append(
+        f"`ferry-bench lambda-paths`: the public `ferry-core` calls the two vote handlers make, in their order, on "
+        f"bodies already in memory (no S3, no startup), each path run {args.runs} times in one process: the "
+        f"normalizer on the {LOCALES[0]} upload above (`csv::read_tally_within` within what "
+        f"`budget::usable_bytes` leaves of the {memory['normalizer']:,} MB `infra/template.yaml` gives "
+        "`NormalizerFunction`, then `normalize::locale_result` with `share`), and the merger on the four locale "
+        "results `ferry votes normalize` makes of these files (each parsed in turn by `csv::read_locale_result`, "
+        "then `merge::merge` with weight 1 and `csv::write_global_result`). Phases and total are medians of wall "
+        "time (the total also counts letting go of what the path built); CPU is the process's user + system time "
+        "per run, every thread counted; MB/s is input over the median total.\n"
+    )
+    md.append(
+        table(
+            ["path (template memory)", "threads", "input", "phases (median wall)", "total", "CPU per run", "input MB/s"],
+            rows,
+        )
+    )
+    md.append("")
 
 
 # ---------------------------------------------------------------- main

@@ -13,6 +13,9 @@ mod consumer;
 mod dataset;
 mod floor;
 mod gen_votes;
+mod lambda_paths;
+// Only the export drivers use the order rows.
+#[cfg(feature = "xlsx")]
 mod orders;
 mod peak;
 mod phases;
@@ -40,6 +43,9 @@ enum Command {
     NormalizePeak(peak::NormalizeArgs),
     /// The global merger's work on locale results (LOCALE=FILE...), and its peak RSS per byte of input.
     MergePeak { inputs: Vec<String> },
+    /// The regional normalizer on one upload and the global merger on locale results (LOCALE=FILE...),
+    /// each phase timed over several runs; one line of JSON.
+    LambdaPaths(lambda_paths::LambdaPathsArgs),
     /// Writes a seeded CSV dataset object of at least `--bytes`, and the same rows as Parquet.
     #[cfg(feature = "xlsx")]
     GenDataset(dataset::GenDatasetArgs),
@@ -77,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Command::MergePhases { inputs } => phases::run(&inputs),
         Command::NormalizePeak(a) => peak::normalize(&a),
         Command::MergePeak { inputs } => peak::merge(&inputs),
+        Command::LambdaPaths(a) => lambda_paths::run(&a),
         #[cfg(feature = "xlsx")]
         Command::GenDataset(a) => dataset::generate(&a),
         #[cfg(feature = "xlsx")]

@@ -2,15 +2,12 @@
 //! locale contributing 0. Locales are combined in alphabetical order, so the result does not depend
 //! on the order inputs arrive in.
 
-use std::cmp::Ordering;
-use std::hash::BuildHasher;
-
-use hashbrown::{DefaultHashBuilder, HashTable};
-use rayon::iter::{IntoParallelIterator, ParallelIterator};
+use hashbrown::HashTable;
+use rayon::iter::{IntoParallelIterator, IntoParallelRefIterator, ParallelExtend, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 
 use crate::csv::{self, GlobalRow};
-use crate::tally::Tally;
+use crate::tally::{Head, Tally};
 
 /// A merge that cannot be done.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -32,7 +29,8 @@ pub struct LocaleScores<'a> {
 }
 
 /// The merged ranking with one contribution column per locale. Keys are not copied: each row
-/// refers to the key in the first input (alphabetically) that has it.
+/// carries its key's first sixteen bytes (all of nearly every key) and refers to the key in the
+/// first input (alphabetically) that has it for the rest.
 #[derive(Debug, Clone)]
 pub struct Global<'a> {
     /// Alphabetical.
@@ -41,20 +39,28 @@ pub struct Global<'a> {
     inputs: Vec<&'a Tally>,
     /// Per merged row: (input, row in that input) of its key.
     keys: Vec<(u32, u32)>,
-    totals: Vec<f64>,
     /// `locales.len()` per merged row.
     contributions: Vec<f64>,
-    /// Merged rows by score descending, then key ascending.
-    order: Vec<u32>,
+    /// The result's rows: by score descending, then key ascending.
+    ranked: Vec<Ranked>,
+}
+
+/// A row of the result, with what orders it.
+#[derive(Debug, Clone, Copy)]
+struct Ranked {
+    score: f64,
+    key: Head,
+    /// Its merged row.
+    row: u32,
 }
 
 impl<'a> Global<'a> {
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.ranked.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.ranked.is_empty()
     }
 
     fn key(&self, row: usize) -> &'a str {
@@ -64,9 +70,11 @@ impl<'a> Global<'a> {
 
     /// The `i`-th row of the result.
     pub fn row(&self, i: usize) -> GlobalRow<'_> {
-        let row = self.order[i] as usize;
+        let r = &self.ranked[i];
+        let row = r.row as usize;
         let n = self.locales.len();
-        GlobalRow { kseq: self.key(row), score: self.totals[row], contributions: &self.contributions[row * n..(row + 1) * n] }
+        let kseq = r.key.key_or(|| self.key(row));
+        GlobalRow { kseq, score: r.score, contributions: &self.contributions[row * n..(row + 1) * n] }
     }
 
     /// The rows by score descending, then key ascending.
@@ -117,75 +125,160 @@ pub fn merge<'a>(inputs: &[LocaleScores<'a>]) -> Result<Global<'a>, MergeError> 
     }
     let n = inputs.len();
     let tallies: Vec<&'a Tally> = inputs.iter().map(|i| i.scores).collect();
-    let key_of = |&(input, i): &(u32, u32)| tallies[input as usize].key(i as usize);
-    let key_bytes = |&(input, i): &(u32, u32)| tallies[input as usize].key_bytes(i as usize);
-    // Each shard indexes the keys whose hash falls in it, all shards at once: the time of a merge
-    // is cache misses in its index, and they wait in parallel. Every shard reads every key, in
-    // order, to hash it; that is cheap next to one miss.
-    let hasher = DefaultHashBuilder::default();
-    let shards = rayon::current_num_threads().max(1);
-    let capacity = inputs.iter().map(|i| i.scores.len()).max().unwrap_or(0) / shards + 1;
-    // Per shard: the (input, row) of each key it indexed, and their contributions.
-    type Shard = (Vec<(u32, u32)>, Vec<f64>);
-    let parts: Vec<Shard> = (0..shards)
-        .into_par_iter()
-        .map(|shard| {
-            let mut index: HashTable<u32> = HashTable::with_capacity(capacity);
-            let mut keys: Vec<(u32, u32)> = Vec::with_capacity(capacity);
-            let mut contributions: Vec<f64> = Vec::with_capacity(capacity * n);
-            for (col, input) in inputs.iter().enumerate() {
-                for (i, (kseq, score)) in input.scores.iter().enumerate() {
-                    let hash = hasher.hash_one(kseq);
-                    if (hash >> 32) as usize % shards != shard {
-                        continue;
-                    }
-                    let row = match index.find(hash, |&row| key_bytes(&keys[row as usize]) == kseq.as_bytes()) {
-                        Some(&row) => row as usize,
-                        None => {
-                            let row = keys.len();
-                            keys.push((col as u32, i as u32));
-                            contributions.extend(std::iter::repeat_n(0.0, n));
-                            index.insert_unique(hash, row as u32, |&r| hasher.hash_one(key_of(&keys[r as usize])));
-                            row
-                        }
-                    };
-                    contributions[row * n + col] += input.weight * score;
-                }
-            }
-            (keys, contributions)
-        })
-        .collect();
-    let rows: usize = parts.iter().map(|(k, _)| k.len()).sum();
+    let key_bytes = |(input, i): (u32, u32)| tallies[input as usize].key_bytes(i as usize);
+    // Keys are merged partition by partition, a partition being the keys whose hashes share some
+    // bits, wherever they come from: each partition's index fits in a core's cache, partitions are
+    // merged on every core at once, and no key is hashed again (a tally keeps its keys' hashes).
+    // Keys are compared by hash and head, and their bytes read only past sixteen.
+    let bits = partition_bits(inputs.iter().map(|i| i.scores.len()).max().unwrap_or(0));
+    // Filed a few partitions at a time, so that the filed copies of the keys take at most about
+    // `FILED_BYTES` beside the inputs.
+    let entries: usize = inputs.iter().map(|i| i.scores.len()).sum();
+    let passes = (entries * size_of::<Entry>()).div_ceil(FILED_BYTES).clamp(1, 1 << bits);
+    let per_pass = (1usize << bits).div_ceil(passes);
+    let mut parts: Vec<Part> = Vec::with_capacity(1 << bits);
+    for first in (0..1usize << bits).step_by(per_pass) {
+        let range = first..(first + per_pass).min(1 << bits);
+        let filed: Vec<Filed> = tallies.par_iter().map(|t| Filed::new(t, bits, range.clone())).collect();
+        parts.par_extend(range.clone().into_par_iter().map(|p| merge_part(inputs.as_slice(), &filed, p - range.start, &key_bytes)));
+    }
+
+    let rows: usize = parts.iter().map(|p| p.keys.len()).sum();
+    if u32::try_from(rows).is_err() {
+        return Err(MergeError::TooManyKeys { locale: inputs.iter().map(|i| i.locale).collect::<Vec<_>>().join("+"), rows });
+    }
     let mut keys: Vec<(u32, u32)> = Vec::with_capacity(rows);
     let mut contributions: Vec<f64> = Vec::with_capacity(rows * n);
-    for (k, c) in parts {
-        keys.extend(k);
-        contributions.extend(c);
+    let mut ranked: Vec<Ranked> = Vec::with_capacity(rows);
+    for part in parts {
+        let base = keys.len() as u32;
+        ranked.extend(part.ranked.into_iter().map(|r| Ranked { row: base + r.row, ..r }));
+        keys.extend(part.keys);
+        contributions.extend(part.contributions);
     }
-    // Summed in locale order, so every input order gives the same bits.
-    let totals: Vec<f64> = contributions.chunks_exact(n.max(1)).map(|parts| parts.iter().fold(0.0, |acc, c| acc + c)).collect();
-
-    // Sorted as (score, first eight bytes of the key, row): most comparisons end on the two numbers
-    // without reaching for the key, and long-tailed votes tie a lot.
-    let mut sort: Vec<(f64, u64, u32)> =
-        totals.iter().zip(&keys).enumerate().map(|(row, (&t, k))| (t, key_prefix(key_of(k)), row as u32)).collect();
-    sort.par_sort_unstable_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then(a.1.cmp(&b.1))
-            .then_with(|| if a.2 == b.2 { Ordering::Equal } else { key_bytes(&keys[a.2 as usize]).cmp(key_bytes(&keys[b.2 as usize])) })
+    // Most comparisons end on the score and the key's head; long-tailed votes tie a lot.
+    ranked.par_sort_unstable_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.key.cmp_keys(&b.key).unwrap_or_else(|| key_bytes(keys[a.row as usize]).cmp(key_bytes(keys[b.row as usize]))))
     });
-    let order = sort.into_iter().map(|(_, _, row)| row).collect();
-    Ok(Global { locales: inputs.iter().map(|i| i.locale.to_owned()).collect(), inputs: tallies, keys, totals, contributions, order })
+    Ok(Global { locales: inputs.iter().map(|i| i.locale.to_owned()).collect(), inputs: tallies, keys, contributions, ranked })
 }
 
-/// The key's first eight bytes as a big-endian number, zero-padded: ordering these orders the keys
-/// by those bytes; equal prefixes need the whole keys compared.
-fn key_prefix(key: &str) -> u64 {
-    let mut b = [0u8; 8];
-    let k = key.as_bytes();
-    let len = k.len().min(8);
-    b[..len].copy_from_slice(&k[..len]);
-    u64::from_be_bytes(b)
+/// At most this much memory holds the filed copies of the inputs' keys at once.
+const FILED_BYTES: usize = 48 << 20;
+
+/// What one partition's merge found: per key, where it was first seen, its rank order and its
+/// contributions.
+struct Part {
+    /// (input, row in that input) of each key.
+    keys: Vec<(u32, u32)>,
+    /// Each key's score and head; `row` counts from the partition's first key.
+    ranked: Vec<Ranked>,
+    /// `n` per key.
+    contributions: Vec<f64>,
+}
+
+/// Merges partition `p` of every input: keys are compared by hash and head, and their bytes read
+/// only past sixteen.
+fn merge_part<'k>(inputs: &[LocaleScores<'_>], filed: &[Filed], p: usize, key_bytes: &impl Fn((u32, u32)) -> &'k [u8]) -> Part {
+    let n = inputs.len();
+    let capacity = filed.iter().map(|f| f.part(p).len()).max().unwrap_or(0);
+    let mut keys: Vec<(u32, u32)> = Vec::with_capacity(capacity);
+    let mut firsts: Vec<Entry> = Vec::with_capacity(capacity);
+    let mut contributions: Vec<f64> = Vec::with_capacity(capacity * n);
+    let mut index: HashTable<u32> = HashTable::with_capacity(capacity);
+    for (col, (input, filed)) in inputs.iter().zip(filed).enumerate() {
+        let col = col as u32;
+        for e in filed.part(p) {
+            let same = |&r: &u32| {
+                let first = &firsts[r as usize];
+                first.hash == e.hash
+                    && first.head == e.head
+                    && (e.head.is_whole() || key_bytes(keys[r as usize]) == key_bytes((col, e.row)))
+            };
+            let row = match index.find(e.hash, same) {
+                Some(&row) => row as usize,
+                None => {
+                    let row = keys.len();
+                    keys.push((col, e.row));
+                    firsts.push(*e);
+                    contributions.extend(std::iter::repeat_n(0.0, n));
+                    index.insert_unique(e.hash, row as u32, |&r| firsts[r as usize].hash);
+                    row
+                }
+            };
+            contributions[row * n + col as usize] += input.weight * e.score;
+        }
+    }
+    let ranked = firsts
+        .iter()
+        .zip(contributions.chunks_exact(n.max(1)))
+        .enumerate()
+        // Summed in locale order, so every input order gives the same bits.
+        .map(|(row, (first, c))| Ranked { score: c.iter().fold(0.0, |acc, c| acc + c), key: first.head, row: row as u32 })
+        .collect();
+    Part { keys, ranked, contributions }
+}
+
+/// How many bits of a key's hash choose its partition: about 4,096 keys a partition, whose index
+/// then fits in a core's cache.
+fn partition_bits(keys: usize) -> u32 {
+    (keys / 4096).checked_ilog2().map_or(0, |b| b + 1).min(12)
+}
+
+/// A key's partition: bits the hash table leaves alone (it takes its buckets from the low bits
+/// and its tags from the top seven), so keys of one partition still spread over its index.
+fn partition(hash: u64, bits: u32) -> usize {
+    ((hash >> 32) & ((1 << bits) - 1)) as usize
+}
+
+/// One key of an input, filed under its partition.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    hash: u64,
+    score: f64,
+    head: Head,
+    row: u32,
+}
+
+/// An input's keys in a range of partitions, grouped by partition (a counting sort: in row order
+/// within a partition).
+struct Filed {
+    entries: Vec<Entry>,
+    /// Partition `range.start + p` is `entries[starts[p]..starts[p + 1]]`.
+    starts: Vec<usize>,
+}
+
+impl Filed {
+    fn new(tally: &Tally, bits: u32, range: std::ops::Range<usize>) -> Filed {
+        let mut starts = vec![0usize; range.len() + 1];
+        for i in 0..tally.len() {
+            let p = partition(tally.hash(i), bits);
+            if range.contains(&p) {
+                starts[p - range.start + 1] += 1;
+            }
+        }
+        for p in 1..starts.len() {
+            starts[p] += starts[p - 1];
+        }
+        let mut next = starts.clone();
+        let mut entries = vec![Entry::default(); starts[range.len()]];
+        for (i, &score) in tally.values().iter().enumerate() {
+            let hash = tally.hash(i);
+            let p = partition(hash, bits);
+            if range.contains(&p) {
+                let at = &mut next[p - range.start];
+                entries[*at] = Entry { hash, score, head: Head::of(tally.key_bytes(i)), row: i as u32 };
+                *at += 1;
+            }
+        }
+        Filed { entries, starts }
+    }
+
+    fn part(&self, p: usize) -> &[Entry] {
+        &self.entries[self.starts[p]..self.starts[p + 1]]
+    }
 }
 
 #[cfg(test)]

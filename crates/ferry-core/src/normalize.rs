@@ -10,7 +10,7 @@ use std::str::FromStr;
 use rayon::slice::ParallelSliceMut;
 
 use crate::csv::NormRow;
-use crate::tally::Tally;
+use crate::tally::{Head, Tally};
 
 /// How one locale's summed scores are made comparable with another's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -131,10 +131,19 @@ pub fn normalize(method: Method, tally: &Tally) -> Vec<NormRow> {
 /// peak memory is budgeted in [`crate::budget::NORMALIZE_PEAK_FACTOR`].
 pub fn locale_result(method: Method, tally: &Tally) -> Vec<u8> {
     let scores = normalize_values(method, tally.values());
-    let mut order: Vec<usize> = (0..tally.len()).collect();
+    // Sorted as (score, key head, row): most comparisons end without reaching for a key's bytes,
+    // and a head that holds its whole key is written as it is.
+    let mut order: Vec<(f64, Head, u32)> = scores.iter().enumerate().map(|(i, &s)| (s, Head::of(tally.key_bytes(i)), i as u32)).collect();
+    drop(scores);
     // Keys are distinct, so the order is total and a parallel unstable sort gives the one result.
-    order.par_sort_unstable_by(|&a, &b| by_score_then_key(scores[a], tally.key(a), scores[b], tally.key(b)));
-    crate::csv::locale_rows_csv(order.len(), order.iter().map(|&i| (tally.key(i), scores[i], tally.value(i))))
+    order.par_sort_unstable_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| a.1.cmp_keys(&b.1).unwrap_or_else(|| tally.key_bytes(a.2 as usize).cmp(tally.key_bytes(b.2 as usize))))
+    });
+    crate::csv::locale_rows_csv(
+        order.len(),
+        order.iter().map(|(score, head, i)| (head.key_or(|| tally.key(*i as usize)), *score, tally.value(*i as usize))),
+    )
 }
 
 /// The tally's normalised scores, in the tally's order, keeping its keys where they are: what the

@@ -1,9 +1,60 @@
 //! [`Tally`]: distinct keys, each with one number, as every step of the vote pipeline holds them.
 //! How a tally is read from and written to a file is the CSV contract, [`crate::csv`].
 
+use std::cmp::Ordering;
 use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+
+/// The hash of a key, the same for every tally of this process: a tally keeps its keys' hashes and a
+/// merge of tallies uses them as they are, never hashing a key twice. The seed is random per
+/// process, as a `HashMap`'s is, so no file can choose keys that collide.
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    static HASHER: OnceLock<DefaultHashBuilder> = OnceLock::new();
+    HASHER.get_or_init(DefaultHashBuilder::default).hash_one(key)
+}
+
+/// A key's first sixteen bytes (zero-padded) and its length: the whole key when it is at most
+/// sixteen bytes long, and otherwise enough to order and tell apart most keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Head {
+    bytes: [u8; 16],
+    len: u32,
+}
+
+impl Head {
+    pub(crate) fn of(key: &[u8]) -> Head {
+        let mut bytes = [0u8; 16];
+        let n = key.len().min(16);
+        bytes[..n].copy_from_slice(&key[..n]);
+        Head { bytes, len: key.len() as u32 }
+    }
+
+    pub(crate) fn is_whole(&self) -> bool {
+        self.len <= 16
+    }
+
+    /// The key, when the head holds all of it.
+    pub(crate) fn whole(&self) -> Option<&[u8]> {
+        self.is_whole().then(|| &self.bytes[..self.len as usize])
+    }
+
+    /// The key: from the head when it holds all of it (valid UTF-8, being a whole key), else `whole()`.
+    pub(crate) fn key_or<'k>(&'k self, whole: impl FnOnce() -> &'k str) -> &'k str {
+        self.whole().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_else(whole)
+    }
+
+    /// Orders as the keys do, or `None` when only the whole keys can tell.
+    pub(crate) fn cmp_keys(&self, other: &Head) -> Option<Ordering> {
+        match u128::from_be_bytes(self.bytes).cmp(&u128::from_be_bytes(other.bytes)) {
+            // Zero padding orders "ab" before "ab\0": equal heads of whole keys differ in length.
+            Ordering::Equal if self.is_whole() && other.is_whole() => Some(self.len.cmp(&other.len)),
+            Ordering::Equal => None,
+            order => Some(order),
+        }
+    }
+}
 
 /// Distinct keys, each with one number, in insertion order: a regional upload's summed scores, or a
 /// locale's normalised ones.
@@ -16,6 +67,8 @@ pub struct Tally {
     /// End of key `i` in `text`; key `i` starts where key `i - 1` ends.
     ends: Vec<usize>,
     values: Vec<f64>,
+    /// [`key_hash`] of key `i`.
+    hashes: Vec<u64>,
 }
 
 impl Tally {
@@ -42,6 +95,11 @@ impl Tally {
         start..self.ends[i]
     }
 
+    /// [`key_hash`] of key `i`.
+    pub(crate) fn hash(&self, i: usize) -> u64 {
+        self.hashes[i]
+    }
+
     pub fn value(&self, i: usize) -> f64 {
         self.values[i]
     }
@@ -63,16 +121,18 @@ impl Tally {
         (0..self.len()).map(|i| (self.key(i), self.values[i]))
     }
 
-    fn push(&mut self, key: &str, value: f64) {
+    fn push(&mut self, key: &str, hash: u64, value: f64) {
         self.text.push_str(key);
         self.ends.push(self.text.len());
         self.values.push(value);
+        self.hashes.push(hash);
     }
 
     fn shrink_to_fit(&mut self) {
         self.text.shrink_to_fit();
         self.ends.shrink_to_fit();
         self.values.shrink_to_fit();
+        self.hashes.shrink_to_fit();
     }
 }
 
@@ -92,26 +152,31 @@ impl<K: AsRef<str>> FromIterator<(K, f64)> for Tally {
 /// A [`Tally`] under construction, with an index from key to row.
 pub(crate) struct Builder {
     tally: Tally,
-    hasher: DefaultHashBuilder,
     /// Row numbers, hashed by their key: the key itself is stored once, in the tally.
     index: HashTable<usize>,
 }
 
 impl Builder {
     fn with_capacity(rows: usize, text: usize) -> Builder {
-        let tally = Tally { text: String::with_capacity(text), ends: Vec::with_capacity(rows), values: Vec::with_capacity(rows) };
-        Builder { tally, hasher: DefaultHashBuilder::default(), index: HashTable::with_capacity(rows) }
+        let tally = Tally {
+            text: String::with_capacity(text),
+            ends: Vec::with_capacity(rows),
+            values: Vec::with_capacity(rows),
+            hashes: Vec::with_capacity(rows),
+        };
+        Builder { tally, index: HashTable::with_capacity(rows) }
     }
 
     /// Adds `key` with `value` and returns `None`, or returns the row `key` already has.
     pub(crate) fn insert(&mut self, key: &str, value: f64) -> Option<usize> {
-        let Builder { tally, hasher, index } = self;
-        let hash = hasher.hash_one(key);
-        if let Some(&i) = index.find(hash, |&i| tally.key_bytes(i) == key.as_bytes()) {
+        let Builder { tally, index } = self;
+        let hash = key_hash(key.as_bytes());
+        // The stored hash settles most comparisons without reaching for the key's bytes.
+        if let Some(&i) = index.find(hash, |&i| tally.hashes[i] == hash && tally.key_bytes(i) == key.as_bytes()) {
             return Some(i);
         }
-        index.insert_unique(hash, tally.len(), |&i| hasher.hash_one(tally.key(i)));
-        tally.push(key, value);
+        index.insert_unique(hash, tally.len(), |&i| tally.hashes[i]);
+        tally.push(key, hash, value);
         None
     }
 

@@ -78,15 +78,29 @@ pub fn read_global_scores(source_name: &str, bytes: &[u8]) -> Result<Vec<(String
 
 /// Reads every record, resolving `columns[0]` as the key and the rest as finite numbers, and hands
 /// each to `row(line, key, numbers)`.
+///
+/// Plain lines (quoted or bare fields without quotes inside, ended by LF or CRLF) are split here;
+/// the csv reader takes every other line from where they stop, so both give the same records and
+/// the same faults at the same lines.
 fn read_records(
     source_name: &str,
     bytes: &[u8],
     columns: &[&'static str],
+    row: impl FnMut(u64, &str, &[f64]) -> Result<(), TallyErrorKind>,
+) -> Result<(), TallyError> {
+    read_records_with(source_name, bytes, columns, true, row)
+}
+
+fn read_records_with(
+    source_name: &str,
+    bytes: &[u8],
+    columns: &[&'static str],
+    plain_lines: bool,
     mut row: impl FnMut(u64, &str, &[f64]) -> Result<(), TallyErrorKind>,
 ) -> Result<(), TallyError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let err = |line, kind| TallyError::new(source_name, line, kind);
-    let mut reader = ::csv::ReaderBuilder::new().has_headers(false).from_reader(bytes);
+    let mut reader = ::csv::ReaderBuilder::new().has_headers(false).from_reader(std::io::Cursor::new(bytes));
     let mut record = ::csv::ByteRecord::new();
     let csv_err = |e: ::csv::Error| {
         let line = e.position().map(|p| p.line());
@@ -118,21 +132,80 @@ fn read_records(
     }
 
     let mut numbers = vec![0.0; columns.len() - 1];
-    while reader.read_byte_record(&mut record).map_err(csv_err)? {
-        blank(&record)?;
-        let line = record.position().map(|p| p.line());
-        let field = |i: usize| record.get(positions[i]).unwrap_or_default();
-        let kseq = std::str::from_utf8(field(0)).map_err(|_| err(line, TallyErrorKind::InvalidUtf8 { column: columns[0] }))?;
+    let mut take = |line: u64, fields: &[&[u8]]| -> Result<(), TallyError> {
+        let kseq =
+            std::str::from_utf8(fields[positions[0]]).map_err(|_| err(Some(line), TallyErrorKind::InvalidUtf8 { column: columns[0] }))?;
         if kseq.is_empty() {
-            return Err(err(line, TallyErrorKind::EmptyKey));
+            return Err(err(Some(line), TallyErrorKind::EmptyKey));
         }
         for (slot, i) in numbers.iter_mut().zip(1..) {
-            *slot = parse_number(columns[i], field(i)).map_err(|k| err(line, k))?;
+            *slot = parse_number(columns[i], fields[positions[i]]).map_err(|k| err(Some(line), k))?;
         }
-        row(line.unwrap_or(0), kseq, &numbers).map_err(|k| err(line, k))?;
+        row(line, kseq, &numbers).map_err(|k| err(Some(line), k))
+    };
+
+    let mut fields: Vec<&[u8]> = vec![&[]; if plain_lines { header.len() } else { 0 }];
+    // Where the csv reader stands: the next record starts here, on this line.
+    let (mut at, mut line) = (reader.position().byte() as usize, reader.position().line());
+    loop {
+        // Plain lines only start after a line feed: a CR the csv reader ended a record on may have
+        // its LF still to come.
+        let clean = at == 0 || bytes[at - 1] == b'\n';
+        let start = at;
+        while clean && !fields.is_empty() && at < bytes.len() {
+            let Some(next) = plain_line(bytes, at, &mut fields) else { break };
+            take(line, &fields)?;
+            (at, line) = (next, line + 1);
+        }
+        if at != start {
+            let mut position = ::csv::Position::new();
+            position.set_byte(at as u64).set_line(line);
+            reader.seek_raw(std::io::SeekFrom::Start(at as u64), position).map_err(csv_err)?;
+        }
+        if !reader.read_byte_record(&mut record).map_err(csv_err)? {
+            break;
+        }
+        blank(&record)?;
+        let record_line = record.position().map_or(0, |p| p.line());
+        take(record_line, &record.iter().collect::<Vec<_>>())?;
+        (at, line) = (reader.position().byte() as usize, reader.position().line());
     }
     // Blank lines after the last record.
     blank(&record)
+}
+
+/// Splits the plain line at `at` into `fields` (as many as the header has) and returns where the
+/// next line starts; `None` for any other line, which the csv reader then reads: a blank line, a
+/// quote inside a field, a line break inside quotes, a CR not before LF, another field count.
+fn plain_line<'a>(bytes: &'a [u8], mut at: usize, fields: &mut [&'a [u8]]) -> Option<usize> {
+    let count = fields.len();
+    for (n, slot) in fields.iter_mut().enumerate() {
+        let end;
+        if bytes.get(at) == Some(&b'"') {
+            let len = bytes[at + 1..].iter().position(|&b| matches!(b, b'"' | b'\n' | b'\r'))?;
+            if bytes[at + 1 + len] != b'"' {
+                return None;
+            }
+            *slot = &bytes[at + 1..at + 1 + len];
+            end = at + len + 2;
+        } else {
+            let len = bytes[at..].iter().position(|&b| matches!(b, b'"' | b'\n' | b'\r' | b',')).unwrap_or(bytes.len() - at);
+            if bytes.get(at + len) == Some(&b'"') {
+                return None;
+            }
+            *slot = &bytes[at..at + len];
+            end = at + len;
+        }
+        let last = n + 1 == count;
+        match bytes.get(end) {
+            Some(b',') if !last => at = end + 1,
+            Some(b'\n') if last => return Some(end + 1),
+            Some(b'\r') if last && bytes.get(end + 1) == Some(&b'\n') => return Some(end + 2),
+            None if last => return Some(end),
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The 1-based line of a blank line at `start`, where the reader began looking for a record: the
@@ -265,6 +338,55 @@ mod tests {
         // Repeats of known keys cost nothing more.
         let repeats = format!("kseq,score\n{}", "7,1\n".repeat(5000));
         assert_eq!(read_tally_within("f", repeats.as_bytes(), memory).unwrap().len(), 1);
+    }
+
+    /// Every input read with plain lines split by hand gives what the csv reader alone gives: the same
+    /// rows, or the same fault at the same line.
+    fn same_as_the_csv_reader(input: &[u8]) {
+        let read = |plain_lines| {
+            let mut rows = Vec::new();
+            let r = read_records_with("f", input, &[KSEQ, SCORE], plain_lines, |line, kseq, values| {
+                rows.push((line, kseq.to_owned(), values[0]));
+                Ok(())
+            });
+            (r, rows)
+        };
+        assert_eq!(read(true), read(false), "{:?}", String::from_utf8_lossy(input));
+    }
+
+    #[test]
+    fn plain_lines_read_as_the_csv_reader_reads_them() {
+        for input in [
+            &b"kseq,score\na,1\n"[..],
+            b"kseq,score\r\na,1\r\nb,2",
+            b"kseq,score\r\n\"a\"\"b\",1\r\nb,2\r\nc,3\r\n",
+            b"kseq,score\n\"a\nb\",1\nc,2\n\"d\",3\n",
+            b"kseq,score\ra,1\rb,2\n",
+            b"kseq,score\na,1\r\r\nb,2\n",
+            b"kseq,score\na\"b,1\nc,2\n",
+            b"kseq,score\n\"a\"x,1\nc,2\n",
+            b"kseq,score,x\na,1\nb,2,3\n",
+            b"kseq,score\na,1\n\nb,2\n",
+            b"kseq,score\na,1\n\n",
+            b"kseq,score\na,1\n\r\n",
+            b"kseq,score\n\"\",1\n",
+            b"kseq,score\n,1\n",
+            b"score,kseq\n1,\"(1,2)\"\n\"2\",b\n",
+        ] {
+            same_as_the_csv_reader(input);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_input_reads_as_the_csv_reader_reads_it(
+            body in proptest::collection::vec(proptest::sample::select(&b"ab1,\"\r\n.x"[..]), 0..60),
+            header in proptest::sample::select(&["kseq,score\n", "score,kseq\r\n", "kseq,score,x\n", "\"kseq\",\"score\"\n"][..]),
+        ) {
+            let mut input = header.as_bytes().to_vec();
+            input.extend(body);
+            same_as_the_csv_reader(&input);
+        }
     }
 
     #[test]

@@ -31,13 +31,14 @@ pub fn format_number(buf: &mut ryu::Buffer, value: f64) -> &str {
 
 /// Writes a tally as a regional upload: `kseq,score`, one row per key, in the order given.
 pub fn write_tally(tally: &Tally) -> Vec<u8> {
-    let mut out = ::csv::Writer::from_writer(Vec::with_capacity(tally.len() * 24 + 16));
+    let mut out = header([KSEQ, SCORE], tally.len() * 24);
     let mut buf = ryu::Buffer::new();
-    write_row(&mut out, [KSEQ, SCORE]);
     for (kseq, score) in tally.iter() {
-        write_row(&mut out, [kseq, format_number(&mut buf, score)]);
+        push_field(&mut out, kseq.as_bytes());
+        push_number(&mut out, &mut buf, score);
+        out.push(b'\n');
     }
-    finish(out)
+    out
 }
 
 /// Writes a locale result, `kseq,score,raw`, in the order given.
@@ -47,40 +48,36 @@ pub fn write_locale_result(rows: &[NormRow]) -> Vec<u8> {
 
 /// The one writer of locale results: `len` rows of (kseq, score, raw) after the header.
 pub(crate) fn locale_rows_csv<'a>(len: usize, rows: impl Iterator<Item = (&'a str, f64, f64)>) -> Vec<u8> {
-    let mut out = ::csv::Writer::from_writer(Vec::with_capacity(len * 32 + 16));
-    let mut a = ryu::Buffer::new();
-    let mut b = ryu::Buffer::new();
-    write_row(&mut out, [KSEQ, SCORE, RAW]);
+    let mut out = header([KSEQ, SCORE, RAW], len * 48);
+    let mut buf = ryu::Buffer::new();
     for (kseq, score, raw) in rows {
-        write_row(&mut out, [kseq, format_number(&mut a, score), format_number(&mut b, raw)]);
+        push_field(&mut out, kseq.as_bytes());
+        push_number(&mut out, &mut buf, score);
+        push_number(&mut out, &mut buf, raw);
+        out.push(b'\n');
     }
-    finish(out)
+    out
 }
 
 /// The global result's header line.
 pub(crate) fn global_header(locales: &[String]) -> Vec<u8> {
-    let mut out = ::csv::Writer::from_writer(Vec::new());
-    write_row(&mut out, [KSEQ, SCORE].into_iter().chain(locales.iter().map(String::as_str)));
-    finish(out)
+    header([KSEQ, SCORE].into_iter().chain(locales.iter().map(String::as_str)), 0)
 }
 
 /// Global result rows as CSV lines, without the header, appended to `into`.
-pub(crate) fn global_rows_csv<'a>(mut into: Vec<u8>, rows: impl IntoIterator<Item = GlobalRow<'a>>) -> Vec<u8> {
+pub(crate) fn global_rows_csv<'a>(mut out: Vec<u8>, rows: impl IntoIterator<Item = GlobalRow<'a>>) -> Vec<u8> {
     let rows = rows.into_iter();
-    into.reserve(rows.size_hint().0 * 110);
-    let mut out = ::csv::Writer::from_writer(into);
+    out.reserve(rows.size_hint().0 * 110);
     let mut buf = ryu::Buffer::new();
     for r in rows {
-        // Writing into a Vec cannot fail.
-        out.write_field(r.kseq).expect("writing CSV into memory");
-        out.write_field(format_number(&mut buf, r.score)).expect("writing CSV into memory");
+        push_field(&mut out, r.kseq.as_bytes());
+        push_number(&mut out, &mut buf, r.score);
         for &c in r.contributions {
-            out.write_field(format_number(&mut buf, c)).expect("writing CSV into memory");
+            push_number(&mut out, &mut buf, c);
         }
-        // An empty record ends the one written field by field.
-        write_row(&mut out, None::<&str>);
+        out.push(b'\n');
     }
-    finish(out)
+    out
 }
 
 /// Writes the global result, `kseq,score,{locale}...`, into memory, in the order given.
@@ -88,13 +85,36 @@ pub fn write_global_result<'a>(locales: &[String], rows: impl IntoIterator<Item 
     global_rows_csv(global_header(locales), rows)
 }
 
-fn write_row<'a>(out: &mut ::csv::Writer<Vec<u8>>, fields: impl IntoIterator<Item = &'a str>) {
+/// A header line through the csv writer, with room for `rows_bytes` more.
+fn header<'a>(fields: impl IntoIterator<Item = &'a str>, rows_bytes: usize) -> Vec<u8> {
+    let mut out = ::csv::Writer::from_writer(Vec::with_capacity(rows_bytes + 64));
     // Writing into a Vec cannot fail.
     out.write_record(fields).expect("writing CSV into memory");
+    out.into_inner().expect("flushing CSV into memory")
 }
 
-fn finish(out: ::csv::Writer<Vec<u8>>) -> Vec<u8> {
-    out.into_inner().expect("flushing CSV into memory")
+/// Appends a row's first field as the csv writer writes it: quoted, with quotes doubled, when it
+/// holds a comma, a quote or a line break; as it is otherwise. Rows are written by hand because
+/// the writer's general machinery was most of the time of writing a result.
+fn push_field(out: &mut Vec<u8>, field: &[u8]) {
+    if !field.iter().any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        out.extend_from_slice(field);
+        return;
+    }
+    out.push(b'"');
+    for part in field.split_inclusive(|&b| b == b'"') {
+        out.extend_from_slice(part);
+        if part.ends_with(b"\"") {
+            out.push(b'"');
+        }
+    }
+    out.push(b'"');
+}
+
+/// Appends `,` and a number: digits, a point, a sign and an exponent never need quotes.
+fn push_number(out: &mut Vec<u8>, buf: &mut ryu::Buffer, value: f64) {
+    out.push(b',');
+    out.extend_from_slice(format_number(buf, value).as_bytes());
 }
 
 #[cfg(test)]
@@ -118,6 +138,25 @@ mod tests {
 
         let g = write_global_result(&["jp".into(), "kr".into()], [GlobalRow { kseq: "a", score: 1.5, contributions: &[1.0, 0.5] }]);
         assert_eq!(String::from_utf8(g).unwrap(), "kseq,score,jp,kr\na,1.5,1.0,0.5\n");
+    }
+
+    proptest::proptest! {
+        /// Rows written by hand are the bytes the csv writer writes for them.
+        #[test]
+        fn rows_are_what_the_csv_writer_writes(
+            keys in proptest::collection::vec("[ab,\"\r\n (0-9\u{e9}]{1,8}", 1..20),
+            values in proptest::collection::vec(-1e6f64..1e6, 20),
+        ) {
+            let mut expect = ::csv::Writer::from_writer(Vec::new());
+            let mut buf = ryu::Buffer::new();
+            expect.write_record(["kseq", "score", "raw"]).unwrap();
+            for (k, v) in keys.iter().zip(&values) {
+                expect.write_record([k.as_str(), format_number(&mut buf, *v), format_number(&mut ryu::Buffer::new(), v * 2.0)]).unwrap();
+            }
+            let expect = expect.into_inner().unwrap();
+            let got = locale_rows_csv(keys.len(), keys.iter().zip(&values).map(|(k, v)| (k.as_str(), *v, v * 2.0)));
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expect));
+        }
     }
 
     #[test]
