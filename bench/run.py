@@ -906,7 +906,7 @@ def bench_peers(args, bench_bin, md):
 
 LAMBDA_PHASES = {
     "normalizer": ["read_tally_within", "locale_result"],
-    "merger": ["read_locale_result", "merge", "write_global_result"],
+    "merger": ["read_locale_result", "merge", "to_csv"],
 }
 
 
@@ -950,7 +950,7 @@ def bench_lambda_paths(args, bench_bin, d, md):
         f"`budget::usable_bytes` leaves of the {memory['normalizer']:,} MB `infra/template.yaml` gives "
         "`NormalizerFunction`, then `normalize::locale_result` with `share`), and the merger on the four locale "
         "results `ferry votes normalize` makes of these files (each parsed in turn by `csv::read_locale_result`, "
-        "then `merge::merge` with weight 1 and `csv::write_global_result`). Phases and total are medians of wall "
+        "then `merge::merge` with weight 1 and `Global::to_csv`). Phases and total are medians of wall "
         "time (the total also counts letting go of what the path built); CPU is the process's user + system time "
         "per run, every thread counted; MB/s is input over the median total.\n"
     )

@@ -83,7 +83,7 @@ fn normalizer(a: &LambdaPathsArgs, body: &[u8]) -> anyhow::Result<PathRuns> {
 /// in turn (the handler fetches them one at a time), then merged and written.
 fn merger(runs: usize, inputs: &[(String, String, Vec<u8>)]) -> anyhow::Result<PathRuns> {
     let size = inputs.iter().map(|(_, _, b)| b.len()).sum();
-    let mut path = PathRuns::new(&["read_locale_result", "merge", "write_global_result"], size, runs);
+    let mut path = PathRuns::new(&["read_locale_result", "merge", "to_csv"], size, runs);
     let cpu = cpu_ms()?;
     for _ in 0..runs {
         let start = Instant::now();
@@ -96,7 +96,7 @@ fn merger(runs: usize, inputs: &[(String, String, Vec<u8>)]) -> anyhow::Result<P
         let scores: Vec<LocaleScores<'_>> = read.iter().map(|(l, t)| LocaleScores { locale: l, weight: 1.0, scores: t }).collect();
         let global = merge::merge(&scores)?;
         let merged = start.elapsed();
-        let result = csv::write_global_result(&global.locales, global.rows());
+        let result = global.to_csv();
         let written = start.elapsed();
         let rows = global.len();
         let output = result.len();

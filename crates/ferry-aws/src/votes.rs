@@ -337,7 +337,7 @@ async fn merge_attempt(
         inputs.iter().map(|(l, _, scores)| LocaleScores { locale: l, weight: config.weight(l), scores }).collect();
     let global = merge::merge(&scores).map_err(|source| VoteError::Merge { key: global_key.to_owned(), source })?;
     let object = NewObject {
-        body: csv::write_global_result(&global.locales, global.rows()),
+        body: global.to_csv(),
         content_type: "text/csv",
         metadata: manifest.metadata(config.method, global.len()),
         precondition: Some(Precondition::replacing(current)),

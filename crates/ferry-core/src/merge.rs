@@ -3,7 +3,9 @@
 //! on the order inputs arrive in.
 
 use hashbrown::HashTable;
-use rayon::iter::{IntoParallelIterator, IntoParallelRefIterator, ParallelExtend, ParallelIterator};
+use rayon::iter::{
+    IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator, IntoParallelRefMutIterator, ParallelExtend, ParallelIterator,
+};
 use rayon::slice::ParallelSliceMut;
 
 use crate::csv::{self, GlobalRow};
@@ -87,21 +89,36 @@ impl<'a> Global<'a> {
     /// are in memory at once.
     pub fn write_csv(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
         const BLOCK: usize = 16 * 1024;
+        const AHEAD: usize = 256;
         out.write_all(&csv::global_header(&self.locales))?;
-        let batch = BLOCK * 2 * rayon::current_num_threads().max(1);
-        for start in (0..self.len()).step_by(batch) {
-            let end = (start + batch).min(self.len());
-            let blocks: Vec<Vec<u8>> = (start..end)
-                .step_by(BLOCK)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(|from| csv::global_rows_csv(Vec::new(), (from..(from + BLOCK).min(end)).map(|i| self.row(i))))
-                .collect();
-            for block in blocks {
-                out.write_all(&block)?;
+        // The same buffers serve every batch of blocks: memory touched once, not once a block.
+        let mut blocks: Vec<Vec<u8>> = vec![Vec::new(); 2 * rayon::current_num_threads().max(1)];
+        for start in (0..self.len()).step_by(BLOCK * blocks.len()) {
+            blocks.par_iter_mut().enumerate().for_each(|(b, block)| {
+                let from = (start + b * BLOCK).min(self.len());
+                block.clear();
+                for from in (from..(from + BLOCK).min(self.len())).step_by(AHEAD) {
+                    let rows = from..(from + AHEAD).min(self.len());
+                    // Rows in score order sit anywhere among the contributions: touched first, in a
+                    // loop of nothing else, their cache misses overlap instead of waiting in turn.
+                    for r in &self.ranked[rows.clone()] {
+                        std::hint::black_box(self.contributions.get(r.row as usize * self.locales.len()).copied());
+                    }
+                    *block = csv::global_rows_csv(std::mem::take(block), rows.map(|i| self.row(i)));
+                }
+            });
+            for block in &blocks {
+                out.write_all(block)?;
             }
         }
         out.flush()
+    }
+
+    /// The result as CSV in memory: the bytes of [`Global::write_csv`].
+    pub fn to_csv(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() * (24 + 22 * (self.locales.len() + 1)));
+        self.write_csv(&mut out).expect("writing into memory cannot fail");
+        out
     }
 }
 
@@ -137,11 +154,25 @@ pub fn merge<'a>(inputs: &[LocaleScores<'a>]) -> Result<Global<'a>, MergeError> 
     let passes = (entries * size_of::<Entry>()).div_ceil(FILED_BYTES).clamp(1, 1 << bits);
     let per_pass = (1usize << bits).div_ceil(passes);
     let mut parts: Vec<Part> = Vec::with_capacity(1 << bits);
-    for first in (0..1usize << bits).step_by(per_pass) {
+    // Each input's rows by pass, in row order: a pass then reads its rows nearly in sequence.
+    let rows_by_pass: Vec<Vec<Vec<u32>>> = tallies
+        .par_iter()
+        .map(|t| {
+            let mut lists = vec![Vec::new(); (1usize << bits).div_ceil(per_pass)];
+            for i in 0..t.len() {
+                lists[partition(t.hash(i), bits) / per_pass].push(i as u32);
+            }
+            lists
+        })
+        .collect();
+    // Refilled pass after pass: memory the first pass touched serves the others.
+    let mut filed: Vec<Filed> = tallies.iter().map(|_| Filed::default()).collect();
+    for (pass, first) in (0..1usize << bits).step_by(per_pass).enumerate() {
         let range = first..(first + per_pass).min(1 << bits);
-        let filed: Vec<Filed> = tallies.par_iter().map(|t| Filed::new(t, bits, range.clone())).collect();
+        filed.par_iter_mut().zip(&tallies).zip(&rows_by_pass).for_each(|((f, t), rows)| f.fill(t, bits, range.clone(), &rows[pass]));
         parts.par_extend(range.clone().into_par_iter().map(|p| merge_part(inputs.as_slice(), &filed, p - range.start, &key_bytes)));
     }
+    drop(rows_by_pass);
 
     let rows: usize = parts.iter().map(|p| p.keys.len()).sum();
     if u32::try_from(rows).is_err() {
@@ -244,6 +275,7 @@ struct Entry {
 
 /// An input's keys in a range of partitions, grouped by partition (a counting sort: in row order
 /// within a partition).
+#[derive(Default)]
 struct Filed {
     entries: Vec<Entry>,
     /// Partition `range.start + p` is `entries[starts[p]..starts[p + 1]]`.
@@ -251,29 +283,26 @@ struct Filed {
 }
 
 impl Filed {
-    fn new(tally: &Tally, bits: u32, range: std::ops::Range<usize>) -> Filed {
-        let mut starts = vec![0usize; range.len() + 1];
-        for i in 0..tally.len() {
-            let p = partition(tally.hash(i), bits);
-            if range.contains(&p) {
-                starts[p - range.start + 1] += 1;
-            }
+    /// Files `rows` of `tally`, every one of them in a partition of `range`.
+    fn fill(&mut self, tally: &Tally, bits: u32, range: std::ops::Range<usize>, rows: &[u32]) {
+        let Filed { entries, starts } = self;
+        starts.clear();
+        starts.resize(range.len() + 1, 0);
+        for &i in rows {
+            starts[partition(tally.hash(i as usize), bits) - range.start + 1] += 1;
         }
         for p in 1..starts.len() {
             starts[p] += starts[p - 1];
         }
         let mut next = starts.clone();
-        let mut entries = vec![Entry::default(); starts[range.len()]];
-        for (i, &score) in tally.values().iter().enumerate() {
-            let hash = tally.hash(i);
-            let p = partition(hash, bits);
-            if range.contains(&p) {
-                let at = &mut next[p - range.start];
-                entries[*at] = Entry { hash, score, head: Head::of(tally.key_bytes(i)), row: i as u32 };
-                *at += 1;
-            }
+        entries.clear();
+        entries.resize(rows.len(), Entry::default());
+        for &i in rows {
+            let (hash, score) = (tally.hash(i as usize), tally.value(i as usize));
+            let at = &mut next[partition(hash, bits) - range.start];
+            entries[*at] = Entry { hash, score, head: Head::of(tally.key_bytes(i as usize)), row: i };
+            *at += 1;
         }
-        Filed { entries, starts }
     }
 
     fn part(&self, p: usize) -> &[Entry] {

@@ -95,6 +95,9 @@ pub enum TallyErrorKind {
     /// The file has more distinct keys than the memory of the function reading it can normalise.
     #[error("{keys} distinct keys by this line need more than the {memory} bytes of memory there are to normalise them")]
     OverMemory { keys: usize, memory: u64 },
+    /// More distinct keys than a tally can index.
+    #[error("more than {limit} distinct keys")]
+    TooManyKeys { limit: u64 },
 }
 
 impl TallyError {

@@ -179,7 +179,9 @@ mod tests {
             push_number(&mut out, &mut zmij, v);
             assert_eq!(String::from_utf8(out).unwrap(), format!(",{}", format_number(&mut ryu, v)), "{v:e}");
         };
-        for v in [0.0, -0.0, 1.0, 0.1, 76.0, 1e-5, 1e-7, 1e15, 1e16, 1.2345678901234568e17, 5e-324, f64::MAX, -f64::MAX, 0.0009081925645072779] {
+        for v in
+            [0.0, -0.0, 1.0, 0.1, 76.0, 1e-5, 1e-7, 1e15, 1e16, 1.2345678901234568e17, 5e-324, f64::MAX, -f64::MAX, 0.0009081925645072779]
+        {
             check(v);
         }
         // Bit patterns of every magnitude, from a fixed-seed xorshift.
