@@ -10,6 +10,7 @@ use ferry_core::merge::{self, LocaleScores};
 use ferry_core::normalize::{locale_result, normalize_tally};
 use ferry_core::{Method, Tally};
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::iter::{IntoParallelRefIterator, ParallelIterator};
 
 use crate::output::{BadInput, Usage, write_output, write_output_with};
 
@@ -97,11 +98,21 @@ pub fn run(cmd: VotesCommand) -> anyhow::Result<()> {
 }
 
 fn read_tally(path: &std::path::Path, cap: u64) -> anyhow::Result<Tally> {
+    thread_local! {
+        /// One file's bytes at a time per thread: the next file read on it reuses the memory.
+        static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let name = path.display().to_string();
     let size = std::fs::metadata(path).with_context(|| format!("reading {name}"))?.len();
     csv::check_size(&name, size, cap).map_err(|e| BadInput(e.to_string()))?;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
-    csv::read_tally(&name, &bytes).map_err(|e| BadInput(e.to_string()).into())
+    BYTES
+        .with_borrow_mut(|bytes| {
+            bytes.clear();
+            std::io::Read::read_to_end(&mut std::fs::File::open(path)?, bytes)?;
+            Ok::<_, std::io::Error>(())
+        })
+        .with_context(|| format!("reading {name}"))?;
+    BYTES.with_borrow(|bytes| csv::read_tally(&name, bytes)).map_err(|e| BadInput(e.to_string()).into())
 }
 
 fn merge_files(a: MergeArgs) -> anyhow::Result<()> {
@@ -111,20 +122,11 @@ fn merge_files(a: MergeArgs) -> anyhow::Result<()> {
         }
     }
     let bar = spinner(format!("normalising {} regional files", a.inputs.len()));
-    // Each locale is read and normalised on its own thread: the files are independent.
-    let normalised: Vec<anyhow::Result<Tally>> = std::thread::scope(|s| {
-        let handles: Vec<_> = a
-            .inputs
-            .iter()
-            .map(|(_, path)| {
-                s.spawn(|| {
-                    // Normalised in place: the keys read are the keys merged and written, never copied.
-                    Ok(normalize_tally(a.method, read_tally(path, a.max_input_bytes)?))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a reader thread panicked")))).collect()
-    });
+    // The files are independent: read and normalised on every core the merge may use (one with
+    // RAYON_NUM_THREADS=1), each normalised where it was read: the keys read are the keys merged and
+    // written, never copied.
+    let normalised: Vec<anyhow::Result<Tally>> =
+        a.inputs.par_iter().map(|(_, path)| Ok(normalize_tally(a.method, read_tally(path, a.max_input_bytes)?))).collect();
     let mut scores = Vec::with_capacity(normalised.len());
     for r in normalised {
         scores.push(r?);
