@@ -186,13 +186,6 @@ impl Builder {
         None
     }
 
-    /// Looks `key` up without keeping the answer: done for a batch of keys before they are
-    /// inserted, it brings their part of the index into the cache with the misses overlapping,
-    /// where one insert after another would wait for each in turn.
-    pub(crate) fn look_ahead(&self, key: &[u8]) {
-        std::hint::black_box(self.index.find(key_hash(key), |_| false));
-    }
-
     /// Sized once from the input: growing to a million keys would rehash about twenty times and
     /// hold the old and new tables at once. The size comes from the bytes, not from the lines alone
     /// (see [`crate::budget::key_capacity`]): a file of newlines must not reserve a table for rows it

@@ -25,7 +25,7 @@ pub fn read_tally(source_name: &str, bytes: &[u8]) -> Result<Tally, TallyError> 
 pub fn read_tally_within(source_name: &str, bytes: &[u8], memory: u64) -> Result<Tally, TallyError> {
     let mut b = Builder::for_input(bytes);
     let input = bytes.len() as u64;
-    read_records(source_name, bytes, &[KSEQ, SCORE], &mut b, Builder::look_ahead, |b, _, kseq, values| {
+    read_records(source_name, bytes, &[KSEQ, SCORE], |_, kseq, values| {
         let score = values[0];
         if score < 0.0 {
             return Err(TallyErrorKind::Negative { column: SCORE, value: score.to_string() });
@@ -57,7 +57,7 @@ pub fn read_tally_within(source_name: &str, bytes: &[u8], memory: u64) -> Result
 /// Reads a locale result (`kseq,score,raw`) as its keys and scores. Keys must be unique.
 pub fn read_locale_result(source_name: &str, bytes: &[u8]) -> Result<Tally, TallyError> {
     let mut b = Builder::for_input(bytes);
-    read_records(source_name, bytes, &[KSEQ, SCORE, RAW], &mut b, Builder::look_ahead, |b, _, kseq, values| {
+    read_records(source_name, bytes, &[KSEQ, SCORE, RAW], |_, kseq, values| {
         if b.is_full() {
             return Err(TallyErrorKind::TooManyKeys { limit: u64::from(u32::MAX) });
         }
@@ -74,53 +74,40 @@ pub fn read_locale_result(source_name: &str, bytes: &[u8]) -> Result<Tally, Tall
 pub fn read_global_scores(source_name: &str, bytes: &[u8]) -> Result<Vec<(String, f64)>, TallyError> {
     let mut seen: hashbrown::HashSet<String> = hashbrown::HashSet::new();
     let mut rows = Vec::new();
-    read_records(
-        source_name,
-        bytes,
-        &[KSEQ, SCORE],
-        &mut (),
-        |_, _| {},
-        |_, _, kseq, values| {
-            if !seen.insert(kseq.to_owned()) {
-                return Err(TallyErrorKind::DuplicateKey { kseq: kseq.to_owned() });
-            }
-            rows.push((kseq.to_owned(), values[0]));
-            Ok(())
-        },
-    )?;
+    read_records(source_name, bytes, &[KSEQ, SCORE], |_, kseq, values| {
+        if !seen.insert(kseq.to_owned()) {
+            return Err(TallyErrorKind::DuplicateKey { kseq: kseq.to_owned() });
+        }
+        rows.push((kseq.to_owned(), values[0]));
+        Ok(())
+    })?;
     Ok(rows)
 }
 
 /// Reads every record, resolving `columns[0]` as the key and the rest as finite numbers, and hands
-/// each to `row(state, line, key, numbers)`.
+/// each to `row(line, key, numbers)`.
 ///
 /// Plain lines (quoted or bare fields without quotes inside, ended by LF or CRLF) are split here, a
-/// batch at a time, and the batch's keys shown to `look_ahead(state, key)` before the first of them
-/// is handed on: a key index looking a batch up at once waits for its cache misses together. The
-/// csv reader takes every other line from where they stop, so both give the same records and the
-/// same faults at the same lines.
-fn read_records<S>(
+/// batch at a time; the csv reader takes every other line from where they stop, so both give the
+/// same records and the same faults at the same lines.
+fn read_records(
     source_name: &str,
     bytes: &[u8],
     columns: &[&'static str],
-    state: &mut S,
-    look_ahead: fn(&S, &[u8]),
-    row: impl FnMut(&mut S, u64, &str, &[f64]) -> Result<(), TallyErrorKind>,
+    row: impl FnMut(u64, &str, &[f64]) -> Result<(), TallyErrorKind>,
 ) -> Result<(), TallyError> {
-    read_records_with(source_name, bytes, columns, true, state, look_ahead, row)
+    read_records_with(source_name, bytes, columns, true, row)
 }
 
-/// Plain lines split before any is handed on.
-const BATCH: usize = 16;
+/// Plain lines parsed before any is handed on.
+const BATCH: usize = 64;
 
-fn read_records_with<S>(
+fn read_records_with<'a>(
     source_name: &str,
-    bytes: &[u8],
+    bytes: &'a [u8],
     columns: &[&'static str],
     plain_lines: bool,
-    state: &mut S,
-    look_ahead: fn(&S, &[u8]),
-    mut row: impl FnMut(&mut S, u64, &str, &[f64]) -> Result<(), TallyErrorKind>,
+    mut row: impl FnMut(u64, &str, &[f64]) -> Result<(), TallyErrorKind>,
 ) -> Result<(), TallyError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let err = |line, kind| TallyError::new(source_name, line, kind);
@@ -155,25 +142,17 @@ fn read_records_with<S>(
         positions.push(pos);
     }
 
-    let mut numbers = vec![0.0; columns.len() - 1];
-    let mut take = |state: &mut S, line: u64, fields: &[Field<'_>]| -> Result<(), TallyError> {
-        let kseq = fields[positions[0]].text().ok_or_else(|| err(Some(line), TallyErrorKind::InvalidUtf8 { column: columns[0] }))?;
-        if kseq.is_empty() {
-            return Err(err(Some(line), TallyErrorKind::EmptyKey));
-        }
-        for (slot, i) in numbers.iter_mut().zip(1..) {
-            *slot = parse_number(columns[i], fields[positions[i]]).map_err(|k| err(Some(line), k))?;
-        }
-        row(state, line, kseq, &numbers).map_err(|k| err(Some(line), k))
-    };
+    let mut take = |line: u64, kseq: &str, numbers: &[f64]| row(line, kseq, numbers).map_err(|k| err(Some(line), k));
 
     // A file that is UTF-8 throughout (checked at once, far quicker than field by field) hands out
     // its plain lines' fields as text.
     let text = std::str::from_utf8(bytes).ok();
     let width = header.len();
+    let count = columns.len() - 1;
     let mut spans = vec![(0, 0); if plain_lines { BATCH * width } else { 0 }];
-    let mut ends = [0; BATCH];
-    let mut fields: Vec<Field<'_>> = vec![Field::Bytes(&[]); width];
+    let mut keys: Vec<&'a str> = Vec::with_capacity(BATCH);
+    let mut numbers = vec![0.0; BATCH * count];
+    let mut fields: Vec<Field<'a>> = vec![Field::Bytes(&[]); width];
     // Where the csv reader stands: the next record starts here, on this line.
     let (mut at, mut line) = (reader.position().byte() as usize, reader.position().line());
     loop {
@@ -182,27 +161,39 @@ fn read_records_with<S>(
         let clean = at == 0 || bytes[at - 1] == b'\n';
         let start = at;
         while clean && !spans.is_empty() && at < bytes.len() {
-            let mut lines = 0;
+            // A batch of plain lines is split and parsed, then handed on in a loop of its own: the
+            // handler's key index then waits for several cache misses at once.
             let mut next = at;
-            for (spans, end) in spans.chunks_exact_mut(width).zip(&mut ends) {
-                let Some(n) = plain_line(bytes, next, spans) else { break };
-                (*end, next, lines) = (n, n, lines + 1);
-                let (a, b) = spans[positions[0]];
-                look_ahead(state, &bytes[a..b]);
+            let mut fault = None;
+            keys.clear();
+            for (spans, numbers) in spans.chunks_exact_mut(width).zip(numbers.chunks_exact_mut(count.max(1))) {
+                let Some(end) = plain_line(bytes, next, spans) else { break };
+                for (field, &(a, b)) in fields.iter_mut().zip(&*spans) {
+                    *field = text.map_or(Field::Bytes(&bytes[a..b]), |t| Field::Text(&t[a..b]));
+                }
+                match parse_record(&fields, &positions, columns, &mut numbers[..count]) {
+                    Ok(kseq) => keys.push(kseq),
+                    Err(kind) => {
+                        fault = Some(err(Some(line + keys.len() as u64), kind));
+                        break;
+                    }
+                }
+                next = end;
                 if next == bytes.len() {
                     break;
                 }
             }
-            if lines == 0 {
+            if keys.is_empty() && fault.is_none() {
                 break;
             }
-            for (spans, &end) in spans.chunks_exact(width).zip(&ends).take(lines) {
-                for (field, &(a, b)) in fields.iter_mut().zip(spans) {
-                    *field = text.map_or(Field::Bytes(&bytes[a..b]), |t| Field::Text(&t[a..b]));
-                }
-                take(state, line, &fields)?;
-                (at, line) = (end, line + 1);
+            // Faults keep their order: every line before a bad one is handed on first.
+            for (i, kseq) in keys.iter().enumerate() {
+                take(line + i as u64, kseq, &numbers[i * count..(i + 1) * count])?;
             }
+            if let Some(e) = fault {
+                return Err(e);
+            }
+            (at, line) = (next, line + keys.len() as u64);
         }
         if at != start {
             let mut position = ::csv::Position::new();
@@ -214,11 +205,33 @@ fn read_records_with<S>(
         }
         blank(&record)?;
         let record_line = record.position().map_or(0, |p| p.line());
-        take(state, record_line, &record.iter().map(Field::Bytes).collect::<Vec<_>>())?;
+        let fields: Vec<Field<'_>> = record.iter().map(Field::Bytes).collect();
+        let mut numbers = vec![0.0; count];
+        // The record's fields live until the next read: parsed and handed on at once.
+        let kseq = parse_record(&fields, &positions, columns, &mut numbers).map_err(|k| err(Some(record_line), k))?;
+        take(record_line, kseq, &numbers)?;
         (at, line) = (reader.position().byte() as usize, reader.position().line());
     }
     // Blank lines after the last record.
     blank(&record)
+}
+
+/// The key of a record (`columns[0]`, at `positions[0]`), and the numbers of the other columns into
+/// `numbers`.
+fn parse_record<'f>(
+    fields: &[Field<'f>],
+    positions: &[usize],
+    columns: &[&'static str],
+    numbers: &mut [f64],
+) -> Result<&'f str, TallyErrorKind> {
+    let kseq = fields[positions[0]].text().ok_or(TallyErrorKind::InvalidUtf8 { column: columns[0] })?;
+    if kseq.is_empty() {
+        return Err(TallyErrorKind::EmptyKey);
+    }
+    for (slot, i) in numbers.iter_mut().zip(1..) {
+        *slot = parse_number(columns[i], fields[positions[i]])?;
+    }
+    Ok(kseq)
 }
 
 /// One field of a record: text when its file is known to be UTF-8, bytes to check otherwise.
@@ -423,18 +436,10 @@ mod tests {
     fn same_as_the_csv_reader(input: &[u8]) {
         let read = |plain_lines| {
             let mut rows = Vec::new();
-            let r = read_records_with(
-                "f",
-                input,
-                &[KSEQ, SCORE],
-                plain_lines,
-                &mut rows,
-                |_, _| {},
-                |rows, line, kseq, values| {
-                    rows.push((line, kseq.to_owned(), values[0]));
-                    Ok(())
-                },
-            );
+            let r = read_records_with("f", input, &[KSEQ, SCORE], plain_lines, |line, kseq, values| {
+                rows.push((line, kseq.to_owned(), values[0]));
+                Ok(())
+            });
             (r, rows)
         };
         assert_eq!(read(true), read(false), "{:?}", String::from_utf8_lossy(input));
