@@ -54,7 +54,7 @@ pub fn merge(inputs: &[String]) -> anyhow::Result<()> {
     }
     let scores: Vec<LocaleScores<'_>> = read.iter().map(|(l, t)| LocaleScores { locale: l, weight: 1.0, scores: t }).collect();
     let global = merge::merge(&scores)?;
-    let csv = csv::write_global_result(&global.locales, global.rows());
+    let csv = global.to_csv();
     let peak = status_kb("VmHWM")?;
     report("merge", size, global.len(), start, peak);
     drop(csv);

@@ -3,13 +3,11 @@
 //! on the order inputs arrive in.
 
 use hashbrown::HashTable;
-use rayon::iter::{
-    IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator, IntoParallelRefMutIterator, ParallelExtend, ParallelIterator,
-};
+use rayon::iter::{IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator, IntoParallelRefMutIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 
 use crate::csv::{self, GlobalRow};
-use crate::tally::{Head, Tally};
+use crate::tally::{Head, Tally, key_hash};
 
 /// A merge that cannot be done.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -31,52 +29,53 @@ pub struct LocaleScores<'a> {
 }
 
 /// The merged ranking with one contribution column per locale. Keys are not copied: each row
-/// carries its key's first sixteen bytes (all of nearly every key) and refers to the key in the
-/// first input (alphabetically) that has it for the rest.
+/// refers to the key in the first input (alphabetically) that has it.
 #[derive(Debug, Clone)]
 pub struct Global<'a> {
     /// Alphabetical.
     pub locales: Vec<String>,
     /// The inputs, in `locales` order.
     inputs: Vec<&'a Tally>,
-    /// Per merged row: (input, row in that input) of its key.
-    keys: Vec<(u32, u32)>,
-    /// `locales.len()` per merged row.
+    /// Per slot, the key of a merged row as [`packed`] (input, row). Each partition of the merge
+    /// owns as many slots as it could need; those it did not need were never touched, and cost
+    /// address space, not memory.
+    keys: Vec<u64>,
+    /// `locales.len()` per slot.
     contributions: Vec<f64>,
-    /// The result's rows: by score descending, then key ascending.
-    ranked: Vec<Ranked>,
+    /// The result's rows, as slots: by score descending, then key ascending.
+    order: Vec<u32>,
 }
 
-/// A row of the result, with what orders it.
-#[derive(Debug, Clone, Copy)]
-struct Ranked {
-    score: f64,
-    key: Head,
-    /// Its merged row.
-    row: u32,
+/// (input, row in that input) in one number.
+fn packed(input: u32, row: u32) -> u64 {
+    (u64::from(input) << 32) | u64::from(row)
+}
+
+/// A row's score: its contributions summed in locale order, so every input order gives the same
+/// bits.
+fn total(contributions: &[f64]) -> f64 {
+    contributions.iter().fold(0.0, |acc, c| acc + c)
 }
 
 impl<'a> Global<'a> {
     pub fn len(&self) -> usize {
-        self.ranked.len()
+        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ranked.is_empty()
+        self.order.is_empty()
     }
 
-    fn key(&self, row: usize) -> &'a str {
-        let (input, i) = self.keys[row];
-        self.inputs[input as usize].key(i as usize)
+    fn key(&self, packed: u64) -> &'a str {
+        self.inputs[(packed >> 32) as usize].key(packed as u32 as usize)
     }
 
     /// The `i`-th row of the result.
     pub fn row(&self, i: usize) -> GlobalRow<'_> {
-        let r = &self.ranked[i];
-        let row = r.row as usize;
+        let slot = self.order[i] as usize;
         let n = self.locales.len();
-        let kseq = r.key.key_or(|| self.key(row));
-        GlobalRow { kseq, score: r.score, contributions: &self.contributions[row * n..(row + 1) * n] }
+        let contributions = &self.contributions[slot * n..(slot + 1) * n];
+        GlobalRow { kseq: self.key(self.keys[slot]), score: total(contributions), contributions }
     }
 
     /// The rows by score descending, then key ascending.
@@ -97,12 +96,18 @@ impl<'a> Global<'a> {
             blocks.par_iter_mut().enumerate().for_each(|(b, block)| {
                 let from = (start + b * BLOCK).min(self.len());
                 block.clear();
+                let mut keys = [0u64; AHEAD];
                 for from in (from..(from + BLOCK).min(self.len())).step_by(AHEAD) {
                     let rows = from..(from + AHEAD).min(self.len());
-                    // Rows in score order sit anywhere among the contributions: touched first, in a
-                    // loop of nothing else, their cache misses overlap instead of waiting in turn.
-                    for r in &self.ranked[rows.clone()] {
-                        std::hint::black_box(self.contributions.get(r.row as usize * self.locales.len()).copied());
+                    // Rows in score order sit anywhere among the slots and the inputs' keys: touched
+                    // first, in loops of nothing else, their cache misses overlap instead of
+                    // waiting in turn.
+                    for (key, &slot) in keys.iter_mut().zip(&self.order[rows.clone()]) {
+                        *key = self.keys[slot as usize];
+                    }
+                    for (&key, &slot) in keys.iter().zip(&self.order[rows.clone()]) {
+                        let contribution = self.contributions[slot as usize * self.locales.len()];
+                        std::hint::black_box((self.key(key).as_bytes().first().copied(), contribution));
                     }
                     *block = csv::global_rows_csv(std::mem::take(block), rows.map(|i| self.row(i)));
                 }
@@ -142,114 +147,149 @@ pub fn merge<'a>(inputs: &[LocaleScores<'a>]) -> Result<Global<'a>, MergeError> 
     }
     let n = inputs.len();
     let tallies: Vec<&'a Tally> = inputs.iter().map(|i| i.scores).collect();
-    let key_bytes = |(input, i): (u32, u32)| tallies[input as usize].key_bytes(i as usize);
+    let key_bytes = |packed: u64| tallies[(packed >> 32) as usize].key_bytes(packed as u32 as usize);
     // Keys are merged partition by partition, a partition being the keys whose hashes share some
-    // bits, wherever they come from: each partition's index fits in a core's cache, partitions are
-    // merged on every core at once, and no key is hashed again (a tally keeps its keys' hashes).
-    // Keys are compared by hash and head, and their bytes read only past sixteen.
+    // bits, wherever they come from: each partition's index fits in a core's cache, and partitions
+    // are merged on every core at once. Keys are compared by hash and head, their bytes read only
+    // past sixteen.
     let bits = partition_bits(inputs.iter().map(|i| i.scores.len()).max().unwrap_or(0));
+    let parts = 1usize << bits;
+    let entries: usize = inputs.iter().map(|i| i.scores.len()).sum();
+    if u32::try_from(entries).is_err() {
+        return Err(MergeError::TooManyKeys { locale: inputs.iter().map(|i| i.locale).collect::<Vec<_>>().join("+"), rows: entries });
+    }
     // Filed a few partitions at a time, so that the filed copies of the keys take at most about
     // `FILED_BYTES` beside the inputs.
-    let entries: usize = inputs.iter().map(|i| i.scores.len()).sum();
-    let passes = (entries * size_of::<Entry>()).div_ceil(FILED_BYTES).clamp(1, 1 << bits);
-    let per_pass = (1usize << bits).div_ceil(passes);
-    let mut parts: Vec<Part> = Vec::with_capacity(1 << bits);
-    // Each input's rows by pass, in row order: a pass then reads its rows nearly in sequence.
-    let rows_by_pass: Vec<Vec<Vec<u32>>> = tallies
-        .par_iter()
-        .map(|t| {
-            let mut lists = vec![Vec::new(); (1usize << bits).div_ceil(per_pass)];
-            for i in 0..t.len() {
-                lists[partition(t.hash(i), bits) / per_pass].push(i as u32);
-            }
-            lists
-        })
-        .collect();
+    let passes = (entries * size_of::<Entry>()).div_ceil(FILED_BYTES).clamp(1, parts);
+    let per_pass = parts.div_ceil(passes);
+    let hashed: Vec<Hashed> = tallies.par_iter().map(|t| Hashed::new(t, bits, per_pass)).collect();
+    // Partition `p` owns slots `starts[p]..starts[p + 1]`: as many as its keys in every input.
+    let mut starts = vec![0usize; parts + 1];
+    for p in 0..parts {
+        starts[p + 1] = starts[p] + hashed.iter().map(|h| h.counts[p] as usize).sum::<usize>();
+    }
+    // Zeroed on allocation by the system: pages of slots no key needs are never touched.
+    let mut keys = vec![0u64; entries];
+    let mut contributions = vec![0.0f64; entries * n];
+    let mut heads = vec![0u128; entries];
+    let mut lens = vec![0u16; entries];
+    let mut used = vec![0usize; parts];
     // Refilled pass after pass: memory the first pass touched serves the others.
     let mut filed: Vec<Filed> = tallies.iter().map(|_| Filed::default()).collect();
-    for (pass, first) in (0..1usize << bits).step_by(per_pass).enumerate() {
-        let range = first..(first + per_pass).min(1 << bits);
-        filed.par_iter_mut().zip(&tallies).zip(&rows_by_pass).for_each(|((f, t), rows)| f.fill(t, bits, range.clone(), &rows[pass]));
-        parts.par_extend(range.clone().into_par_iter().map(|p| merge_part(inputs.as_slice(), &filed, p - range.start, &key_bytes)));
+    for (pass, first) in (0..parts).step_by(per_pass).enumerate() {
+        let range = first..(first + per_pass).min(parts);
+        filed.par_iter_mut().zip(&tallies).zip(&hashed).for_each(|((f, t), h)| f.fill(t, h, bits, range.clone(), pass));
+        let sizes = || starts[range.clone()].iter().zip(&starts[range.start + 1..=range.end]).map(|(a, b)| b - a);
+        let stretch = starts[range.start]..starts[range.end];
+        let slots: Vec<Slots<'_>> = split(&mut keys[stretch.clone()], sizes())
+            .into_iter()
+            .zip(split(&mut contributions[stretch.start * n..stretch.end * n], sizes().map(|s| s * n)))
+            .zip(split(&mut heads[stretch.clone()], sizes()))
+            .zip(split(&mut lens[stretch], sizes()))
+            .map(|(((keys, contributions), heads), lens)| Slots { keys, contributions, heads, lens })
+            .collect();
+        slots.into_par_iter().zip(&mut used[range]).enumerate().for_each_init(Scratch::default, |scratch, (p, (slots, used))| {
+            *used = scratch.merge_part(inputs.as_slice(), &filed, p, slots, &key_bytes);
+        });
     }
-    drop(rows_by_pass);
+    drop((filed, hashed));
 
-    let rows: usize = parts.iter().map(|p| p.keys.len()).sum();
-    if u32::try_from(rows).is_err() {
-        return Err(MergeError::TooManyKeys { locale: inputs.iter().map(|i| i.locale).collect::<Vec<_>>().join("+"), rows });
+    let mut ranked: Vec<Ranked> = Vec::with_capacity(used.iter().sum());
+    for (p, &used) in used.iter().enumerate() {
+        ranked.extend((starts[p]..starts[p] + used).map(|slot| Ranked {
+            score: total(&contributions[slot * n..(slot + 1) * n]),
+            key: Head::from_parts(heads[slot], lens[slot]),
+            slot: slot as u32,
+        }));
     }
-    let mut keys: Vec<(u32, u32)> = Vec::with_capacity(rows);
-    let mut contributions: Vec<f64> = Vec::with_capacity(rows * n);
-    let mut ranked: Vec<Ranked> = Vec::with_capacity(rows);
-    for part in parts {
-        let base = keys.len() as u32;
-        ranked.extend(part.ranked.into_iter().map(|r| Ranked { row: base + r.row, ..r }));
-        keys.extend(part.keys);
-        contributions.extend(part.contributions);
-    }
+    drop((heads, lens));
+    let key_of = |r: &Ranked| key_bytes(keys[r.slot as usize]);
     // Most comparisons end on the score and the key's head; long-tailed votes tie a lot.
     ranked.par_sort_unstable_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.key.cmp_keys(&b.key).unwrap_or_else(|| key_bytes(keys[a.row as usize]).cmp(key_bytes(keys[b.row as usize]))))
+        b.score.total_cmp(&a.score).then_with(|| a.key.cmp_keys(&b.key).unwrap_or_else(|| key_of(a).cmp(key_of(b))))
     });
-    Ok(Global { locales: inputs.iter().map(|i| i.locale.to_owned()).collect(), inputs: tallies, keys, contributions, ranked })
+    // Kept as slots alone: an eighth of the memory while the result is written.
+    let order = ranked.iter().map(|r| r.slot).collect();
+    drop(ranked);
+    Ok(Global { locales: inputs.iter().map(|i| i.locale.to_owned()).collect(), inputs: tallies, keys, contributions, order })
+}
+
+/// A row of the result while the rows are sorted, with what orders it.
+#[derive(Debug, Clone, Copy)]
+struct Ranked {
+    score: f64,
+    key: Head,
+    slot: u32,
 }
 
 /// At most this much memory holds the filed copies of the inputs' keys at once.
 const FILED_BYTES: usize = 48 << 20;
 
-/// What one partition's merge found: per key, where it was first seen, its rank order and its
-/// contributions.
-struct Part {
-    /// (input, row in that input) of each key.
-    keys: Vec<(u32, u32)>,
-    /// Each key's score and head; `row` counts from the partition's first key.
-    ranked: Vec<Ranked>,
-    /// `n` per key.
-    contributions: Vec<f64>,
+/// `slice` cut into consecutive pieces of the given lengths.
+fn split<T>(mut slice: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    lens.map(|len| {
+        let (piece, rest) = std::mem::take(&mut slice).split_at_mut(len);
+        slice = rest;
+        piece
+    })
+    .collect()
 }
 
-/// Merges partition `p` of every input: keys are compared by hash and head, and their bytes read
-/// only past sixteen.
-fn merge_part<'k>(inputs: &[LocaleScores<'_>], filed: &[Filed], p: usize, key_bytes: &impl Fn((u32, u32)) -> &'k [u8]) -> Part {
-    let n = inputs.len();
-    let capacity = filed.iter().map(|f| f.part(p).len()).max().unwrap_or(0);
-    let mut keys: Vec<(u32, u32)> = Vec::with_capacity(capacity);
-    let mut firsts: Vec<Entry> = Vec::with_capacity(capacity);
-    let mut contributions: Vec<f64> = Vec::with_capacity(capacity * n);
-    let mut index: HashTable<u32> = HashTable::with_capacity(capacity);
-    for (col, (input, filed)) in inputs.iter().zip(filed).enumerate() {
-        let col = col as u32;
-        for e in filed.part(p) {
-            let same = |&r: &u32| {
-                let first = &firsts[r as usize];
-                first.hash == e.hash
-                    && first.head == e.head
-                    && (e.head.is_whole() || key_bytes(keys[r as usize]) == key_bytes((col, e.row)))
-            };
-            let row = match index.find(e.hash, same) {
-                Some(&row) => row as usize,
-                None => {
-                    let row = keys.len();
-                    keys.push((col, e.row));
-                    firsts.push(*e);
-                    contributions.extend(std::iter::repeat_n(0.0, n));
-                    index.insert_unique(e.hash, row as u32, |&r| firsts[r as usize].hash);
-                    row
-                }
-            };
-            contributions[row * n + col as usize] += input.weight * e.score;
+/// The slots of one partition.
+struct Slots<'s> {
+    keys: &'s mut [u64],
+    contributions: &'s mut [f64],
+    heads: &'s mut [u128],
+    lens: &'s mut [u16],
+}
+
+/// What merging a partition needs besides its slots, kept from one partition to the next.
+#[derive(Default)]
+struct Scratch {
+    /// The partition's keys by hash: their slots.
+    index: HashTable<u32>,
+    /// The hash of the key of each slot used.
+    hashes: Vec<u64>,
+}
+
+impl Scratch {
+    /// Merges the `p`-th filed partition of every input into `slots`; returns how many it used.
+    fn merge_part<'k>(
+        &mut self,
+        inputs: &[LocaleScores<'_>],
+        filed: &[Filed],
+        p: usize,
+        slots: Slots<'_>,
+        key_bytes: &impl Fn(u64) -> &'k [u8],
+    ) -> usize {
+        let n = inputs.len();
+        let Scratch { index, hashes } = self;
+        let Slots { keys, contributions, heads, lens } = slots;
+        index.clear();
+        hashes.clear();
+        for (col, (input, filed)) in inputs.iter().zip(filed).enumerate() {
+            for e in filed.part(p) {
+                let (head, len) = e.head.to_parts();
+                let key = packed(col as u32, e.row);
+                let same = |&r: &u32| {
+                    let r = r as usize;
+                    hashes[r] == e.hash && heads[r] == head && lens[r] == len && (e.head.is_whole() || key_bytes(keys[r]) == key_bytes(key))
+                };
+                let r = match index.find(e.hash, same) {
+                    Some(&r) => r as usize,
+                    None => {
+                        let r = hashes.len();
+                        (keys[r], heads[r], lens[r]) = (key, head, len);
+                        hashes.push(e.hash);
+                        index.insert_unique(e.hash, r as u32, |&r| hashes[r as usize]);
+                        r
+                    }
+                };
+                contributions[r * n + col] += input.weight * e.score;
+            }
         }
+        hashes.len()
     }
-    let ranked = firsts
-        .iter()
-        .zip(contributions.chunks_exact(n.max(1)))
-        .enumerate()
-        // Summed in locale order, so every input order gives the same bits.
-        .map(|(row, (first, c))| Ranked { score: c.iter().fold(0.0, |acc, c| acc + c), key: first.head, row: row as u32 })
-        .collect();
-    Part { keys, ranked, contributions }
 }
 
 /// How many bits of a key's hash choose its partition: about 4,096 keys a partition, whose index
@@ -262,6 +302,28 @@ fn partition_bits(keys: usize) -> u32 {
 /// and its tags from the top seven), so keys of one partition still spread over its index.
 fn partition(hash: u64, bits: u32) -> usize {
     ((hash >> 32) & ((1 << bits) - 1)) as usize
+}
+
+/// An input's key hashes, how many keys each partition has, and its rows by pass of the merge in
+/// row order (a pass then reads its rows nearly in sequence).
+struct Hashed {
+    hashes: Vec<u64>,
+    counts: Vec<u32>,
+    by_pass: Vec<Vec<u32>>,
+}
+
+impl Hashed {
+    fn new(tally: &Tally, bits: u32, per_pass: usize) -> Hashed {
+        let hashes: Vec<u64> = (0..tally.len()).map(|i| key_hash(tally.key_bytes(i))).collect();
+        let mut counts = vec![0u32; 1 << bits];
+        let mut by_pass = vec![Vec::new(); (1usize << bits).div_ceil(per_pass)];
+        for (i, &hash) in hashes.iter().enumerate() {
+            let p = partition(hash, bits);
+            counts[p] += 1;
+            by_pass[p / per_pass].push(i as u32);
+        }
+        Hashed { hashes, counts, by_pass }
+    }
 }
 
 /// One key of an input, filed under its partition.
@@ -283,22 +345,21 @@ struct Filed {
 }
 
 impl Filed {
-    /// Files `rows` of `tally`, every one of them in a partition of `range`.
-    fn fill(&mut self, tally: &Tally, bits: u32, range: std::ops::Range<usize>, rows: &[u32]) {
+    /// Files the rows of `tally` in the partitions of `range`, the `pass`-th of the merge.
+    fn fill(&mut self, tally: &Tally, hashed: &Hashed, bits: u32, range: std::ops::Range<usize>, pass: usize) {
         let Filed { entries, starts } = self;
         starts.clear();
-        starts.resize(range.len() + 1, 0);
-        for &i in rows {
-            starts[partition(tally.hash(i as usize), bits) - range.start + 1] += 1;
-        }
-        for p in 1..starts.len() {
-            starts[p] += starts[p - 1];
+        starts.push(0);
+        let mut at = 0;
+        for &count in &hashed.counts[range.clone()] {
+            at += count as usize;
+            starts.push(at);
         }
         let mut next = starts.clone();
         entries.clear();
-        entries.resize(rows.len(), Entry::default());
-        for &i in rows {
-            let (hash, score) = (tally.hash(i as usize), tally.value(i as usize));
+        entries.resize(at, Entry::default());
+        for &i in &hashed.by_pass[pass] {
+            let (hash, score) = (hashed.hashes[i as usize], tally.value(i as usize));
             let at = &mut next[partition(hash, bits) - range.start];
             entries[*at] = Entry { hash, score, head: Head::of(tally.key_bytes(i as usize)), row: i };
             *at += 1;

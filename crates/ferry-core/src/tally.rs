@@ -7,9 +7,8 @@ use std::sync::OnceLock;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-/// The hash of a key, the same for every tally of this process: a tally keeps its keys' hashes and a
-/// merge of tallies uses them as they are, never hashing a key twice. The seed is random per
-/// process, as a `HashMap`'s is, so no file can choose keys that collide.
+/// The hash of a key, the same for every index of keys in this process: one seed for all of them.
+/// The seed is random per process, as a `HashMap`'s is, so no file can choose keys that collide.
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
     static HASHER: OnceLock<DefaultHashBuilder> = OnceLock::new();
     HASHER.get_or_init(DefaultHashBuilder::default).hash_one(key)
@@ -20,7 +19,8 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Head {
     bytes: [u8; 16],
-    len: u32,
+    /// Up to `u16::MAX`: past sixteen bytes only the whole keys tell keys apart.
+    len: u16,
 }
 
 impl Head {
@@ -30,21 +30,20 @@ impl Head {
         for (b, k) in bytes.iter_mut().zip(key) {
             *b = *k;
         }
-        Head { bytes, len: key.len() as u32 }
+        Head { bytes, len: key.len().min(u16::MAX.into()) as u16 }
     }
 
     pub(crate) fn is_whole(&self) -> bool {
         self.len <= 16
     }
 
-    /// The key, when the head holds all of it.
-    pub(crate) fn whole(&self) -> Option<&[u8]> {
-        self.is_whole().then(|| &self.bytes[..self.len as usize])
+    /// The head as two numbers, to keep in arrays of numbers.
+    pub(crate) fn to_parts(self) -> (u128, u16) {
+        (u128::from_ne_bytes(self.bytes), self.len)
     }
 
-    /// The key: from the head when it holds all of it (valid UTF-8, being a whole key), else `whole()`.
-    pub(crate) fn key_or<'k>(&'k self, whole: impl FnOnce() -> &'k str) -> &'k str {
-        self.whole().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_else(whole)
+    pub(crate) fn from_parts(bytes: u128, len: u16) -> Head {
+        Head { bytes: bytes.to_ne_bytes(), len }
     }
 
     /// Orders as the keys do, or `None` when only the whole keys can tell.
@@ -69,8 +68,6 @@ pub struct Tally {
     /// End of key `i` in `text`; key `i` starts where key `i - 1` ends.
     ends: Vec<usize>,
     values: Vec<f64>,
-    /// [`key_hash`] of key `i`.
-    hashes: Vec<u64>,
 }
 
 impl Tally {
@@ -97,11 +94,6 @@ impl Tally {
         start..self.ends[i]
     }
 
-    /// [`key_hash`] of key `i`.
-    pub(crate) fn hash(&self, i: usize) -> u64 {
-        self.hashes[i]
-    }
-
     pub fn value(&self, i: usize) -> f64 {
         self.values[i]
     }
@@ -123,18 +115,16 @@ impl Tally {
         (0..self.len()).map(|i| (self.key(i), self.values[i]))
     }
 
-    fn push(&mut self, key: &str, hash: u64, value: f64) {
+    fn push(&mut self, key: &str, value: f64) {
         self.text.push_str(key);
         self.ends.push(self.text.len());
         self.values.push(value);
-        self.hashes.push(hash);
     }
 
     fn shrink_to_fit(&mut self) {
         self.text.shrink_to_fit();
         self.ends.shrink_to_fit();
         self.values.shrink_to_fit();
-        self.hashes.shrink_to_fit();
     }
 }
 
@@ -161,12 +151,7 @@ pub(crate) struct Builder {
 
 impl Builder {
     fn with_capacity(rows: usize, text: usize) -> Builder {
-        let tally = Tally {
-            text: String::with_capacity(text),
-            ends: Vec::with_capacity(rows),
-            values: Vec::with_capacity(rows),
-            hashes: Vec::with_capacity(rows),
-        };
+        let tally = Tally { text: String::with_capacity(text), ends: Vec::with_capacity(rows), values: Vec::with_capacity(rows) };
         Builder { tally, index: HashTable::with_capacity(rows) }
     }
 
@@ -174,15 +159,15 @@ impl Builder {
     pub(crate) fn insert(&mut self, key: &str, value: f64) -> Option<usize> {
         let Builder { tally, index } = self;
         let hash = key_hash(key.as_bytes());
-        // The stored hash settles most comparisons without reaching for the key's bytes.
-        let same = |&i: &u32| tally.hashes[i as usize] == hash && tally.key_bytes(i as usize) == key.as_bytes();
-        if let Some(&i) = index.find(hash, same) {
+        if let Some(&i) = index.find(hash, |&i| tally.key_bytes(i as usize) == key.as_bytes()) {
             return Some(i as usize);
         }
         // Readers refuse the key past the last one (`is_full`); no other tally comes near it.
         let row = u32::try_from(tally.len()).expect("a tally holds at most u32::MAX keys");
-        index.insert_unique(hash, row, |&i| tally.hashes[i as usize]);
-        tally.push(key, hash, value);
+        // Sized for every key up front (`for_input`), the index rarely grows: rehashing its keys
+        // then costs less than keeping each key's hash.
+        index.insert_unique(hash, row, |&i| key_hash(tally.key_bytes(i as usize)));
+        tally.push(key, value);
         None
     }
 
