@@ -316,11 +316,12 @@ impl Hashed {
     fn new(tally: &Tally, bits: u32, per_pass: usize) -> Hashed {
         let hashes: Vec<u64> = (0..tally.len()).map(|i| key_hash(tally.key_bytes(i))).collect();
         let mut counts = vec![0u32; 1 << bits];
-        let mut by_pass = vec![Vec::new(); (1usize << bits).div_ceil(per_pass)];
+        for &hash in &hashes {
+            counts[partition(hash, bits)] += 1;
+        }
+        let mut by_pass: Vec<Vec<u32>> = counts.chunks(per_pass).map(|c| Vec::with_capacity(c.iter().map(|&c| c as usize).sum())).collect();
         for (i, &hash) in hashes.iter().enumerate() {
-            let p = partition(hash, bits);
-            counts[p] += 1;
-            by_pass[p / per_pass].push(i as u32);
+            by_pass[partition(hash, bits) / per_pass].push(i as u32);
         }
         Hashed { hashes, counts, by_pass }
     }

@@ -58,40 +58,40 @@ impl FromStr for Method {
 
 /// Normalises `values` with `method`. Inputs must be finite; outputs always are.
 pub fn normalize_values(method: Method, values: &[f64]) -> Vec<f64> {
+    let mut out = values.to_vec();
+    normalize_in_place(method, &mut out);
+    out
+}
+
+/// [`normalize_values`] over the values themselves: no second copy of a million numbers.
+pub fn normalize_in_place(method: Method, values: &mut [f64]) {
     if values.is_empty() {
-        return Vec::new();
+        return;
     }
     // Every method is scale-invariant, so huge inputs are scaled down first: sums and spreads of
     // values near f64::MAX would otherwise overflow to infinity.
     let max = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-    let scaled;
-    let values = if max > 1e150 {
-        scaled = values.iter().map(|v| v / max).collect::<Vec<_>>();
-        &scaled[..]
-    } else {
-        values
-    };
+    if max > 1e150 {
+        values.iter_mut().for_each(|v| *v /= max);
+    }
     let n = values.len() as f64;
-    let out: Vec<f64> = match method {
+    match method {
         Method::Share => {
             let sum: f64 = values.iter().sum();
-            if sum == 0.0 { vec![0.0; values.len()] } else { values.iter().map(|v| v / sum).collect() }
+            values.iter_mut().for_each(|v| *v = if sum == 0.0 { 0.0 } else { *v / sum });
         }
         Method::Minmax => {
             let (min, max) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let span = max - min;
-            if span == 0.0 { vec![1.0; values.len()] } else { values.iter().map(|v| (v - min) / span).collect() }
+            values.iter_mut().for_each(|v| *v = if span == 0.0 { 1.0 } else { (*v - min) / span });
         }
         Method::Zscore => {
             let mean = values.iter().sum::<f64>() / n;
             let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
             let std = var.sqrt();
             // A spread lost to rounding (all values equal but for the last bit) counts as none.
-            if std <= f64::EPSILON * mean.abs() || std == 0.0 {
-                vec![0.0; values.len()]
-            } else {
-                values.iter().map(|v| (v - mean) / std).collect()
-            }
+            let none = std <= f64::EPSILON * mean.abs() || std == 0.0;
+            values.iter_mut().for_each(|v| *v = if none { 0.0 } else { (*v - mean) / std });
         }
         Method::Rank => {
             let mut order: Vec<usize> = (0..values.len()).collect();
@@ -110,11 +110,10 @@ pub fn normalize_values(method: Method, values: &[f64]) -> Vec<f64> {
                 }
                 start = end;
             }
-            out
+            values.copy_from_slice(&out);
         }
-    };
-    debug_assert!(out.iter().all(|v| v.is_finite()));
-    out
+    }
+    debug_assert!(values.iter().all(|v| v.is_finite()));
 }
 
 /// Normalises a tally into a locale result, sorted by score descending, then key ascending.
@@ -155,8 +154,9 @@ pub fn locale_result(method: Method, tally: &Tally) -> Vec<u8> {
 
 /// The tally's normalised scores, in the tally's order, keeping its keys where they are: what the
 /// merge needs, without a locale result's sort and raw column.
-pub fn normalize_tally(method: Method, tally: Tally) -> Tally {
-    tally.map_values(|raw| normalize_values(method, raw))
+pub fn normalize_tally(method: Method, mut tally: Tally) -> Tally {
+    normalize_in_place(method, tally.values_mut());
+    tally
 }
 
 /// The one result order: score descending, then key ascending.

@@ -102,6 +102,11 @@ impl Tally {
         &self.values
     }
 
+    /// The values, to change in place (one per key, in order).
+    pub fn values_mut(&mut self) -> &mut [f64] {
+        &mut self.values
+    }
+
     /// Replaces every value at once (same count, same order), keeping the keys: how a tally becomes
     /// its normalised scores without copying a key.
     pub fn map_values(mut self, f: impl FnOnce(&[f64]) -> Vec<f64>) -> Tally {
