@@ -17,7 +17,8 @@ pub const MIB: u64 = 1 << 20;
 /// one of 23.9 M keys (513 MB, more zero votes, so shorter result rows). Rounded up over what
 /// [`normalize_peak`] estimates for those uploads (up to 4.45x), so that no upload like them within
 /// the cap is refused. Uploads of shorter rows hold more keys per byte; [`normalize_peak`] refuses
-/// those that would not fit.
+/// those that would not fit. Measured again when results came to be sorted by key head: 4.11x on a
+/// 4 M-key upload (83 MB), as before.
 pub const NORMALIZE_PEAK_FACTOR: f64 = 4.75;
 
 /// Peak RSS per byte of locale results of the merger's work on one stage: reading every locale
@@ -25,7 +26,9 @@ pub const NORMALIZE_PEAK_FACTOR: f64 = 4.75;
 /// locale results of the uploads above: 1.85x and 2.01x on four (344 MB and 1.04 GB; regions share
 /// most keys), 2.66x to 3.24x on one alone (88-637 MB), 3.52x and 3.79x on four with no key in
 /// common (350 MB and 1.06 GB: each global row then carries three zero contributions). Rounded up
-/// over the last.
+/// over the last. Measured again when the merge became partitioned, on 4 M-key uploads: 1.85x on four
+/// sharing most keys (668 MB), 3.42x on four with none in common (668 MB), 2.54x on one (173 MB),
+/// where the merge before took 1.89x, 3.61x and 2.70x of the same inputs.
 pub const MERGE_PEAK_FACTOR: f64 = 4.5;
 
 /// Peak RSS per byte of one dataset object of the export worker's read of it
