@@ -128,6 +128,11 @@ fn record(n: u64) -> SqsMessage {
     m.message_id = Some(format!("m-{n}"));
     m.receipt_handle = Some(format!("r-{n}"));
     m.body = Some(body.to_string());
+    // The sender the intake names on every message it queues; the consumer dead-letters one without.
+    let mut sender = aws_lambda_events::sqs::SqsMessageAttribute::default();
+    sender.string_value = Some("shop-bench".into());
+    sender.data_type = Some("String".into());
+    m.message_attributes.insert(ferry_api::sqs::attr::SENDER.into(), sender);
     m.attributes.insert("ApproximateReceiveCount".into(), "1".into());
     m.attributes.insert("SentTimestamp".into(), "1795361400000".into());
     m.event_source = Some("aws:sqs".into());
