@@ -11,13 +11,12 @@ key ascending. Written the way a Python engineer would: vectorised pandas, no pe
 import argparse
 import csv
 import io
-import math
 import os
 import sys
 
 import numpy as np
 import pandas as pd
-from vote_header import BadInput, header_columns
+from vote_header import BadInput, header_columns, parse_weights
 
 
 def read_tally(path: str) -> pd.Series:
@@ -135,13 +134,7 @@ def main(argv):
         if a.cmd == "normalize":
             write(locale_result(a.method, a.file), a.output)
         else:
-            weights = {}
-            for item in a.weight:
-                loc, w = item.split("=", 1)
-                w = float(w)
-                if not math.isfinite(w) or w < 0:
-                    raise BadInput(f"weight of {loc} must be a finite number >= 0, got {w}")
-                weights[loc] = w
+            weights = parse_weights(a.weight)
             inputs = [tuple(s.split("=", 1)) for s in a.inputs]
             write(merge(a.method, inputs, weights, a.default_weight), a.output)
     except BadInput as e:

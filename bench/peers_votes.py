@@ -21,7 +21,7 @@ import math
 import os
 import sys
 
-from vote_header import BadInput, header_columns
+from vote_header import BadInput, header_columns, parse_weights
 
 # Every method is scale-invariant; like ferry, inputs past this are divided by their largest value
 # first, so that their sum cannot overflow.
@@ -212,13 +212,7 @@ def main(argv):
     if a.threads is not None and a.threads < 1:
         p.error("--threads must be at least 1")
     try:
-        given = {}
-        for item in a.weight:
-            loc, w = item.split("=", 1)
-            w = float(w)
-            if not math.isfinite(w) or w < 0:
-                raise BadInput(f"weight of {loc} must be a finite number >= 0, got {w}")
-            given[loc] = w
+        given = parse_weights(a.weight)
         if not math.isfinite(a.default_weight) or a.default_weight < 0:
             raise BadInput(f"the default weight must be a finite number >= 0, got {a.default_weight}")
         inputs = []

@@ -1,9 +1,10 @@
-"""The CSV contract's header rule, shared by the Python baselines (`baseline_votes.py`,
-`peers_votes.py`): the columns named `kseq` and `score`, trimmed, in any case and order, after an
-optional UTF-8 BOM; any other column is ignored."""
+"""The contract's rules the Python baselines (`baseline_votes.py`, `peers_votes.py`) share: the
+header (the columns named `kseq` and `score`, trimmed, in any case and order, after an optional
+UTF-8 BOM; any other column is ignored) and the `--weight LOCALE=W` options."""
 
 import codecs
 import csv
+import math
 
 
 class BadInput(Exception):
@@ -27,3 +28,15 @@ def header_columns(first_line: bytes, path: str):
             raise BadInput(f"{path}: line 1: the header names `{col}` more than once")
         at[col] = found[0]
     return len(header), at["kseq"], at["score"]
+
+
+def parse_weights(items):
+    """`LOCALE=W` options as {locale: weight}; a weight must be a finite number >= 0."""
+    weights = {}
+    for item in items:
+        loc, w = item.split("=", 1)
+        w = float(w)
+        if not math.isfinite(w) or w < 0:
+            raise BadInput(f"weight of {loc} must be a finite number >= 0, got {w}")
+        weights[loc] = w
+    return weights

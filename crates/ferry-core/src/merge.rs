@@ -409,6 +409,31 @@ mod tests {
         assert_eq!(keys, ["(7,47,45)", "(7,47,46)", "(7,47,460)", "(7,47,4600)", "ab", "ab\0"]);
     }
 
+    /// Keys that share their first sixteen bytes (and keys longer than a head's length counts) merge,
+    /// match across locales and order by their whole bytes.
+    #[test]
+    fn keys_past_their_head_match_and_order_by_every_byte() {
+        let long = "k".repeat(70_000);
+        let keys: Vec<String> = vec![
+            format!("{}b", "x".repeat(20)),
+            format!("{}a", "x".repeat(20)),
+            "x".repeat(16),
+            format!("{}\0", "x".repeat(16)),
+            format!("{long}b"),
+            format!("{long}a"),
+            long.clone(),
+        ];
+        let jp: Tally = keys.iter().map(|k| (k.as_str(), 1.0)).collect();
+        let kr: Tally = keys.iter().rev().map(|k| (k.as_str(), 1.0)).collect();
+        let g = merge(&[LocaleScores { locale: "jp", weight: 1.0, scores: &jp }, LocaleScores { locale: "kr", weight: 1.0, scores: &kr }])
+            .unwrap();
+        let mut expect: Vec<&str> = keys.iter().map(String::as_str).collect();
+        expect.sort();
+        let got: Vec<(&str, Vec<f64>)> = g.rows().map(|r| (r.kseq, r.contributions.to_vec())).collect();
+        assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), expect);
+        assert!(got.iter().all(|(_, c)| c == &[1.0, 1.0]), "every key met itself in the other locale");
+    }
+
     #[test]
     fn rejects_duplicate_locale_and_bad_weight() {
         let r = rows(&[("a", 1.0)]);
