@@ -1769,12 +1769,14 @@ async fn a_continuation_held_back_past_its_lease_still_resumes() {
         s.continue_margin = Duration::from_millis(1800);
         s.page_size = 100;
         s.max_continuations = 1000;
-        s.lease = Duration::from_secs(1);
+        // Long enough that a slow store call on a loaded machine does not lose a running attempt;
+        // each delivery below still waits past it.
+        s.lease = Duration::from_secs(2);
     })
     .await;
     let n = 1500;
     let table = wide_orders(&e.dynamo, n).await;
-    e.lambda.invocations.delay_ms.store(2500, Ordering::SeqCst);
+    e.lambda.invocations.delay_ms.store(3000, Ordering::SeqCst);
     let (code, v) = e.post(&export(&table, "csv", 1), OWNER).await;
     assert_eq!(code, 202, "{v}");
     let id = v["job"]["id"].as_str().unwrap().to_owned();
