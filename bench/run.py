@@ -35,14 +35,16 @@ REL = ROOT / "target" / "release"
 DATA = ROOT / "target" / "bench-data"
 PY = sys.executable
 LOCALES = ["jp", "kr", "na", "tw"]
-# Every Lambda binary of the workspace, with the package that builds it.
+# Every Lambda binary of the workspace, with the package that builds it and its resource in
+# infra/template.yaml (whose MemorySize it starts with).
 LAMBDAS = [
-    ("regional-normalizer", "regional-normalizer"),
-    ("global-merger", "global-merger"),
-    ("job-api", "job-invoker"),
-    ("job-worker", "job-invoker"),
-    ("notify-consumer", "notify"),
-    ("dlq-redrive", "notify"),
+    ("regional-normalizer", "regional-normalizer", "NormalizerFunction"),
+    ("global-merger", "global-merger", "MergerFunction"),
+    ("job-api", "job-invoker", "JobApiFunction"),
+    ("job-worker", "job-invoker", "JobWorkerFunction"),
+    ("notify-intake", "notify", "NotifyIntakeFunction"),
+    ("notify-consumer", "notify", "NotifyConsumerFunction"),
+    ("dlq-redrive", "notify", "DlqRedriveFunction"),
 ]
 
 
@@ -374,11 +376,13 @@ def lambda_env(port):
     return env
 
 
-def startup_once(binary, name):
+def startup_once(binary, name, memory_mb):
     stub = RuntimeStub()
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     env = lambda_env(stub.server_address[1])
     env["AWS_LAMBDA_FUNCTION_NAME"] = name
+    # The memory the template gives it: a function checks its caps against that at start.
+    env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = str(memory_mb)
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -410,15 +414,16 @@ def bench_startup(args, md):
         "stub (Python `http.server` on 127.0.0.1), so it includes reading the environment, building the SDK "
         f"clients and the runtime's first request. {args.startup_runs} starts each.\n"
     )
+    template = (ROOT / "infra" / "template.yaml").read_text()
     rows, missing, failed = [], [], []
-    for binary, package in LAMBDAS:
+    for binary, package, resource in LAMBDAS:
         path = REL / binary
         if not path.exists():
             missing.append(binary)
             continue
         times = []
         for _ in range(args.startup_runs):
-            t, problem = startup_once(path, binary)
+            t, problem = startup_once(path, binary, memory_of(template, resource))
             if problem:
                 failed.append(f"`{binary}`: {problem[0]}")
                 break

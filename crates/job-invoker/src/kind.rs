@@ -15,7 +15,8 @@
 //! it names in [`Step::leftovers`]; when the job ends failed or cancelled the worker aborts and
 //! deletes them, whichever kind it is and wherever the attempt stopped.
 //!
-//! Adding a kind is one file implementing [`Kind`] and one line in [`Registry::standard`].
+//! Adding a kind is one file implementing [`Kind`] and one line in `shipped`, which both
+//! [`Registry::standard`] (the worker's) and [`Registry::admitting`] (the API's) list.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,11 @@ impl JobEnv {
     /// The environment over one SDK configuration, with the standard kinds and no secret headers
     /// resolved (see [`crate::batch::BatchEnv::load`]).
     pub fn new(conf: &ferry_aws::SdkConfig, settings: Arc<JobSettings>) -> JobEnv {
+        JobEnv::with_kinds(conf, settings, Registry::standard())
+    }
+
+    /// [`JobEnv::new`] with the kinds of `kinds` (`job-api` passes [`Registry::admitting`]).
+    pub fn with_kinds(conf: &ferry_aws::SdkConfig, settings: Arc<JobSettings>, kinds: Registry) -> JobEnv {
         let s3 = ferry_aws::clients::s3(conf);
         let dynamo = ferry_aws::clients::dynamodb(conf);
         let events =
@@ -64,7 +70,7 @@ impl JobEnv {
             dynamo,
             batch: Arc::new(crate::batch::BatchEnv::new(&settings, BTreeMap::new())),
             settings,
-            kinds: Arc::new(Registry::standard()),
+            kinds: Arc::new(kinds),
             events,
         }
     }
@@ -266,9 +272,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The kinds ferry ships. Register a kind of your own here.
+    /// The kinds ferry ships (`shipped`), whole: what the worker runs.
     pub fn standard() -> Registry {
-        Registry::default().with(crate::export::Export).with(crate::batch::Batch)
+        shipped(Registry::default())
+    }
+
+    /// The same kinds as the API uses them: admission, description and download names, without
+    /// their work. The API never runs a job, and a registry of whole kinds would link every kind's
+    /// run (the xlsx writer, the dataset readers) into `job-api` through their vtables.
+    pub fn admitting() -> Registry {
+        shipped(AdmitOnly(Registry::default())).0
     }
 
     /// This registry with `kind` added (replacing one of the same name).
@@ -289,5 +302,65 @@ impl Registry {
     /// The kind named `name`, or the 400 naming the known ones.
     pub fn require(&self, name: &str) -> Result<Arc<dyn Kind>, SubmitError> {
         self.get(name).ok_or_else(|| SubmitError::new("kind", format!("unknown job kind {name:?}; known: {}", self.names().join(", "))))
+    }
+}
+
+/// The kinds ferry ships, listed once for both registries. Register a kind of your own here.
+fn shipped<R: AddKind>(registry: R) -> R {
+    registry.add(crate::export::Export).add(crate::batch::Batch)
+}
+
+/// What [`shipped`] adds its kinds to.
+trait AddKind {
+    fn add(self, kind: impl Kind + 'static) -> Self;
+}
+
+impl AddKind for Registry {
+    fn add(self, kind: impl Kind + 'static) -> Registry {
+        self.with(kind)
+    }
+}
+
+/// A registry that takes each kind without its run.
+struct AdmitOnly(Registry);
+
+impl AddKind for AdmitOnly {
+    fn add(self, kind: impl Kind + 'static) -> AdmitOnly {
+        AdmitOnly(self.0.with(Admitting(kind)))
+    }
+}
+
+/// A kind without its run: everything else is `K`'s, called directly, so `K::run` is not linked.
+#[derive(Debug)]
+struct Admitting<K>(K);
+
+impl<K: Kind> Kind for Admitting<K> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn admit<'a>(&'a self, at: Admission<'a>, params: Value) -> BoxFuture<'a, Result<Value, AdmitError>> {
+        self.0.admit(at, params)
+    }
+
+    fn retry<'a>(&'a self, at: Admission<'a>, first: &'a JobRecord) -> BoxFuture<'a, Result<Value, AdmitError>> {
+        self.0.retry(at, first)
+    }
+
+    fn run<'a>(&'a self, step: Step<'a>) -> BoxFuture<'a, Result<Outcome, RunError>> {
+        let kind = self.0.name();
+        let job_id = step.job.id.clone();
+        Box::pin(async move {
+            tracing::error!(job_id, kind, "a registry built for the API was asked to run a job");
+            Err(RunError::internal("NotAWorker", format!("this registry admits jobs of kind {kind:?} but does not run them")))
+        })
+    }
+
+    fn download_name(&self, job: &JobRecord, file: Option<&str>) -> String {
+        self.0.download_name(job, file)
+    }
+
+    fn describe(&self, params: &Value) -> BTreeMap<&'static str, Value> {
+        self.0.describe(params)
     }
 }

@@ -52,6 +52,11 @@ async fn env_with(run_for: Duration, tweak: impl FnOnce(&mut JobSettings)) -> En
     let kinds = Arc::new(job_invoker::Registry::standard());
     let (api, lambda) =
         start_local(&conf, settings.clone(), run_for, kinds).await.expect("starting the jobs table, bucket and local Lambda");
+    // The API holds the kinds as `job-api` does: without their work.
+    let api = job_invoker::Api {
+        env: job_invoker::JobEnv { kinds: Arc::new(job_invoker::Registry::admitting()), ..api.env },
+        lambda: api.lambda,
+    };
     Env { api, lambda, settings, dynamo, s3 }
 }
 
@@ -2147,4 +2152,28 @@ async fn a_cancelled_batch_leaves_no_staging_object_and_no_open_upload() {
     assert!(matches!(&reports[..], [Ok(WorkerReport::Cancelled { .. })]), "{reports:?}");
     assert_eq!(e.staged().await, Vec::<String>::new());
     assert_eq!(e.open_uploads().await, 0, "the results and failed-items uploads are aborted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apis_kinds_are_the_workers_and_run_nothing() {
+    let e = env().await;
+    let (api, worker) = (&e.api.env.kinds, job_invoker::Registry::standard());
+    assert_eq!(api.names(), worker.names());
+    assert!(!api.names().is_empty());
+    let params: Value = serde_json::from_str::<Value>(&export("orders", "csv", 1)).unwrap()["params"].clone();
+    let job = ferry_core::jobs::JobRecord::queued("job-admitting", "seller-0001", "export", &params, 0, 60_000, 60_000);
+    let leftovers = job_invoker::kind::Leftovers::default();
+    for name in api.names() {
+        assert_eq!(api.get(name).unwrap().describe(&params), worker.get(name).unwrap().describe(&params), "{name}");
+        let step = job_invoker::kind::Step {
+            env: &e.api.env,
+            job: &job,
+            checkpoint: None,
+            deadline: job_invoker::settings::now_ms() + 60_000,
+            leftovers: &leftovers,
+        };
+        let err = api.get(name).unwrap().run(step).await.expect_err("the API's kinds must not run");
+        assert_eq!((err.kind, err.public.code), ("NotAWorker", ferry_core::public::ErrorCode::Internal), "{name}");
+    }
+    assert!(ferry_testkit::list_keys(&e.s3, &e.settings.bucket, "").await.is_empty(), "nothing was written");
 }
