@@ -421,9 +421,9 @@ def bench_startup(args, md):
         if not path.exists():
             missing.append(binary)
             continue
-        times = []
+        times, memory_mb = [], memory_of(template, resource)
         for _ in range(args.startup_runs):
-            t, problem = startup_once(path, binary, memory_of(template, resource))
+            t, problem = startup_once(path, binary, memory_mb)
             if problem:
                 failed.append(f"`{binary}`: {problem[0]}")
                 break
